@@ -1,0 +1,262 @@
+"""The one hooking mechanism: torch forward hooks, attached for the length of a ``with`` block.
+
+Every technique in avec reads and edits activations through ``attach``: it registers one torch hook
+per (module, input|output) that any requested hook point needs, runs the interventions of each
+point in order, records what was asked to be cached, and removes every handle when the block ends,
+exception or not.
+
+Residual points read at a norm's input (``resid_mid``) are special: the residual stream that flows
+on is a separate use of the same tensor, so an edit there is also added, as a delta, to the
+layer's output (``Site.delta_to``). Downstream therefore sees the edited value everywhere.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .hookpoints import Site
+from .interventions import Intervention
+from .positions import ALL, TokenContext
+
+
+@dataclass
+class HookState:
+    """What one ``attach`` block collects. ``store`` maps hook point -> live value (view layout)."""
+
+    store: dict[str, torch.Tensor] = field(default_factory=dict)
+    ctx: TokenContext | None = None  # context of the latest forward pass
+    prompt_ctx: TokenContext | None = None  # context of the prompt pass (offset 0)
+    deltas: dict[str, torch.Tensor] = field(default_factory=dict)
+    calls: int = 0
+
+
+def check_intervention(site: Site, iv: Intervention, model: Any = None) -> None:
+    """Checks every intervention needs, before any forward pass runs."""
+    if site.read_only:
+        raise ValueError(f"hook point {site.name!r} can be read (cached) but not edited")
+    if site.pos_axis is None and iv.positions is not ALL:
+        raise ValueError(
+            f"hook point {site.name!r} has no token positions; interventions there apply to the whole "
+            f"value (positions='all'), got {iv.positions.describe()}"
+        )
+    if iv.heads is not None:
+        if site.heads is None:
+            raise ValueError(f"heads= applies only at per-head hook points (attn.z), not at {site.name!r}")
+        bad = [h for h in iv.heads if not 0 <= h < site.heads]
+        if bad:
+            raise ValueError(f"head(s) {bad} out of range at {site.name!r}: the layer has {site.heads} heads (0..{site.heads - 1})")
+    iv.check(site, model)
+
+
+def _get(obj: Any, site: Site) -> torch.Tensor:
+    if site.kind == "input":
+        args, kwargs = obj
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                return a
+        for key in ("hidden_states", "input", "x"):
+            if isinstance(kwargs.get(key), torch.Tensor):
+                return kwargs[key]
+        raise RuntimeError(f"no tensor input found for hook point {site.name!r} at module {site.module!r}")
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, (tuple, list)):
+        value = obj[site.index]
+        if value is None:
+            raise RuntimeError(
+                f"module {site.module!r} returned no value for {site.name!r} (element {site.index} is None)"
+            )
+        return value
+    raise RuntimeError(f"module {site.module!r} returned {type(obj).__name__}; cannot read {site.name!r}")
+
+
+def _set(obj: Any, site: Site, value: torch.Tensor) -> Any:
+    if site.kind == "input":
+        args, kwargs = obj
+        for i, a in enumerate(args):
+            if isinstance(a, torch.Tensor):
+                return (args[:i] + (value,) + args[i + 1 :], kwargs)
+        for key in ("hidden_states", "input", "x"):
+            if isinstance(kwargs.get(key), torch.Tensor):
+                return (args, {**kwargs, key: value})
+    if isinstance(obj, torch.Tensor):
+        return value
+    items = list(obj)
+    items[site.index] = value
+    return type(obj)(items) if isinstance(obj, tuple) else items
+
+
+def _view(value: torch.Tensor, site: Site) -> torch.Tensor:
+    if site.heads is None:
+        return value
+    return value.unflatten(-1, (site.heads, -1))  # [batch, pos, n_heads, d_head]
+
+
+def _unview(view: torch.Tensor, site: Site) -> torch.Tensor:
+    return view if site.heads is None else view.flatten(-2)
+
+
+def _where(iv: Intervention, site: Site, value: torch.Tensor, ctx: TokenContext) -> torch.Tensor | None:
+    """The bool mask broadcastable to ``value`` that an intervention's positions and heads select."""
+    where = None
+    if site.pos_axis is not None:
+        cols = iv.positions.mask(ctx)  # [batch, seq] or None
+        if cols is not None:
+            shape = [1] * value.dim()
+            shape[0], shape[site.pos_axis] = cols.shape[0], cols.shape[1]
+            where = cols.reshape(shape).to(value.device)
+    if iv.heads is not None:
+        heads = torch.zeros(site.heads, dtype=torch.bool, device=value.device)
+        heads[list(iv.heads)] = True
+        shape = [1] * value.dim()
+        shape[-2] = site.heads
+        heads = heads.reshape(shape)
+        where = heads if where is None else where & heads
+    return where
+
+
+def token_context(args: tuple, kwargs: dict, prompt_ctx: TokenContext | None) -> TokenContext:
+    """Where this forward pass's columns sit in each prompt, from a transformer's forward arguments.
+
+    Left padding is read from the attention mask's leading zeros; the offset from the KV cache.
+    """
+    x = kwargs.get("input_ids")
+    if x is None:
+        x = kwargs.get("inputs_embeds")
+    if x is None:
+        x = next(a for a in args if isinstance(a, torch.Tensor))
+    batch, seq = int(x.shape[0]), int(x.shape[1])
+    past = kwargs.get("past_key_values")
+    offset = int(past.get_seq_length()) if past is not None and hasattr(past, "get_seq_length") else 0
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        pad_left = (mask.long().cumsum(1) == 0).sum(1)
+        real = mask.long().sum(1)
+    else:
+        pad_left = torch.zeros(batch, dtype=torch.long, device=x.device)
+        real = torch.full((batch,), offset + seq, dtype=torch.long, device=x.device)
+    if offset > 0 and prompt_ctx is not None and prompt_ctx.batch == batch:
+        prompt_len = prompt_ctx.prompt_len.to(pad_left.device)
+    elif offset > 0:
+        prompt_len = torch.full_like(real, 0) + offset - pad_left  # prompt seen before we attached
+    else:
+        prompt_len = real
+    return TokenContext(pad_left.to(x.device), prompt_len.to(x.device), offset, seq)
+
+
+@dataclass
+class _Entry:
+    site: Site
+    edits: list[Intervention]
+    read: bool
+    sink: bool = False  # adds pending residual deltas to this module's output
+
+
+@contextmanager
+def attach(
+    root: nn.Module,
+    edits: Sequence[tuple[Site, Intervention]] = (),
+    reads: Sequence[Site] = (),
+    *,
+    tracker: str | None = None,
+    grad: bool = False,
+) -> Iterator[HookState]:
+    """Attach interventions and caches to ``root``'s modules for the length of the block.
+
+    edits:   (site, intervention) pairs, applied in the given order at each site
+    reads:   sites whose (post-intervention) value is recorded in ``state.store``
+    tracker: module path whose forward arguments tell token positions (a transformer's base model)
+    grad:    make recorded values part of the autograd graph, so gradients can be taken w.r.t. them
+    """
+    state = HookState()
+    modules = dict(root.named_modules())
+    groups: dict[tuple[str, str], list[_Entry]] = {}
+    by_site: dict[str, _Entry] = {}
+
+    def entry(site: Site) -> _Entry:
+        if site.name not in by_site:
+            by_site[site.name] = _Entry(site, [], False)
+            groups.setdefault((site.module, site.kind), []).append(by_site[site.name])
+        return by_site[site.name]
+
+    for site, iv in edits:
+        entry(site).edits.append(iv)
+    for site in reads:
+        entry(site).read = True
+    for e in list(by_site.values()):
+        if e.site.delta_to is not None:
+            sinks = groups.setdefault((e.site.delta_to, "output"), [])
+            if not any(s.sink for s in sinks):  # the delta must land before that output's own points
+                sinks.insert(0, _Entry(Site(name=f"<delta:{e.site.delta_to}>", module=e.site.delta_to), [], False, sink=True))
+
+    def make(entries: list[_Entry]):
+        def run_entries(obj: Any) -> Any:
+            for e in entries:
+                site = e.site
+                if e.sink:
+                    delta = state.deltas.pop(site.module, None)
+                    if delta is not None:
+                        obj = _set(obj, site, _get(obj, site) + delta)
+                    continue
+                value = _get(obj, site)
+                view = _view(value, site)
+                ctx = state.ctx
+                if ctx is None or site.pos_axis is None:
+                    ctx = TokenContext.plain(int(value.shape[0]), 1, value.device)
+                new = view
+                for iv in e.edits:
+                    new = iv.edit(new, _where(iv, site, new, ctx), ctx, site)
+                if e.read:
+                    if grad and not new.requires_grad:
+                        new = new.detach().requires_grad_(True)
+                    state.store[site.name] = new
+                if new is not view or (grad and e.read and site.heads is not None):
+                    # (a per-head view must itself flow on, or gradients w.r.t. it would be zero)
+                    new_value = _unview(new, site)
+                    if site.delta_to is not None:
+                        d = new_value - value
+                        prev = state.deltas.get(site.delta_to)
+                        state.deltas[site.delta_to] = d if prev is None else prev + d
+                    obj = _set(obj, site, new_value)
+            return obj
+
+        return run_entries
+
+    handles = []
+    try:
+        if tracker is not None:
+
+            def track(module, args, kwargs):
+                state.ctx = token_context(args, kwargs, state.prompt_ctx)
+                if state.ctx.offset == 0:
+                    state.prompt_ctx = state.ctx
+                state.calls += 1
+                state.deltas.clear()
+
+            handles.append(modules[tracker].register_forward_pre_hook(track, with_kwargs=True))
+        for (path, kind), entries in groups.items():
+            if path not in modules:
+                raise KeyError(f"module {path!r} not found in the model")
+            fn = make(entries)
+            if kind == "input":
+
+                def pre_hook(module, args, kwargs, fn=fn):
+                    return fn((args, kwargs))
+
+                handles.append(modules[path].register_forward_pre_hook(pre_hook, with_kwargs=True))
+            else:
+
+                def post_hook(module, args, output, fn=fn):
+                    return fn(output)
+
+                handles.append(modules[path].register_forward_hook(post_hook))
+        yield state
+    finally:
+        for h in handles:
+            h.remove()
+        state.deltas.clear()

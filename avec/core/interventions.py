@@ -1,0 +1,336 @@
+"""Interventions: small immutable edits applied to one hook point during a forward pass.
+
+Every intervention names its hook point, the positions it touches (see ``positions.py``) and, on
+``attn.z``, the heads. ``edit(value, where, ctx, site)`` returns the new value; ``where`` is a bool
+mask broadcastable to ``value`` (None = everywhere) that the engine built from the positions and
+heads. Interventions never modify ``value`` in place: the engine may have cached it.
+
+Value layout at a hook point: ``[batch, pos, *width]`` for transformer points (``width`` =
+``(d_model,)`` for residual points, ``(n_heads, d_head)`` for ``attn.z``, ``(d_mlp,)`` for
+``mlp.post``), and ``[batch, *shape]`` for plain modules (e.g. ``[batch, C, H, W]``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .hookpoints import Site
+from .positions import ALL, Positions, TokenContext, as_positions
+
+
+def _site_width(site: Site, value: torch.Tensor) -> tuple[int, ...]:
+    start = 1 if site.pos_axis is None else site.pos_axis + 1
+    return tuple(value.shape[start:])
+
+
+def _fmt(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(str(s) for s in shape) + "]"
+
+
+def _as_coeff(coeff: Any) -> float | torch.Tensor:
+    if isinstance(coeff, torch.Tensor):
+        if coeff.dim() > 1:
+            raise ValueError(f"a coefficient is a scalar or one value per batch row [batch], got {_fmt(coeff.shape)}")
+        if torch.isnan(coeff).any():
+            raise ValueError("the coefficient tensor contains NaN")
+        return coeff if coeff.dim() == 1 else float(coeff)
+    if isinstance(coeff, (list, tuple)):
+        return _as_coeff(torch.tensor(coeff, dtype=torch.float32))
+    value = float(coeff)
+    if math.isnan(value):
+        raise ValueError("the coefficient is NaN")
+    return value
+
+
+def _as_heads(heads: Any) -> tuple[int, ...] | None:
+    if heads is None:
+        return None
+    if isinstance(heads, int):
+        return (heads,)
+    out = tuple(int(h) for h in heads)
+    if not out:
+        raise ValueError("an empty list of heads selects nothing")
+    return out
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """Base class. Subclasses implement ``edit``; ``check`` validates against a site before running."""
+
+    hook: str
+    positions: Positions = field(default=ALL, kw_only=True)
+    heads: tuple[int, ...] | None = field(default=None, kw_only=True)
+
+    def __post_init__(self):
+        object.__setattr__(self, "positions", as_positions(self.positions))
+        object.__setattr__(self, "heads", _as_heads(self.heads))
+
+    def check(self, site: Site, model: Any) -> None:
+        """Raise a clear error if this intervention cannot apply at ``site`` of ``model``."""
+
+    def edit(self, value: torch.Tensor, where: torch.Tensor | None, ctx: TokenContext, site: Site) -> torch.Tensor:
+        raise NotImplementedError
+
+    def with_hook(self, hook: str) -> "Intervention":
+        from dataclasses import replace
+
+        return replace(self, hook=hook)
+
+
+def _blend(old: torch.Tensor, new: torch.Tensor, where: torch.Tensor | None) -> torch.Tensor:
+    return new if where is None else torch.where(where, new, old)
+
+
+def _check_width(tensor: torch.Tensor, site: Site, what: str) -> None:
+    """A tensor placed at a site must have the site's width, optionally per position / per head."""
+    if site.width is None:
+        return  # plain modules: the width is checked against the live value in _place
+    width, shape = tuple(site.width), tuple(tensor.shape)
+    bases = [width] + ([width[1:]] if site.heads is not None else [])
+    per_position = site.pos_axis is not None and len(shape) >= 1 and shape[1:] in bases
+    if shape not in bases and not per_position:
+        allowed = " or ".join(_fmt(b) for b in bases)
+        if site.pos_axis is not None:
+            allowed += " (or any of these with a leading axis of k positions)"
+        raise ValueError(
+            f"{what} has shape {_fmt(shape)} but hook point {site.name!r} has width {_fmt(width)}; allowed: {allowed}"
+        )
+
+
+def _place(tensor: torch.Tensor, value: torch.Tensor, site: Site, ctx: TokenContext, start: int, what: str):
+    """Broadcast a site-shaped tensor, or one per position ``[k, *width]``, against ``value``.
+
+    Returns ``(placed, valid)``: ``placed`` broadcasts to ``value``; ``valid`` is a bool mask
+    ``[batch, seq]`` of the columns a per-position tensor covers (prompt positions
+    ``start .. start+k-1``), or None when the tensor applies everywhere.
+    """
+    tensor = tensor.to(device=value.device, dtype=value.dtype)
+    width = _site_width(site, value)
+    heads_view = site.heads is not None
+    if tuple(tensor.shape) == width or (heads_view and tuple(tensor.shape) == width[1:]):
+        return tensor, None
+    if site.pos_axis is not None and tensor.dim() >= 2 and (
+        tuple(tensor.shape[1:]) == width or (heads_view and tuple(tensor.shape[1:]) == width[1:])
+    ):
+        k = tensor.shape[0]
+        idx = ctx.positions() - start  # [batch, seq]
+        valid = (idx >= 0) & (idx < k) & (ctx.positions() < ctx.prompt_len[:, None])
+        placed = tensor[idx.clamp(0, k - 1)]  # [batch, seq, *width]
+        return placed, valid
+    raise ValueError(
+        f"{what} has shape {_fmt(tensor.shape)} but hook point {site.name!r} carries values of width "
+        f"{_fmt(width)}; give {_fmt(width)}"
+        + (f" or [k, {', '.join(map(str, width))}] for k positions" if site.pos_axis is not None else "")
+    )
+
+
+def _expand_valid(valid: torch.Tensor | None, value: torch.Tensor, site: Site) -> torch.Tensor | None:
+    if valid is None:
+        return None
+    return valid.reshape(valid.shape + (1,) * (value.dim() - 2))
+
+
+def _and(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a & b
+
+
+@dataclass(frozen=True)
+class AddVector(Intervention):
+    """value += coeff * vector.
+
+    vector: ``[*width]`` (added at every selected position), or ``[k, *width]`` (row i added at
+            prompt position ``start + i``; the ActAdd layout). On ``attn.z`` a ``[d_head]`` vector
+            is added to each selected head.
+    coeff:  a number, or ``[batch]`` - one coefficient per batch row (a coefficient scan in one pass).
+    """
+
+    vector: torch.Tensor = None
+    coeff: float | torch.Tensor = 1.0
+    start: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.vector, torch.Tensor):
+            raise TypeError(f"AddVector needs a tensor vector, got {type(self.vector).__name__}")
+        if not torch.isfinite(self.vector).all():
+            raise ValueError(f"the vector added at {self.hook!r} contains NaN or inf")
+        object.__setattr__(self, "coeff", _as_coeff(self.coeff))
+
+    def check(self, site: Site, model: Any) -> None:
+        _check_width(self.vector, site, "the vector")
+
+    def edit(self, value, where, ctx, site):
+        placed, valid = _place(self.vector, value, site, ctx, self.start, "the vector")
+        delta = placed
+        coeff = self.coeff
+        if isinstance(coeff, torch.Tensor):
+            if coeff.shape[0] != value.shape[0]:
+                raise ValueError(
+                    f"{coeff.shape[0]} coefficients (one per batch row) but the batch at {site.name!r} "
+                    f"has {value.shape[0]} rows"
+                )
+            coeff = coeff.to(device=value.device, dtype=value.dtype).reshape((-1,) + (1,) * (value.dim() - 1))
+        where = _and(where, _expand_valid(valid, value, site))
+        delta = coeff * delta
+        if where is None:
+            return value + delta
+        return value + torch.where(where, delta, torch.zeros((), dtype=value.dtype, device=value.device))
+
+
+@dataclass(frozen=True)
+class SetValue(Intervention):
+    """value = constant (``[*width]`` or per position ``[k, *width]``): mean ablation, or any fixed value."""
+
+    value: torch.Tensor = None
+    start: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.value, torch.Tensor):
+            raise TypeError(f"SetValue needs a tensor, got {type(self.value).__name__}")
+
+    def check(self, site, model):
+        _check_width(self.value, site, "the value")
+
+    def edit(self, value, where, ctx, site):
+        placed, valid = _place(self.value, value, site, ctx, self.start, "the value")
+        return _blend(value, placed.expand_as(value) if valid is None else placed, _and(where, _expand_valid(valid, value, site)))
+
+
+def MeanAblate(hook: str, mean: torch.Tensor, **kw) -> SetValue:
+    """Replace the activation by a mean (``[*width]``, or ``[k, *width]`` per position)."""
+    return SetValue(hook, value=mean, **kw)
+
+
+@dataclass(frozen=True)
+class Zero(Intervention):
+    """value = 0 at the selected positions/heads (zero ablation)."""
+
+    def edit(self, value, where, ctx, site):
+        return _blend(value, torch.zeros_like(value), where) if where is not None else torch.zeros_like(value)
+
+
+@dataclass(frozen=True)
+class Scale(Intervention):
+    """value *= factor."""
+
+    factor: float = 1.0
+
+    def edit(self, value, where, ctx, site):
+        return _blend(value, value * self.factor, where)
+
+
+@dataclass(frozen=True)
+class ProjectOut(Intervention):
+    """Directional ablation: remove the component along a direction, ``v - (v . d) d`` with ``|d| = 1``.
+
+    direction: ``[width[-1]]`` (the last axis: d_model, d_head for ``attn.z``, d_mlp for neurons).
+    """
+
+    direction: torch.Tensor = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        d = self.direction
+        if not isinstance(d, torch.Tensor) or d.dim() != 1:
+            raise ValueError(f"a direction is a 1-D tensor, got {getattr(d, 'shape', type(d).__name__)}")
+        norm = d.float().norm()
+        if not torch.isfinite(norm) or norm < 1e-12:
+            raise ValueError(f"the direction for {self.hook!r} has zero (or non-finite) norm; it cannot be normalised")
+        object.__setattr__(self, "direction", d / norm)
+
+    def check(self, site, model):
+        if site.width is not None and self.direction.shape[0] != site.width[-1]:
+            raise ValueError(
+                f"the direction has width {self.direction.shape[0]} but hook point {site.name!r} has "
+                f"width {site.width[-1]} on its last axis"
+            )
+
+    def edit(self, value, where, ctx, site):
+        d = self.direction.to(device=value.device, dtype=value.dtype)
+        if d.shape[0] != value.shape[-1]:
+            raise ValueError(f"the direction has width {d.shape[0]} but {site.name!r} has width {value.shape[-1]}")
+        projected = value - (value @ d)[..., None] * d
+        return _blend(value, projected, where)
+
+
+def _source_tensor(source: Any, site: Site, model: Any) -> torch.Tensor:
+    """The tensor a Patch copies from: a tensor, a Run (its cache) or a Cache."""
+    if isinstance(source, torch.Tensor):
+        return source
+    cache = getattr(source, "cache", source)
+    model_id = getattr(cache, "model_id", None)
+    if model is not None and model_id is not None and model_id != model.model_id:
+        raise ValueError(
+            f"the cache comes from model {model_id!r} but this model is {model.model_id!r}; "
+            "activations cannot be patched across models"
+        )
+    try:
+        tensor = cache[site.name]
+    except KeyError:
+        have = ", ".join(list(cache.keys())[:10]) if hasattr(cache, "keys") else "nothing"
+        raise KeyError(f"the source cache has no {site.name!r} (it holds {have}); cache it in the source run") from None
+    if getattr(cache, "positions", "all") != "all":
+        raise ValueError(
+            f"the source cache holds only positions {cache.positions}; patching needs every position cached"
+        )
+    return tensor
+
+
+@dataclass(frozen=True)
+class Patch(Intervention):
+    """value = source's value at the same hook point (activation patching).
+
+    source: a ``Run`` or ``Cache`` from the same model with this hook point cached at all positions,
+            or a tensor shaped like the value (batch 1 broadcasts over the batch).
+    """
+
+    source: Any = None
+
+    def check(self, site, model):
+        if self.source is None:
+            raise ValueError("Patch needs a source run, cache or tensor")
+        _source_tensor(self.source, site, model)
+
+    def edit(self, value, where, ctx, site):
+        src = _source_tensor(self.source, site, None).to(device=value.device, dtype=value.dtype)
+        if site.pos_axis is not None and src.dim() == value.dim():
+            axis = site.pos_axis
+            stop = ctx.offset + ctx.seq_len
+            if src.shape[axis] < stop:
+                raise ValueError(
+                    f"the patch source at {site.name!r} covers {src.shape[axis]} positions but this "
+                    f"input has {stop}; clean and corrupted inputs must have the same token length"
+                )
+            if src.shape[axis] != value.shape[axis]:
+                src = src.narrow(axis, ctx.offset, ctx.seq_len)
+        if src.dim() != value.dim() or src.shape[1:] != value.shape[1:] or src.shape[0] not in (1, value.shape[0]):
+            raise ValueError(
+                f"the patch source has shape {_fmt(src.shape)} but the value at {site.name!r} has "
+                f"shape {_fmt(value.shape)}; the batch may differ only if the source has batch 1"
+            )
+        return _blend(value, src.expand_as(value), where)
+
+
+@dataclass(frozen=True)
+class Apply(Intervention):
+    """value = fn(value, ctx): any user function. It must return a tensor of the same shape."""
+
+    fn: Callable[[torch.Tensor, TokenContext], torch.Tensor] = None
+
+    def edit(self, value, where, ctx, site):
+        new = self.fn(value, ctx)
+        if not isinstance(new, torch.Tensor) or new.shape != value.shape:
+            raise ValueError(
+                f"the function applied at {site.name!r} must return a tensor of shape {_fmt(value.shape)}, "
+                f"got {getattr(new, 'shape', type(new).__name__)}"
+            )
+        return _blend(value, new, where)

@@ -1,0 +1,339 @@
+"""Model: any ``nn.Module`` with named hook points, runs with caches, and interventions.
+
+``Model`` wraps a plain module (its hook points are its module paths, e.g. a CNN policy's
+``embedder.block2.res1.resadd``); ``avec.models.LanguageModel`` extends it with a tokenizer and
+an architecture adapter that names transformer hook points the TransformerLens way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .hookpoints import HookPointTable, Site
+from .hooks import attach, check_intervention
+from .interventions import Intervention
+from .positions import ALL, PositionsLike, TokenContext, as_positions
+
+
+class Cache(Mapping):
+    """Activations recorded by a run: hook point name -> tensor.
+
+    Values have the hook point's layout (``[batch, pos, d_model]`` for residual points,
+    ``[batch, pos, n_heads, d_head]`` for ``attn.z``, ``[batch, n_heads, query, key]`` for
+    ``attn.pattern``); with ``positions`` the pos axis holds only the selected positions.
+    Any spelling the model accepts (aliases such as ``blocks.3.hook_resid_pre``) works as a key.
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor], model_id: str, table: HookPointTable | None, positions: str = "all"):
+        self._tensors = tensors
+        self.model_id = model_id
+        self.positions = positions
+        self._table = table
+
+    def _key(self, name: str) -> str:
+        if name in self._tensors:
+            return name
+        if self._table is not None:
+            canonical = self._table.canonical(name)
+            if canonical in self._tensors:
+                return canonical
+            name = canonical
+        have = ", ".join(list(self._tensors)[:12])
+        raise KeyError(f"{name!r} was not cached in this run (cached: {have or 'nothing'}); pass it in cache=[...]")
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._tensors[self._key(name)]
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            self._key(name)  # type: ignore[arg-type]
+            return True
+        except (KeyError, ValueError, TypeError):
+            return False
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def stack(self, point: str) -> torch.Tensor:
+        """Stack ``blocks.{l}.<point>`` over the cached layers -> ``[n_layers, ...]`` in layer order."""
+        names = [n for n in self._tensors if n.startswith("blocks.") and n.split(".", 2)[2] == point]
+        if not names:
+            raise KeyError(f"no blocks.*.{point} in this cache (cached: {', '.join(list(self._tensors)[:12])})")
+        names.sort(key=lambda n: int(n.split(".")[1]))
+        return torch.stack([self._tensors[n] for n in names])
+
+    def to(self, device=None, dtype=None) -> "Cache":
+        moved = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else None) for k, v in self._tensors.items()}
+        return Cache(moved, self.model_id, self._table, self.positions)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._tensors.values())
+
+    def __repr__(self) -> str:
+        items = ", ".join(f"{k}: {list(v.shape)}" for k, v in list(self._tensors.items())[:6])
+        more = f", ... ({len(self) - 6} more)" if len(self) > 6 else ""
+        return f"Cache({items}{more})"
+
+
+@dataclass
+class Run:
+    """The result of ``Model.run``.
+
+    output:         the wrapped module's own output (for a transformer, its ``CausalLMOutput``)
+    cache:          the requested activations (a ``Cache``)
+    grads:          d metric / d activation for each cached point when run with ``grad=True``
+    metric:         the metric's value when run with ``grad=True``
+    tokens:         ``[batch, pos]`` token ids (language models; right-padded)
+    attention_mask: ``[batch, pos]`` 1 for real tokens
+    prompts:        the input strings, when strings were given
+    """
+
+    output: Any
+    cache: Cache
+    grads: Cache | None = None
+    metric: float | None = None
+    tokens: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+    prompts: list[str] | None = None
+    model_id: str = ""
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """``[batch, pos, vocab]`` for a language model; the module's output if it is a tensor."""
+        out = self.output
+        if isinstance(out, torch.Tensor):
+            return out
+        if hasattr(out, "logits"):
+            return out.logits
+        if isinstance(out, (tuple, list)) and isinstance(out[0], torch.Tensor):
+            return out[0]
+        raise AttributeError(f"this model's output ({type(out).__name__}) has no logits")
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """[batch] number of real tokens of each prompt."""
+        if self.attention_mask is None:
+            if self.tokens is None:
+                raise AttributeError("this run has no tokens")
+            return torch.full((self.tokens.shape[0],), self.tokens.shape[1])
+        return self.attention_mask.sum(1)
+
+    def last_logits(self) -> torch.Tensor:
+        """``[batch, vocab]`` logits at each prompt's last real token (right padding aware)."""
+        idx = (self.lengths - 1).to(self.logits.device)
+        return self.logits[torch.arange(self.logits.shape[0], device=idx.device), idx]
+
+
+InterventionsLike = Intervention | Iterable[Intervention] | Any
+
+
+def _flatten(interventions: Iterable[Any]) -> list[Intervention]:
+    """Interventions, or objects with ``as_interventions()`` (steering vectors), flattened in order."""
+    out: list[Intervention] = []
+    for item in interventions:
+        if item is None:
+            continue
+        if isinstance(item, Intervention):
+            out.append(item)
+        elif hasattr(item, "as_interventions"):
+            out.extend(_flatten(item.as_interventions()))
+        elif isinstance(item, (list, tuple)):
+            out.extend(_flatten(item))
+        else:
+            raise TypeError(f"expected an Intervention (AddVector, Patch, ...), got {type(item).__name__}")
+    return out
+
+
+def _plain_table(module: nn.Module) -> HookPointTable:
+    sites = [Site(name=path, module=path) for path, _ in module.named_modules() if path]
+
+    def alias(name: str) -> str | None:
+        # procgen-tools / circrl spelling: "<module path>_out" is the module's output
+        return name[: -len("_out")] if name.endswith("_out") else None
+
+    return HookPointTable(sites, aliases=alias)
+
+
+def _gather_positions(value: torch.Tensor, axis: int, mask: torch.Tensor, name: str) -> torch.Tensor:
+    """Keep only the masked positions (the same count in every row) along ``axis``."""
+    counts = mask.sum(1)
+    if (counts != counts[0]).any():
+        raise ValueError(
+            f"cache positions select different numbers of tokens per prompt ({counts.tolist()}) at {name!r}; "
+            "choose positions that exist in every prompt (e.g. -1 or a range shorter than the shortest prompt)"
+        )
+    if int(counts[0]) == 0:
+        raise ValueError(f"cache positions select no token at {name!r}")
+    idx = mask.nonzero()[:, 1].reshape(mask.shape[0], -1).to(value.device)  # [batch, k]
+    shape = [1] * value.dim()
+    shape[0], shape[axis] = idx.shape
+    idx = idx.reshape(shape).expand(*[s if i != axis else idx.shape[1] for i, s in enumerate(value.shape)])
+    return value.gather(axis, idx)
+
+
+class Model:
+    """A network with hook points. Wraps any ``nn.Module`` without changing it.
+
+    model_id identifies the weights' architecture; caches carry it so that a cache from another
+    model cannot be patched in by mistake.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        name: str | None = None,
+        table: HookPointTable | None = None,
+        tracker: str | None = None,
+    ):
+        self.module = module.eval()
+        self.name = name or type(module).__name__
+        self.table = table or _plain_table(module)
+        self.tracker = tracker
+        n_params = sum(p.numel() for p in module.parameters())
+        self.model_id = f"{self.name}:{type(module).__name__}:{n_params}"
+
+    # -- hook points -------------------------------------------------------------------------
+    @property
+    def hook_points(self) -> list[str]:
+        """Every hook point name, in forward order."""
+        return list(self.table.names)
+
+    def resolve(self, patterns: str | Iterable[str]) -> list[str]:
+        """Canonical names for names, aliases or glob patterns (``blocks.*.resid_post``)."""
+        return self.table.expand(patterns)
+
+    def site(self, name: str) -> Site:
+        return self.table.resolve(name)
+
+    def _bind(self, interventions: Iterable[Any]) -> list[tuple[Site, Intervention]]:
+        bound = []
+        for iv in _flatten(interventions):
+            site = self.table.resolve(iv.hook)
+            check_intervention(site, iv, self)
+            bound.append((site, iv))
+        return bound
+
+    # -- running -----------------------------------------------------------------------------
+    def _prepare(self, inputs: Any) -> tuple[Callable[[], Any], dict[str, Any]]:
+        """(a thunk that runs the module, extra fields for the Run). Language models override."""
+        if isinstance(inputs, torch.Tensor):
+            if inputs.numel() == 0 or inputs.shape[0] == 0:
+                raise ValueError(f"empty input: got a tensor of shape {list(inputs.shape)}")
+            return (lambda: self.module(inputs)), {}
+        if isinstance(inputs, dict):
+            return (lambda: self.module(**inputs)), {}
+        if isinstance(inputs, (tuple, list)):
+            if not inputs:
+                raise ValueError("empty input")
+            return (lambda: self.module(*inputs)), {}
+        raise TypeError(f"cannot run {type(self.module).__name__} on {type(inputs).__name__}")
+
+    def _runtime(self, sites: Sequence[Site]):
+        """Context needed for some hook points (e.g. eager attention for patterns)."""
+        return nullcontext()
+
+    def run(
+        self,
+        inputs: Any,
+        cache: str | Iterable[str] | None = None,
+        interventions: InterventionsLike = (),
+        *,
+        grad: bool = False,
+        metric: Callable[[Run], torch.Tensor] | None = None,
+        positions: PositionsLike = None,
+        cache_device: str | torch.device | None = None,
+        cache_dtype: torch.dtype | None = None,
+    ) -> Run:
+        """Run the model once, recording the hook points in ``cache`` (names or globs) and applying
+        ``interventions``.
+
+        positions:   cache only these token positions (prompt-relative; see ``avec.core.positions``)
+        grad:        also return ``run.grads``: d metric / d each cached activation; ``metric`` maps
+                     the Run (with live logits) to a scalar tensor
+        cache_device, cache_dtype: where and how to store the cache (default: as computed)
+        """
+        if isinstance(interventions, Intervention) or hasattr(interventions, "as_interventions"):
+            interventions = [interventions]
+        edits = self._bind(interventions)
+        names = self.resolve(cache) if cache else []
+        reads = [self.table.resolve(n) for n in names]
+        if grad and metric is None:
+            raise ValueError("grad=True needs a metric: a function of the Run returning a scalar tensor")
+        if grad and not reads:
+            raise ValueError("grad=True needs cached hook points to take gradients with respect to")
+        selector = as_positions(positions)
+        call, extra = self._prepare(inputs)
+        sites = reads + [s for s, _ in edits]
+        with self._runtime(sites), attach(self.module, edits, reads, tracker=self.tracker, grad=grad) as state:
+            with torch.set_grad_enabled(grad):
+                output = call()
+            live = dict(state.store)
+        run = Run(output=output, cache=Cache(live, self.model_id, self.table), model_id=self.model_id, **extra)
+        grads = None
+        if grad:
+            with torch.enable_grad():
+                value = metric(run)
+                if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                    raise ValueError(
+                        f"the metric must return a scalar tensor, got {getattr(value, 'shape', type(value).__name__)}"
+                    )
+                tensors = [live[n] for n in names]
+                found = torch.autograd.grad(value.reshape(()), tensors, allow_unused=True)
+            grads = {n: (g if g is not None else torch.zeros_like(t)) for n, g, t in zip(names, found, tensors)}
+            run.metric = float(value.detach())
+            run.output = _detach(output)
+        ctx = state.prompt_ctx or state.ctx
+        run.cache = self._finish(live, selector, ctx, cache_device, cache_dtype)
+        if grads is not None:
+            run.grads = self._finish(grads, selector, ctx, cache_device, cache_dtype)
+        return run
+
+    def _finish(self, tensors, selector, ctx: TokenContext | None, device, dtype) -> Cache:
+        out = {}
+        for name, value in tensors.items():
+            value = value.detach()
+            site = self.table.sites[name]
+            if selector is not ALL:
+                if site.pos_axis is None or ctx is None:
+                    raise ValueError(f"hook point {name!r} has no token positions; cache it with positions=None")
+                value = _gather_positions(value, site.pos_axis, selector.mask(ctx), name)
+            if device is not None or dtype is not None:
+                value = value.to(device=device, dtype=dtype if value.is_floating_point() else None)
+            out[name] = value
+        return Cache(out, self.model_id, self.table, positions=selector.describe())
+
+    @contextmanager
+    def intervene(self, *interventions: Any) -> Iterator[None]:
+        """Apply interventions to every forward pass inside the block (``generate`` included).
+
+        Every hook is removed when the block ends, also on an exception.
+        """
+        edits = self._bind(interventions)
+        with self._runtime([s for s, _ in edits]), attach(self.module, edits, (), tracker=self.tracker):
+            yield
+
+    def __call__(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {len(self.table.names)} hook points)"
+
+
+def _detach(output: Any) -> Any:
+    if isinstance(output, torch.Tensor):
+        return output.detach()
+    if hasattr(output, "logits") and isinstance(output.logits, torch.Tensor):
+        output.logits = output.logits.detach()
+        return output
+    if isinstance(output, (tuple, list)):
+        return type(output)(_detach(o) for o in output)
+    return output

@@ -1,0 +1,245 @@
+"""Which token positions an intervention or a cache touches.
+
+Positions are always counted *within each prompt*: position 0 is a prompt's first token whatever
+padding the batch needed, and negative positions count back from the prompt's last token
+(-1 = the last prompt token, the one whose logits predict the first generated token). Generated
+tokens continue the count: the first generated token sits at position ``prompt_len``.
+
+The same selector therefore means the same tokens in a single forward pass, in a batch with left or
+right padding, and during cached generation where each forward pass sees one new token. A selector
+becomes a boolean mask ``[batch, seq]`` for the columns of the current forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import torch
+
+
+@dataclass(frozen=True)
+class TokenContext:
+    """Where the columns of the current forward pass sit inside each prompt.
+
+    pad_left:   [batch] number of left-padding columns of each row
+    prompt_len: [batch] number of real prompt tokens of each row
+    offset:     absolute column of this pass's first column (tokens already in the KV cache)
+    seq_len:    number of columns in this pass
+    """
+
+    pad_left: torch.Tensor
+    prompt_len: torch.Tensor
+    offset: int
+    seq_len: int
+
+    @property
+    def batch(self) -> int:
+        return int(self.pad_left.shape[0])
+
+    def positions(self) -> torch.Tensor:
+        """[batch, seq] prompt-relative position of every column (negative inside left padding)."""
+        cols = torch.arange(self.offset, self.offset + self.seq_len, device=self.pad_left.device)
+        return cols[None, :] - self.pad_left[:, None]
+
+    def real(self) -> torch.Tensor:
+        """[batch, seq] True where a column holds a real token (not padding)."""
+        pos = self.positions()
+        is_generated = self.offset > 0
+        in_prompt = (pos >= 0) & (pos < self.prompt_len[:, None])
+        # right padding only exists in the prompt pass; cached steps are all real tokens
+        return in_prompt | (pos >= self.prompt_len[:, None]) if is_generated else in_prompt
+
+    @staticmethod
+    def plain(batch: int, seq_len: int, device: torch.device | str = "cpu") -> "TokenContext":
+        zeros = torch.zeros(batch, dtype=torch.long, device=device)
+        return TokenContext(zeros, zeros + seq_len, 0, seq_len)
+
+
+class Positions:
+    """Base class of position selectors. ``mask(ctx)`` -> bool ``[batch, seq]`` or None for all."""
+
+    def mask(self, ctx: TokenContext) -> torch.Tensor | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+
+@dataclass(frozen=True, repr=False)
+class AllPositions(Positions):
+    """Every column, prompt and generated alike (padding included: it never affects real tokens)."""
+
+    def mask(self, ctx: TokenContext) -> None:
+        return None
+
+    def describe(self) -> str:
+        return "all"
+
+
+@dataclass(frozen=True, repr=False)
+class PromptPositions(Positions):
+    """The prompt's real tokens only; nothing during generated steps."""
+
+    def mask(self, ctx: TokenContext) -> torch.Tensor:
+        pos = ctx.positions()
+        return (pos >= 0) & (pos < ctx.prompt_len[:, None])
+
+    def describe(self) -> str:
+        return "prompt"
+
+
+@dataclass(frozen=True, repr=False)
+class GeneratedPositions(Positions):
+    """Generated tokens only (positions >= prompt length)."""
+
+    def mask(self, ctx: TokenContext) -> torch.Tensor:
+        return ctx.positions() >= ctx.prompt_len[:, None]
+
+    def describe(self) -> str:
+        return "generated"
+
+
+def _absolute(index: int, prompt_len: torch.Tensor) -> torch.Tensor:
+    """[batch] prompt-relative index; negative counts back from each prompt's end."""
+    if index >= 0:
+        return torch.full_like(prompt_len, index)
+    return prompt_len + index
+
+
+@dataclass(frozen=True, repr=False)
+class From(Positions):
+    """Every position >= ``start`` (prompt-relative; -1 = the last prompt token), generated included.
+
+    This is the CAA rule: steering from the last instruction token onward, so the token whose
+    logits predict the first generated token is included, and every generated token after it.
+    """
+
+    start: int
+
+    def mask(self, ctx: TokenContext) -> torch.Tensor:
+        start = _absolute(self.start, ctx.prompt_len)
+        return ctx.positions() >= start[:, None]
+
+    def describe(self) -> str:
+        return f"from {self.start}"
+
+
+@dataclass(frozen=True, repr=False)
+class Front(Positions):
+    """The prompt's first ``k`` tokens (ActAdd's "front" positions)."""
+
+    k: int
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise ValueError(f"Front(k) needs k >= 1, got {self.k}")
+
+    def mask(self, ctx: TokenContext) -> torch.Tensor:
+        pos = ctx.positions()
+        return (pos >= 0) & (pos < torch.minimum(ctx.prompt_len, torch.full_like(ctx.prompt_len, self.k))[:, None])
+
+    def describe(self) -> str:
+        return f"first {self.k}"
+
+
+@dataclass(frozen=True, repr=False)
+class At(Positions):
+    """Explicit prompt-relative indices (negative counts back from each prompt's end)."""
+
+    indices: tuple[int, ...]
+
+    def mask(self, ctx: TokenContext) -> torch.Tensor:
+        pos = ctx.positions()
+        out = torch.zeros_like(pos, dtype=torch.bool)
+        for i in self.indices:
+            target = _absolute(i, ctx.prompt_len)
+            out |= (pos == target[:, None]) & (target[:, None] >= 0)
+        return out
+
+    def describe(self) -> str:
+        return f"positions {list(self.indices)}"
+
+
+@dataclass(frozen=True, repr=False)
+class Span(Positions):
+    """Prompt-relative half-open range ``[start, stop)``; ``stop=None`` runs to the prompt's end."""
+
+    start: int
+    stop: int | None = None
+
+    def mask(self, ctx: TokenContext) -> torch.Tensor:
+        pos = ctx.positions()
+        start = _absolute(self.start, ctx.prompt_len)
+        stop = ctx.prompt_len if self.stop is None else _absolute(self.stop, ctx.prompt_len)
+        return (pos >= start[:, None]) & (pos < stop[:, None])
+
+    def describe(self) -> str:
+        return f"span [{self.start}:{'' if self.stop is None else self.stop}]"
+
+
+@dataclass(frozen=True, repr=False)
+class Mask(Positions):
+    """An explicit boolean mask ``[batch, total_seq]`` over absolute columns (for batched sweeps)."""
+
+    columns: torch.Tensor
+
+    def mask(self, ctx: TokenContext) -> torch.Tensor:
+        cols = self.columns
+        if cols.dim() != 2 or cols.shape[0] not in (1, ctx.batch):
+            raise ValueError(
+                f"position mask must be [batch, seq] with batch 1 or {ctx.batch}, got {tuple(cols.shape)}"
+            )
+        stop = ctx.offset + ctx.seq_len
+        if cols.shape[1] < stop:
+            raise ValueError(f"position mask covers {cols.shape[1]} columns but the input has {stop}")
+        return cols[:, ctx.offset : stop].to(device=ctx.pad_left.device, dtype=torch.bool).expand(ctx.batch, -1)
+
+    def describe(self) -> str:
+        return f"mask {tuple(self.columns.shape)}"
+
+
+ALL = AllPositions()
+PROMPT = PromptPositions()
+GENERATED = GeneratedPositions()
+
+PositionsLike = Union[Positions, None, str, int, slice, Sequence[int], torch.Tensor]
+
+
+def as_positions(spec: PositionsLike) -> Positions:
+    """Turn user shorthand into a selector.
+
+    None / "all" -> every position; "prompt"; "generated"; an int -> that index; a list of ints;
+    a slice -> Span; a bool tensor [batch, seq] -> Mask.
+    """
+    if spec is None:
+        return ALL
+    if isinstance(spec, Positions):
+        return spec
+    if isinstance(spec, str):
+        named = {"all": ALL, "prompt": PROMPT, "generated": GENERATED}
+        if spec not in named:
+            raise ValueError(f"unknown positions {spec!r}; use one of {sorted(named)} or an index/slice/list")
+        return named[spec]
+    if isinstance(spec, bool):
+        raise TypeError("positions cannot be a bool; use 'all' or a mask tensor")
+    if isinstance(spec, int):
+        return At((spec,))
+    if isinstance(spec, slice):
+        if spec.step not in (None, 1):
+            raise ValueError("position slices cannot have a step")
+        return Span(spec.start or 0, spec.stop)
+    if isinstance(spec, torch.Tensor):
+        if spec.dtype != torch.bool:
+            raise TypeError(f"a positions tensor must be a bool mask [batch, seq], got dtype {spec.dtype}")
+        return Mask(spec)
+    try:
+        indices = tuple(int(i) for i in spec)
+    except TypeError:
+        raise TypeError(f"cannot read positions from {spec!r}") from None
+    if not indices:
+        raise ValueError("an empty list of positions selects nothing")
+    return At(indices)

@@ -1,0 +1,194 @@
+"""LanguageModel: a Hugging Face causal LM with canonical hook points, tokenizer-aware runs and
+steerable generation. The HF model is wrapped, never reimplemented: its own forward runs."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from ..core.model import Model, Run
+from .architectures import Architecture, architecture_for, dims_of, hook_table
+
+
+class LanguageModel(Model):
+    """A decoder-only transformer from Hugging Face transformers.
+
+    Runs take strings (batched with right padding: position i of a row is that prompt's token i,
+    and ``run.lengths`` gives each prompt's length) or token ids ``[batch, pos]``.
+    """
+
+    def __init__(self, hf_model: nn.Module, tokenizer: Any, name: str | None = None, arch: Architecture | None = None):
+        self.hf = hf_model
+        self.tokenizer = tokenizer
+        self.arch = arch or architecture_for(hf_model.config)
+        self.dims = dims_of(hf_model.config)
+        super().__init__(hf_model, name=name or getattr(hf_model.config, "_name_or_path", None) or self.arch.family,
+                         table=hook_table(self.arch, self.dims), tracker=self.arch.base)
+        self.model_id = f"{self.name}:{self.arch.family}:L{self.dims.n_layers}:d{self.dims.d_model}:v{self.dims.vocab}"
+        if tokenizer is not None and tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    # -- sizes ---------------------------------------------------------------------------------
+    @property
+    def config(self):
+        return self.hf.config
+
+    @property
+    def n_layers(self) -> int:
+        return self.dims.n_layers
+
+    @property
+    def d_model(self) -> int:
+        return self.dims.d_model
+
+    @property
+    def n_heads(self) -> int:
+        return self.dims.n_heads
+
+    @property
+    def d_head(self) -> int:
+        return self.dims.d_head
+
+    @property
+    def d_mlp(self) -> int:
+        return self.dims.d_mlp
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    def get_module(self, path: str) -> nn.Module:
+        return self.hf.get_submodule(path)
+
+    @property
+    def W_U(self) -> torch.Tensor:
+        """Unembedding ``[d_model, vocab]``."""
+        return self.get_module(self.arch.unembed).weight.T
+
+    # -- tokens --------------------------------------------------------------------------------
+    def tokenize(self, prompts: str | Sequence[str], padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input_ids [batch, pos], attention_mask [batch, pos])``, with the tokenizer's own
+        special tokens (e.g. Gemma's BOS) as the model expects."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("empty input: no prompts given")
+        empty = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p]
+        if empty:
+            raise ValueError(f"empty input: prompt(s) {empty} are empty strings or not strings")
+        self.tokenizer.padding_side = padding_side
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True)
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+
+    def to_tokens(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def to_str_tokens(self, text: str | torch.Tensor) -> list[str]:
+        ids = self.to_tokens(text) if isinstance(text, str) else text.tolist()
+        return [self.tokenizer.decode([i]) for i in ids]
+
+    def token_id(self, token: str | int) -> int:
+        """The id of a string that must be exactly one token (e.g. ``" Paris"``)."""
+        if isinstance(token, int):
+            return token
+        ids = self.to_tokens(token)
+        if len(ids) != 1:
+            pieces = [self.tokenizer.decode([i]) for i in ids]
+            raise ValueError(f"{token!r} is {len(ids)} tokens ({pieces}), not one; pick a single-token string")
+        return ids[0]
+
+    def _prepare(self, inputs: Any):
+        prompts = None
+        if isinstance(inputs, (str, list, tuple)) and (isinstance(inputs, str) or all(isinstance(p, str) for p in inputs)):
+            prompts = [inputs] if isinstance(inputs, str) else list(inputs)
+            ids, mask = self.tokenize(prompts)
+        elif isinstance(inputs, torch.Tensor):
+            ids = inputs if inputs.dim() == 2 else inputs[None]
+            if ids.numel() == 0:
+                raise ValueError(f"empty input: token tensor of shape {list(inputs.shape)}")
+            ids = ids.to(self.device)
+            mask = torch.ones_like(ids)
+        elif isinstance(inputs, dict) and "input_ids" in inputs:
+            ids = inputs["input_ids"].to(self.device)
+            mask = inputs.get("attention_mask", torch.ones_like(ids)).to(self.device)
+            if ids.numel() == 0:
+                raise ValueError("empty input: input_ids is empty")
+        else:
+            raise TypeError(f"a language model runs on a string, a list of strings or token ids [batch, pos]; got {type(inputs).__name__}")
+        if ids.dtype not in (torch.long, torch.int, torch.int32):
+            raise TypeError(f"token ids must be integers, got {ids.dtype}")
+        if int(ids.max()) >= self.dims.vocab or int(ids.min()) < 0:
+            raise ValueError(f"token ids must lie in 0..{self.dims.vocab - 1}")
+
+        def call():
+            return self.hf(input_ids=ids, attention_mask=mask, use_cache=False)
+
+        return call, {"tokens": ids, "attention_mask": mask, "prompts": prompts}
+
+    @contextmanager
+    def _runtime(self, sites):
+        """Attention patterns exist only with eager attention: switch to it for that call only."""
+        needs_eager = any(s.eager for s in sites)
+        before = self.hf.config._attn_implementation
+        if needs_eager and before != "eager":
+            self.hf.set_attn_implementation("eager")
+            try:
+                yield
+            finally:
+                self.hf.set_attn_implementation(before)
+        else:
+            yield
+
+    # -- generation ----------------------------------------------------------------------------
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        max_new_tokens: int = 30,
+        *,
+        steer: Any = None,
+        interventions: Iterable[Any] = (),
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float | None = None,
+        seed: int | None = None,
+        use_cache: bool = True,
+        chat: bool = False,
+    ) -> list[str]:
+        """Complete each prompt; returns the new text only, one string per prompt.
+
+        steer / interventions apply to every forward pass (prompt and each generated token) with the
+        same prompt-relative positions whether or not the KV cache is on. ``chat`` wraps each prompt
+        in the tokenizer's chat template. ``seed`` makes sampling reproducible.
+        """
+        single = isinstance(prompts, str)
+        prompts = [prompts] if single else list(prompts)
+        if chat:
+            prompts = [
+                self.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+                for p in prompts
+            ]
+        ids, mask = self.tokenize(prompts, padding_side="left")
+        kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=use_cache,
+                                      pad_token_id=self.tokenizer.pad_token_id)
+        if do_sample:
+            kwargs["temperature"] = temperature
+            if top_p is not None:
+                kwargs["top_p"] = top_p
+        else:  # silence "temperature is set but do_sample=False" from generation configs
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if seed is not None:
+            torch.manual_seed(seed)
+        edits = [x for x in ([steer] if steer is not None else []) + list(interventions)]
+        with torch.no_grad(), self.intervene(*edits):
+            out = self.hf.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        texts = self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+        return texts
+
+    def __repr__(self) -> str:
+        d = self.dims
+        return (f"LanguageModel({self.name!r}, {self.arch.family}, layers={d.n_layers}, d_model={d.d_model}, "
+                f"heads={d.n_heads}x{d.d_head}, d_mlp={d.d_mlp}, vocab={d.vocab})")

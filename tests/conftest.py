@@ -1,0 +1,15 @@
+import pytest
+
+from _tiny import ARCHS, tiny_lm  # noqa: F401  (sets the test environment on import)
+
+
+@pytest.fixture(params=ARCHS)
+def arch_lm(request):
+    return tiny_lm(request.param)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    import avec
+
+    return avec.load("smollm2")

@@ -1,0 +1,139 @@
+"""Hook point identities on every supported architecture (tiny random configs)."""
+
+import pytest
+import torch
+
+from avec import AddVector, Patch, Zero
+from avec.models.architectures import UnsupportedArchitecture, architecture_for
+
+from _tiny import ARCHS, tiny_lm, tokens
+
+ALL_POINTS = ["embed", "blocks.*.resid_pre", "blocks.*.attn.z", "blocks.*.attn_out", "blocks.*.resid_mid",
+              "blocks.*.mlp.post", "blocks.*.mlp_out", "blocks.*.resid_post", "final_norm", "logits"]
+
+
+def close(a, b, rel=1e-5):
+    scale = max(a.abs().max().item(), b.abs().max().item(), 1e-6)
+    return (a - b).abs().max().item() <= rel * scale
+
+
+def test_residual_stream_decomposes_exactly(arch_lm):
+    lm = arch_lm
+    run = lm.run(tokens(lm), cache=ALL_POINTS)
+    c = run.cache
+    assert torch.equal(c["embed"], c["blocks.0.resid_pre"])
+    total = c["embed"].clone()
+    for l in range(lm.n_layers):
+        pre, mid, post = c[f"blocks.{l}.resid_pre"], c[f"blocks.{l}.resid_mid"], c[f"blocks.{l}.resid_post"]
+        assert close(mid, pre + c[f"blocks.{l}.attn_out"])
+        assert close(post, pre + c[f"blocks.{l}.attn_out"] + c[f"blocks.{l}.mlp_out"])
+        if l + 1 < lm.n_layers:
+            assert torch.equal(post, c[f"blocks.{l + 1}.resid_pre"])
+        total = total + c[f"blocks.{l}.attn_out"] + c[f"blocks.{l}.mlp_out"]
+    assert close(total, c[f"blocks.{lm.n_layers - 1}.resid_post"])
+    # the final norm of the last residual gives the logits through the unembedding
+    assert close(c["logits"], c["final_norm"] @ lm.W_U + (getattr(lm.get_module("lm_head"), "bias", None) or 0))
+    if lm.arch.family != "gemma" or lm.config.model_type == "gemma3_text":
+        assert close(c["logits"], run.logits)
+
+
+def test_attn_out_is_z_through_output_projection(arch_lm):
+    """attn.z is each head's output; o_proj(z) is attention's output (pre post-norm for Gemma)."""
+    lm = arch_lm
+    if lm.arch.family == "gemma":
+        pytest.skip("Gemma's attn_out is after the post-attention norm")
+    run = lm.run(tokens(lm), cache=["blocks.1.attn.z", "blocks.1.attn_out"])
+    z = run.cache["blocks.1.attn.z"]
+    assert z.shape[-2:] == (lm.n_heads, lm.d_head)
+    o_proj = lm.get_module(f"{lm.arch.layers}.1.{lm.arch.attn_o}")
+    assert close(o_proj(z.flatten(-2)), run.cache["blocks.1.attn_out"])
+
+
+def test_zero_vector_and_self_patch_change_nothing(arch_lm):
+    lm = arch_lm
+    x = tokens(lm)
+    base = lm.run(x, cache=ALL_POINTS)
+    zero = lm.run(x, interventions=[AddVector(f"blocks.{l}.{p}", torch.zeros(lm.d_model))
+                                    for l in range(lm.n_layers) for p in ("resid_pre", "resid_mid", "attn_out", "mlp_out")])
+    assert torch.equal(zero.logits, base.logits)
+    names = lm.resolve(ALL_POINTS)
+    patched = lm.run(x, interventions=[Patch(n, source=base) for n in names])
+    assert torch.equal(patched.logits, base.logits)
+
+
+@pytest.mark.parametrize("point", ["resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"])
+def test_addition_changes_nothing_upstream(point):
+    lm = tiny_lm("llama")
+    x = tokens(lm)
+    names = lm.resolve(ALL_POINTS)
+    base = lm.run(x, cache=names)
+    vec = torch.randn(lm.d_model)
+    hook = f"blocks.1.{point}"
+    steered = lm.run(x, cache=names, interventions=[AddVector(hook, vec)])
+    order = names.index(hook)
+    for i, n in enumerate(names):
+        same = torch.equal(base.cache[n], steered.cache[n])
+        if i < order:
+            assert same, f"{n} changed although it is upstream of {hook}"
+        elif i > order and n.startswith(("blocks.2", "final_norm", "logits")):
+            assert not same, f"{n} did not change although it is downstream of {hook}"
+    assert torch.allclose(steered.cache[hook] - base.cache[hook], vec.expand_as(base.cache[hook]), atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text", "gpt2"])
+def test_resid_mid_edit_reaches_mlp_and_residual(model_type):
+    lm = tiny_lm(model_type)
+    x = tokens(lm)
+    pts = ["blocks.1.resid_mid", "blocks.1.mlp_out", "blocks.1.resid_post"]
+    base = lm.run(x, cache=pts)
+    vec = torch.randn(lm.d_model)
+    new = lm.run(x, cache=pts, interventions=[AddVector("blocks.1.resid_mid", vec)])
+    assert not torch.allclose(new.cache["blocks.1.mlp_out"], base.cache["blocks.1.mlp_out"])  # the MLP saw it
+    residual = new.cache["blocks.1.resid_post"] - new.cache["blocks.1.mlp_out"]
+    assert close(residual, base.cache["blocks.1.resid_mid"] + vec)  # and so did the residual stream
+    assert close(new.cache["blocks.1.resid_mid"], base.cache["blocks.1.resid_mid"] + vec)
+
+
+def test_head_intervention_changes_only_that_head(arch_lm):
+    lm = arch_lm
+    x = tokens(lm)
+    h = 2
+    base = lm.run(x, cache=["blocks.1.attn.z", "blocks.1.attn_out"])
+    new = lm.run(x, cache=["blocks.1.attn.z", "blocks.1.attn_out"],
+                 interventions=[AddVector("blocks.1.attn.z", torch.randn(lm.d_head), heads=h)])
+    dz = new.cache["blocks.1.attn.z"] - base.cache["blocks.1.attn.z"]
+    others = [i for i in range(lm.n_heads) if i != h]
+    assert torch.equal(dz[:, :, others], torch.zeros_like(dz[:, :, others]))
+    assert dz[:, :, h].abs().min() > 0
+    if lm.arch.family != "gemma":  # what head h writes: its slice of the output projection
+        w_o = lm.get_module(f"{lm.arch.layers}.1.{lm.arch.attn_o}").weight
+        w_o = w_o.T if lm.arch.family != "gpt2" else w_o  # [n_heads*d_head, d_model]
+        sl = slice(h * lm.d_head, (h + 1) * lm.d_head)
+        expected = dz[:, :, h] @ w_o[sl]
+        assert close(new.cache["blocks.1.attn_out"] - base.cache["blocks.1.attn_out"], expected, rel=1e-4)
+    ablated = lm.run(x, cache=["blocks.1.attn.z"], interventions=[Zero("blocks.1.attn.z", heads=[0, 3])])
+    z = ablated.cache["blocks.1.attn.z"]
+    assert z[:, :, [0, 3]].abs().max() == 0 and torch.equal(z[:, :, 1], base.cache["blocks.1.attn.z"][:, :, 1])
+
+
+def test_patterns_are_probabilities_and_attention_is_restored(arch_lm):
+    lm = arch_lm
+    before = lm.config._attn_implementation
+    run = lm.run(tokens(lm, seq=5), cache=["blocks.0.attn.pattern", "blocks.0.resid_post"])
+    p = run.cache["blocks.0.attn.pattern"]
+    assert p.shape == (2, lm.n_heads, 5, 5)
+    assert torch.allclose(p.sum(-1), torch.ones(2, lm.n_heads, 5), atol=1e-5)
+    assert torch.triu(p, diagonal=1).abs().max() == 0  # causal
+    assert lm.config._attn_implementation == before
+    plain = lm.run(tokens(lm, seq=5), cache=["blocks.0.resid_post"])
+    assert close(plain.cache["blocks.0.resid_post"], run.cache["blocks.0.resid_post"])
+
+
+def test_unsupported_architecture_names_supported_ones():
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model("opt", hidden_size=32, num_hidden_layers=1, ffn_dim=64, num_attention_heads=2)
+    with pytest.raises(UnsupportedArchitecture) as err:
+        architecture_for(config)
+    msg = str(err.value)
+    assert "'opt'" in msg and "llama" in msg and "gpt2" in msg and "register_architecture" in msg
