@@ -45,6 +45,16 @@ class Site:
     width: tuple[int, ...] | None = None
     layer: int | None = None
 
+    @property
+    def layout(self) -> str:
+        """The value's axes, e.g. ``[batch, pos, 576]`` or ``[batch, head, query, key]``."""
+        if self.pos_axis is None:
+            return "[batch, ...]"
+        if self.pos_axis == 2:
+            return "[batch, head, query, key]"
+        width = ", ".join(map(str, self.width)) if self.width else "..."
+        return f"[batch, pos, {width}]"
+
 
 class UnknownHookPoint(KeyError):
     """A hook point name that the model does not have. The message lists near matches."""

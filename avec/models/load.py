@@ -178,8 +178,22 @@ def _load_gguf(gguf: Path, key: str, name: str, dtype, device, attn, assemble_fr
         with _lock(key):  # concurrent first loads (e.g. parallel test workers) convert once
             if not is_cached(key):
                 _convert(gguf, key, name, attn, assemble_from)
-    hf, tok = _from_pretrained(target, dtype, device, attn)
+    with _quiet_progress():  # loading the float cache takes well under a second: no bar
+        hf, tok = _from_pretrained(target, dtype, device, attn)
     return LanguageModel(hf, tok, name=name)
+
+
+@contextmanager
+def _quiet_progress():
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 @contextmanager

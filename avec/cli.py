@@ -1,0 +1,58 @@
+"""`avec` command line: one command per technique, each runnable on the bundled models."""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="avec: algebraic value editing and interpretability")
+
+
+@app.command()
+def models() -> None:
+    """List the bundled models and whether their packages are installed and float caches built."""
+    from .models import bundled_models, cache_root
+
+    typer.echo(f"cache: {cache_root()}  (set AVEC_CACHE_DIR to move it)")
+    for row in bundled_models():
+        status = ("installed" if row["installed"] else "not installed") + (", cached" if row["cached"] else ", not cached")
+        typer.echo(f"{row['name']:<14} {status:<26} {row['description']}")
+
+
+@app.command()
+def hooks(model: str = typer.Argument(..., help="bundled name, HF id, local dir or .gguf"),
+          pattern: Optional[str] = typer.Option(None, help="glob filter, e.g. 'blocks.3.*'")) -> None:
+    """Print a model's hook points (in forward order) with their shapes."""
+    from .models import load
+
+    lm = load(model)
+    names = lm.resolve(pattern) if pattern else lm.hook_points
+    for name in names:
+        site = lm.site(name)
+        extra = " (read-only)" if site.read_only else ""
+        typer.echo(f"{name:<28} {site.layout:<28} <- {site.module} {site.kind}{extra}")
+
+
+@app.command()
+def tour(out: str = typer.Option("avec-tour.html", help="where to write the HTML report"),
+         model: str = typer.Option("smollm2", help="language model for the LM sections"),
+         quick: bool = typer.Option(False, help="smaller sample sizes"),
+         only: Optional[List[str]] = typer.Option(None, help="run only sections whose title contains this")) -> None:
+    """Run every technique on the bundled models and write one self-contained HTML report."""
+    from .report.tour import run_tour
+
+    path, failed = run_tour(out, model=model, quick=quick, only=only)
+    typer.echo(f"wrote {path}")
+    if failed:
+        typer.echo(f"sections that failed: {', '.join(failed)}", err=True)
+        raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
