@@ -50,6 +50,18 @@ def tour(out: str = typer.Option("avec-tour.html", help="where to write the HTML
         raise typer.Exit(1)
 
 
+def _register_techniques() -> None:
+    """Each technique package adds its own commands (`avec lens`, `avec patch`, ...)."""
+    from .lens import cli as lens_cli
+    from .patching import cli as patching_cli
+
+    for module in (lens_cli, patching_cli):
+        module.register(app)
+
+
+_register_techniques()
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -1,5 +1,9 @@
-"""Looking inside: residual norms (more lenses arrive with the lens issue)."""
+"""Looking inside: logit lens, tuned lens, direct logit attribution, residual decomposition, norms."""
 
-from .norms import ResidualNorms, residual_norms
+from .decomposition import ResidualDecomposition, decompose
+from .dla import DLA, dla
+from .logit_lens import LogitLens, logit_lens
+from .norms import ResidualNorms, WeightNorms, growth_rate, residual_norms, weight_norms
 
-__all__ = ["ResidualNorms", "residual_norms"]
+__all__ = ["DLA", "LogitLens", "ResidualDecomposition", "ResidualNorms", "WeightNorms", "decompose", "dla",
+           "growth_rate", "logit_lens", "residual_norms", "weight_norms"]

@@ -25,7 +25,7 @@ import torch
 
 from .lm import LanguageModel
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: config records `architectures` (other tools key adapters on it)
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,7 @@ def _write_float_cache(hf_model, tokenizer, target: Path, source: str) -> None:
         config = hf_model.config.to_dict()
         config.pop("quantization_config", None)
         config.pop("_name_or_path", None)
+        config["architectures"] = [type(hf_model).__name__]
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
         if getattr(hf_model, "generation_config", None) is not None:
             hf_model.generation_config.save_pretrained(tmp)
@@ -249,6 +250,8 @@ def load(
     key = str(name_or_path)
     if key in BUNDLED:
         bundle = BUNDLED[key]
+        if is_cached(key):  # the float cache is enough, even if the weights package is gone
+            return _load_gguf(Path(), key, key, dtype, device, attn_implementation)
         paths = bundle.locate()
         if len(paths) == 1:
             return _load_gguf(paths[0], key, key, dtype, device, attn_implementation)

@@ -80,10 +80,16 @@ def residual_norm_section(ctx: TourContext, s: Section) -> None:
     s.table(norms.to_frame())
 
 
-SECTIONS: list[tuple[str, Callable[[TourContext, Section], None]]] = [
-    ("Model card", model_card),
-    ("Residual stream norms by layer", residual_norm_section),
-]
+def _sections() -> list[tuple[str, Callable[[TourContext, Section], None]]]:
+    """Every technique's sections, in reading order (each package lists its own in tour_sections.py)."""
+    from ..lens import tour_sections as lens
+    from ..patching import tour_sections as patching
+
+    return [("Model card", model_card), ("Residual stream norms by layer", residual_norm_section),
+            *lens.SECTIONS, *patching.SECTIONS]
+
+
+SECTIONS = _sections()
 
 
 def run_tour(out: str | Path = "avec-tour.html", model: str = "smollm2", quick: bool = False,

@@ -1,0 +1,59 @@
+"""`avec tour` sections for the lenses (wired into ``avec.report.tour.SECTIONS`` by the tour)."""
+
+from __future__ import annotations
+
+FACT = "The Eiffel Tower is in the city of"
+
+
+def logit_lens_section(ctx, s) -> None:
+    from .logit_lens import logit_lens
+
+    lm = ctx.lm
+    ll = logit_lens(lm, FACT, tokens=[" Paris"])
+    s.text(f"Logit lens on {FACT!r}: each block's input residual (and the final residual) read through the "
+           "model's own final norm and unembedding. Colour: probability of ' Paris'; text: the lens's top-1 token. "
+           "The last row is the model's output exactly.")
+    s.figure(ll.plot())
+    s.figure(ll.plot_kl())
+    summary = ll.summary()
+    s.table(summary[summary["position"] == summary["position"].max()])
+
+
+def dla_section(ctx, s) -> None:
+    from .dla import dla
+
+    lm = ctx.lm
+    res = dla(lm, FACT, target=" Paris", against=" Rome", heads=True, neurons=True)
+    s.text(f"Direct logit attribution of logit(' Paris') - logit(' Rome') = {res.logit.item():.3f} at the last token of "
+           f"{FACT!r}, with the final norm's scale frozen at its value in the run. The contributions sum to "
+           f"{res.total.item():.3f} (difference {abs(res.total - res.logit).item():.1e}).")
+    s.figure(res.plot())
+    s.text("Largest heads (attn.z through each head's slice of o_proj) and neurons (mlp.post through down_proj):")
+    s.table(res.top_heads(10))
+    s.table(res.top_neurons(10))
+
+
+def norm_growth_section(ctx, s) -> None:
+    from .norms import growth_rate, residual_norms, weight_norms
+
+    lm = ctx.lm
+    prompts = ["The Eiffel Tower is in the city of Paris, which is the capital of France.",
+               "I hate you because you never listen to me.",
+               "The mitochondria is the powerhouse of the cell.",
+               "import numpy as np\nx = np.zeros(10)"]
+    norms = residual_norms(lm, prompts)
+    wn = weight_norms(lm)
+    s.text(f"Residual norm grows by a factor {growth_rate(norms):.3f} per layer on average (geometric mean, "
+           f"first token excluded). Beside it, the Frobenius norms of what each layer can write: each head's "
+           "W_OV = W_V W_O and each MLP's W_out.")
+    s.figure(wn.plot())
+    frame = wn.to_frame()
+    frame["resid_growth"] = norms.growth.numpy()
+    s.table(frame)
+
+
+SECTIONS = [
+    ("Logit lens on a factual prompt", logit_lens_section),
+    ("Direct logit attribution of the answer", dla_section),
+    ("Norm growth: residual and weight norms", norm_growth_section),
+]

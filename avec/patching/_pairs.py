@@ -1,0 +1,96 @@
+"""Clean/corrupted prompt pairs: tokenised once, checked to align, with baseline metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..core.model import Cache, Run
+from ..models.lm import LanguageModel
+from .metrics import Metric, evaluate, logit_diff
+
+
+def tokenize(lm: LanguageModel, inputs: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids [batch, pos], mask [batch, pos])`` from prompts, token ids or a dict."""
+    if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs and all(isinstance(p, str) for p in inputs)):
+        return lm.tokenize(inputs)
+    if isinstance(inputs, torch.Tensor):
+        ids = inputs if inputs.dim() == 2 else inputs[None]
+        return ids.to(lm.device), torch.ones_like(ids, device=lm.device)
+    if isinstance(inputs, dict) and "input_ids" in inputs:
+        ids = inputs["input_ids"].to(lm.device)
+        return ids, inputs.get("attention_mask", torch.ones_like(ids)).to(lm.device)
+    raise TypeError(f"{what}: expected a prompt, a list of prompts or token ids [batch, pos]; got {type(inputs).__name__}")
+
+
+@dataclass
+class Pair:
+    """Aligned clean and corrupted inputs and the metric on each."""
+
+    clean_ids: torch.Tensor
+    clean_mask: torch.Tensor
+    corrupt_ids: torch.Tensor
+    corrupt_mask: torch.Tensor
+    metric: Metric
+    clean_metric: float
+    corrupted_metric: float
+    labels: tuple[str, ...]
+
+    @property
+    def batch(self) -> int:
+        return int(self.clean_ids.shape[0])
+
+    @property
+    def seq(self) -> int:
+        return int(self.clean_ids.shape[1])
+
+    def normalise(self, value: torch.Tensor) -> torch.Tensor:
+        """0 = the corrupted run's metric, 1 = the clean run's."""
+        return (value - self.corrupted_metric) / (self.clean_metric - self.corrupted_metric)
+
+
+def choose_metric(lm: LanguageModel, metric: Metric | None, answer: Any, wrong: Any) -> Metric:
+    if metric is not None:
+        if answer is not None or wrong is not None:
+            raise ValueError("give either metric= or answer=/wrong= (a logit difference), not both")
+        return metric
+    if answer is None or wrong is None:
+        raise ValueError("give a metric (a function of a Run returning a scalar tensor) or both answer= and wrong= "
+                         "tokens for the default logit-difference metric")
+    return logit_diff(lm, answer, wrong)
+
+
+def logits_view(lm: LanguageModel, logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> Run:
+    """A Run holding only logits (what a metric reads) for a slice of a batched forward pass."""
+    return Run(output=logits, cache=Cache({}, lm.model_id, lm.table), tokens=ids, attention_mask=mask, model_id=lm.model_id)
+
+
+def prepare(lm: LanguageModel, clean: Any, corrupted: Any, metric: Metric | None, answer: Any = None,
+            wrong: Any = None) -> Pair:
+    metric = choose_metric(lm, metric, answer, wrong)
+    c_ids, c_mask = tokenize(lm, clean, "clean")
+    x_ids, x_mask = tokenize(lm, corrupted, "corrupted")
+    if c_ids.shape[0] != x_ids.shape[0]:
+        raise ValueError(f"{c_ids.shape[0]} clean prompts but {x_ids.shape[0]} corrupted ones; give them in pairs")
+    c_len, x_len = c_mask.sum(1).tolist(), x_mask.sum(1).tolist()
+    if c_ids.shape != x_ids.shape or c_len != x_len:
+        raise ValueError(
+            f"clean and corrupted prompts must have the same token length to be patched position by position; "
+            f"clean lengths {c_len}, corrupted lengths {x_len}. Rephrase so that they align (e.g. swap one "
+            "single-token name for another), or tokenise and align them yourself and pass token ids"
+        )
+    with torch.no_grad():
+        m_clean = float(evaluate(metric, lm.run({"input_ids": c_ids, "attention_mask": c_mask})))
+        m_corr = float(evaluate(metric, lm.run({"input_ids": x_ids, "attention_mask": x_mask})))
+    if abs(m_clean - m_corr) < 1e-6 * max(1.0, abs(m_clean)):
+        raise ValueError(
+            f"the metric is the same on the clean and corrupted prompts ({m_clean:.4g}), so the normalised "
+            "score (0 = corrupted, 1 = clean) is undefined; pick prompts or answers that the model tells apart"
+        )
+    if lm.tokenizer is not None:
+        labels = tuple(f"{i}:{lm.tokenizer.decode([int(t)])}" for i, t in enumerate(c_ids[0]))
+    else:
+        labels = tuple(str(i) for i in range(c_ids.shape[1]))
+    return Pair(c_ids, c_mask, x_ids, x_mask, metric, m_clean, m_corr, labels)
