@@ -259,3 +259,16 @@ def test_token_context_positions():
     step = TokenContext(torch.tensor([0, 2]), torch.tensor([4, 2]), offset=4, seq_len=1)
     assert From(-1).mask(step).tolist() == [[True], [True]]
     assert Front(2).mask(step).tolist() == [[False], [False]]
+
+
+def test_forward_kwargs_reach_the_model_and_last_logits_follow():
+    lm = tiny_lm("llama")
+    ids = tokens(lm, batch=2, seq=6)
+    mask = torch.tensor([[1] * 6, [1] * 6])
+    full = lm.run({"input_ids": ids, "attention_mask": mask})
+    kept = lm.run({"input_ids": ids, "attention_mask": mask}, logits_to_keep=1)
+    assert kept.logits.shape == (2, 1, lm.dims.vocab)
+    assert torch.allclose(kept.last_logits(), full.last_logits(), atol=1e-5)
+    ragged = lm.run({"input_ids": ids, "attention_mask": torch.tensor([[1] * 6, [1] * 4 + [0] * 2])}, logits_to_keep=1)
+    with pytest.raises(ValueError, match="do not reach every prompt's last token"):
+        ragged.last_logits()

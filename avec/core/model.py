@@ -128,9 +128,16 @@ class Run:
         return self.attention_mask.sum(1)
 
     def last_logits(self) -> torch.Tensor:
-        """``[batch, vocab]`` logits at each prompt's last real token (right padding aware)."""
-        idx = (self.lengths - 1).to(self.logits.device)
-        return self.logits[torch.arange(self.logits.shape[0], device=idx.device), idx]
+        """``[batch, vocab]`` logits at each prompt's last real token (right padding aware; with
+        ``logits_to_keep=k`` the logits cover the batch's last k columns)."""
+        logits = self.logits
+        idx = (self.lengths - 1).to(logits.device)
+        if self.tokens is not None and logits.shape[1] != self.tokens.shape[1]:
+            idx = idx - (self.tokens.shape[1] - logits.shape[1])
+            if (idx < 0).any():
+                raise ValueError("the kept logits do not reach every prompt's last token (shorter prompts are "
+                                 "right-padded); keep more positions or run same-length prompts")
+        return logits[torch.arange(logits.shape[0], device=idx.device), idx]
 
 
 InterventionsLike = Intervention | Iterable[Intervention] | Any
@@ -223,18 +230,19 @@ class Model:
         return bound
 
     # -- running -----------------------------------------------------------------------------
-    def _prepare(self, inputs: Any) -> tuple[Callable[[], Any], dict[str, Any]]:
+    def _prepare(self, inputs: Any, **forward_kwargs: Any) -> tuple[Callable[[], Any], dict[str, Any]]:
         """(a thunk that runs the module, extra fields for the Run). Language models override."""
+        kw = forward_kwargs
         if isinstance(inputs, torch.Tensor):
             if inputs.numel() == 0 or inputs.shape[0] == 0:
                 raise ValueError(f"empty input: got a tensor of shape {list(inputs.shape)}")
-            return (lambda: self.module(inputs)), {}
+            return (lambda: self.module(inputs, **kw)), {}
         if isinstance(inputs, dict):
-            return (lambda: self.module(**inputs)), {}
+            return (lambda: self.module(**inputs, **kw)), {}
         if isinstance(inputs, (tuple, list)):
             if not inputs:
                 raise ValueError("empty input")
-            return (lambda: self.module(*inputs)), {}
+            return (lambda: self.module(*inputs, **kw)), {}
         raise TypeError(f"cannot run {type(self.module).__name__} on {type(inputs).__name__}")
 
     def _runtime(self, sites: Sequence[Site]):
@@ -252,6 +260,7 @@ class Model:
         positions: PositionsLike = None,
         cache_device: str | torch.device | None = None,
         cache_dtype: torch.dtype | None = None,
+        **forward_kwargs: Any,
     ) -> Run:
         """Run the model once, recording the hook points in ``cache`` (names or globs) and applying
         ``interventions``.
@@ -260,6 +269,8 @@ class Model:
         grad:        also return ``run.grads``: d metric / d each cached activation; ``metric`` maps
                      the Run (with live logits) to a scalar tensor
         cache_device, cache_dtype: where and how to store the cache (default: as computed)
+        forward_kwargs: passed to the wrapped module's forward, e.g. ``logits_to_keep=1`` for a
+                     transformer whose metric reads only the last position (skips most of the unembedding)
         """
         if isinstance(interventions, Intervention) or hasattr(interventions, "as_interventions"):
             interventions = [interventions]
@@ -271,7 +282,7 @@ class Model:
         if grad and not reads:
             raise ValueError("grad=True needs cached hook points to take gradients with respect to")
         selector = as_positions(positions)
-        call, extra = self._prepare(inputs)
+        call, extra = self._prepare(inputs, **forward_kwargs)
         sites = reads + [s for s, _ in edits]
         with self._runtime(sites), attach(self.module, edits, reads, tracker=self.tracker, grad=grad) as state:
             with torch.set_grad_enabled(grad):

@@ -101,7 +101,7 @@ class LanguageModel(Model):
             raise ValueError(f"{token!r} is {len(ids)} tokens ({pieces}), not one; pick a single-token string")
         return ids[0]
 
-    def _prepare(self, inputs: Any):
+    def _prepare(self, inputs: Any, **forward_kwargs: Any):
         prompts = None
         if isinstance(inputs, (str, list, tuple)) and (isinstance(inputs, str) or all(isinstance(p, str) for p in inputs)):
             prompts = [inputs] if isinstance(inputs, str) else list(inputs)
@@ -125,7 +125,7 @@ class LanguageModel(Model):
             raise ValueError(f"token ids must lie in 0..{self.dims.vocab - 1}")
 
         def call():
-            return self.hf(input_ids=ids, attention_mask=mask, use_cache=False)
+            return self.hf(input_ids=ids, attention_mask=mask, use_cache=False, **forward_kwargs)
 
         return call, {"tokens": ids, "attention_mask": mask, "prompts": prompts}
 
