@@ -149,11 +149,16 @@ def _sweep(lm, grid: Grid, pair: Pair, source_run, ids, mask, chunk_size: int, p
     source = {h: source_run.cache[h] for h in (grid.hook(l) for l in grid.layers)}
     values = []
     chunks = [grid.cells[i:i + chunk_size] for i in range(0, len(grid.cells), chunk_size)]
+    # metrics that read only each prompt's last token need logits for the last few columns only:
+    # on a small model the unembedding is a large share of the forward pass
+    keep = {}
+    if getattr(pair.metric, "last_position_only", False):
+        keep["logits_to_keep"] = seq - int(mask.sum(1).min()) + 1
     for chunk in tqdm(chunks, desc=f"patching {grid.point}", disable=not progress):
         k = len(chunk)
         ivs = _chunk_interventions(grid, chunk, source, B, seq, lm.n_heads)
         rows_ids, rows_mask = ids.repeat(k, 1), mask.repeat(k, 1)
-        logits = lm.run({"input_ids": rows_ids, "attention_mask": rows_mask}, interventions=ivs).logits
+        logits = lm.run({"input_ids": rows_ids, "attention_mask": rows_mask}, interventions=ivs, **keep).logits
         for i in range(k):
             sl = slice(i * B, (i + 1) * B)
             values.append(evaluate(pair.metric, logits_view(lm, logits[sl], rows_ids[sl], rows_mask[sl])).float().cpu())

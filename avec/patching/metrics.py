@@ -42,6 +42,7 @@ def logit_diff(lm: LanguageModel, answer: Any, wrong: Any) -> Metric:
         return (last[rows, a.to(last.device).expand(n)] - last[rows, w.to(last.device).expand(n)]).mean()
 
     metric.__name__ = "logit_diff"
+    metric.last_position_only = True  # lets sweeps skip the unembedding of earlier positions
     return metric
 
 
@@ -55,6 +56,7 @@ def answer_logprob(lm: LanguageModel, answer: Any) -> Metric:
         return logp[torch.arange(n, device=logp.device), a.to(logp.device).expand(n)].mean()
 
     metric.__name__ = "answer_logprob"
+    metric.last_position_only = True
     return metric
 
 
