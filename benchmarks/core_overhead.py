@@ -82,7 +82,7 @@ def main(argv=None) -> dict:
     print(f"{args.model}: batch {args.batch} x {args.tokens} tokens, {args.repeats} interleaved repeats, "
           f"{torch.get_num_threads()} threads; cached load {load_s:.2f} s")
     for k, v in med.items():
-        extra = f"  ({n_points} points)" if "cache" in k and "no cache" not in k else ""
+        extra = f"  ({n_points} points)" if "residual points" in k else ""
         print(f"  {k:<34} {v * 1000:8.1f} ms   {v / base:5.3f}x{extra}")
     return {"load_s": load_s, **{k: v / base for k, v in med.items()}}
 

@@ -52,9 +52,7 @@ def ioi_section(ctx, s) -> None:
 
 def ablation_section(ctx, s) -> None:
     import pandas as pd
-    import torch
 
-    from ..lens import weights as W
     from .ablation import directional_ablation, orthogonalize
 
     lm = ctx.lm
@@ -70,7 +68,6 @@ def ablation_section(ctx, s) -> None:
            f"Max logit difference between the two: {(hooked.logits - edited.logits).abs().max().item():.2e}.")
     s.table(pd.DataFrame({"run": ["original", "hooks", "orthogonalized weights"],
                           "top-5 next tokens": [top(run), top(hooked), top(edited)]}))
-    _ = W, torch
 
 
 SECTIONS = [
