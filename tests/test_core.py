@@ -61,7 +61,8 @@ def test_positions_are_prompt_relative_with_padding():
         (-1, [[5], [3]]),
         (At((0, -2)), [[0, 4], [0, 2]]),
         (Front(2), [[0, 1], [0, 1]]),
-        (From(-2), [[4, 5], [2, 3, 4, 5]]),  # From includes later (pad/generated) columns by design
+        (From(-2), [[4, 5], [2, 3]]),  # never the padding; generated tokens count (see test_token_context)
+        (5, [[5], []]),
         ("prompt", [[0, 1, 2, 3, 4, 5], [0, 1, 2, 3]]),
     ]:
         got = lm.run(inputs, cache=["blocks.0.resid_pre"],
@@ -272,3 +273,10 @@ def test_forward_kwargs_reach_the_model_and_last_logits_follow():
     ragged = lm.run({"input_ids": ids, "attention_mask": torch.tensor([[1] * 6, [1] * 4 + [0] * 2])}, logits_to_keep=1)
     with pytest.raises(ValueError, match="do not reach every prompt's last token"):
         ragged.last_logits()
+
+
+def test_cache_position_beyond_a_short_prompt_names_it():
+    lm = tiny_lm("llama")
+    inputs = {"input_ids": tokens(lm, batch=2, seq=6), "attention_mask": torch.tensor([[1] * 6, [1] * 3 + [0] * 3])}
+    with pytest.raises(ValueError, match=r"prompt\(s\) \[1\] are too short \(lengths \[6, 3\]\)"):
+        lm.run(inputs, cache=["blocks.0.resid_pre"], positions=4)

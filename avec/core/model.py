@@ -170,13 +170,16 @@ def _plain_table(module: nn.Module) -> HookPointTable:
     return HookPointTable(sites, aliases=alias)
 
 
-def _gather_positions(value: torch.Tensor, axis: int, mask: torch.Tensor, name: str) -> torch.Tensor:
+def _gather_positions(value: torch.Tensor, axis: int, mask: torch.Tensor, name: str,
+                      lengths: torch.Tensor) -> torch.Tensor:
     """Keep only the masked positions (the same count in every row) along ``axis``."""
     counts = mask.sum(1)
     if (counts != counts[0]).any():
+        short = [i for i, c in enumerate(counts.tolist()) if c < int(counts.max())]
         raise ValueError(
-            f"cache positions select different numbers of tokens per prompt ({counts.tolist()}) at {name!r}; "
-            "choose positions that exist in every prompt (e.g. -1 or a range shorter than the shortest prompt)"
+            f"cache positions select different numbers of tokens per prompt ({counts.tolist()}) at {name!r}: "
+            f"prompt(s) {short[:8]} are too short (lengths {lengths.tolist()[:16]}); choose positions that exist "
+            "in every prompt (e.g. -1, or indices below the shortest prompt's length)"
         )
     if int(counts[0]) == 0:
         raise ValueError(f"cache positions select no token at {name!r}")
@@ -316,7 +319,7 @@ class Model:
             if selector is not ALL:
                 if site.pos_axis is None or ctx is None:
                     raise ValueError(f"hook point {name!r} has no token positions; cache it with positions=None")
-                value = _gather_positions(value, site.pos_axis, selector.mask(ctx), name)
+                value = _gather_positions(value, site.pos_axis, selector.mask(ctx), name, ctx.prompt_len)
             if device is not None or dtype is not None:
                 value = value.to(device=device, dtype=dtype if value.is_floating_point() else None)
             out[name] = value

@@ -7,7 +7,8 @@ tokens continue the count: the first generated token sits at position ``prompt_l
 
 The same selector therefore means the same tokens in a single forward pass, in a batch with left or
 right padding, and during cached generation where each forward pass sees one new token. A selector
-becomes a boolean mask ``[batch, seq]`` for the columns of the current forward pass.
+becomes a boolean mask ``[batch, seq]`` for the columns of the current forward pass; selectors other
+than "all" never select padding.
 """
 
 from __future__ import annotations
@@ -43,12 +44,15 @@ class TokenContext:
         return cols[None, :] - self.pad_left[:, None]
 
     def real(self) -> torch.Tensor:
-        """[batch, seq] True where a column holds a real token (not padding)."""
+        """[batch, seq] True where a column holds a real token, not padding.
+
+        Left padding has negative positions; right padding exists only in a prompt pass (offset 0):
+        in later (cached generation) passes every column past the prompt is a generated token.
+        """
         pos = self.positions()
-        is_generated = self.offset > 0
-        in_prompt = (pos >= 0) & (pos < self.prompt_len[:, None])
-        # right padding only exists in the prompt pass; cached steps are all real tokens
-        return in_prompt | (pos >= self.prompt_len[:, None]) if is_generated else in_prompt
+        if self.offset > 0:
+            return pos >= 0
+        return (pos >= 0) & (pos < self.prompt_len[:, None])
 
     @staticmethod
     def plain(batch: int, seq_len: int, device: torch.device | str = "cpu") -> "TokenContext":
@@ -97,7 +101,7 @@ class GeneratedPositions(Positions):
     """Generated tokens only (positions >= prompt length)."""
 
     def mask(self, ctx: TokenContext) -> torch.Tensor:
-        return ctx.positions() >= ctx.prompt_len[:, None]
+        return (ctx.positions() >= ctx.prompt_len[:, None]) & ctx.real()
 
     def describe(self) -> str:
         return "generated"
@@ -122,7 +126,7 @@ class From(Positions):
 
     def mask(self, ctx: TokenContext) -> torch.Tensor:
         start = _absolute(self.start, ctx.prompt_len)
-        return ctx.positions() >= start[:, None]
+        return (ctx.positions() >= start[:, None]) & ctx.real()
 
     def describe(self) -> str:
         return f"from {self.start}"
@@ -158,7 +162,7 @@ class At(Positions):
         for i in self.indices:
             target = _absolute(i, ctx.prompt_len)
             out |= (pos == target[:, None]) & (target[:, None] >= 0)
-        return out
+        return out & ctx.real()
 
     def describe(self) -> str:
         return f"positions {list(self.indices)}"
@@ -175,7 +179,7 @@ class Span(Positions):
         pos = ctx.positions()
         start = _absolute(self.start, ctx.prompt_len)
         stop = ctx.prompt_len if self.stop is None else _absolute(self.stop, ctx.prompt_len)
-        return (pos >= start[:, None]) & (pos < stop[:, None])
+        return (pos >= start[:, None]) & (pos < stop[:, None]) & ctx.real()
 
     def describe(self) -> str:
         return f"span [{self.start}:{'' if self.stop is None else self.stop}]"
