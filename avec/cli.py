@@ -54,8 +54,10 @@ def _register_techniques() -> None:
     """Each technique package adds its own commands (`avec lens`, `avec patch`, ...)."""
     from .lens import cli as lens_cli
     from .patching import cli as patching_cli
+    from .probes import cli as probes_cli
+    from .steering import cli as steering_cli
 
-    for module in (lens_cli, patching_cli):
+    for module in (steering_cli, lens_cli, patching_cli, probes_cli):
         module.register(app)
 
 

@@ -131,3 +131,13 @@ def test_load_errors(tmp_path):
     f.write_bytes(b"x")
     with pytest.raises(ValueError, match="not a .gguf"):
         avec.load(str(f))
+
+
+def test_model_id_follows_the_weights_not_the_name(smollm2):
+    from avec.models.load import cached_dir
+
+    same = avec.load(str(cached_dir("smollm2")))
+    assert same.name != smollm2.name and same.model_id == smollm2.model_id
+    source = smollm2.run("The cat", cache=["blocks.3.resid_pre"])
+    patched = same.run("The dog", interventions=[avec.Patch("blocks.3.resid_pre", source=source)])
+    assert torch.allclose(patched.logits, smollm2.run("The cat").logits, atol=1e-4)

@@ -13,6 +13,19 @@ from ..core.model import Model, Run
 from .architectures import Architecture, architecture_for, dims_of, hook_table
 
 
+def weights_fingerprint(hf_model: nn.Module) -> str:
+    """A short hash of a few weight rows: the same weights give the same id whatever name or path
+    they were loaded under, so caches and saved vectors move between loads of one model."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for tensor in (hf_model.get_input_embeddings().weight, hf_model.get_output_embeddings().weight):
+        if tensor.device.type == "meta":
+            continue
+        h.update(tensor[:8, :64].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:10]
+
+
 class LanguageModel(Model):
     """A decoder-only transformer from Hugging Face transformers.
 
@@ -27,7 +40,9 @@ class LanguageModel(Model):
         self.dims = dims_of(hf_model.config)
         super().__init__(hf_model, name=name or getattr(hf_model.config, "_name_or_path", None) or self.arch.family,
                          table=hook_table(self.arch, self.dims), tracker=self.arch.base)
-        self.model_id = f"{self.name}:{self.arch.family}:L{self.dims.n_layers}:d{self.dims.d_model}:v{self.dims.vocab}"
+        d = self.dims
+        self.model_id = (f"{hf_model.config.model_type}:{self.arch.family}:L{d.n_layers}:d{d.d_model}:v{d.vocab}:"
+                         f"{weights_fingerprint(hf_model)}")
         if tokenizer is not None and tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
 

@@ -84,9 +84,11 @@ def _sections() -> list[tuple[str, Callable[[TourContext, Section], None]]]:
     """Every technique's sections, in reading order (each package lists its own in tour_sections.py)."""
     from ..lens import tour_sections as lens
     from ..patching import tour_sections as patching
+    from ..probes import tour_sections as probes
+    from ..steering import tour_sections as steering
 
     return [("Model card", model_card), ("Residual stream norms by layer", residual_norm_section),
-            *lens.SECTIONS, *patching.SECTIONS]
+            *steering.SECTIONS, *lens.SECTIONS, *patching.SECTIONS, *probes.SECTIONS]
 
 
 SECTIONS = _sections()

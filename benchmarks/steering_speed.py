@@ -1,0 +1,88 @@
+"""Speed of steering against the unsteered baselines, in one process, same inputs.
+
+    python benchmarks/steering_speed.py [--model smollm2] [--prompts 8] [--new 32] [--n 128] [--repeats 3]
+
+1. steered generation tokens/s vs plain ``lm.generate`` (same prompts, greedy, KV cache on; the ActAdd
+   Love-Hate vector at layer 6, and a CAA-style From(-1) vector). Goal: >= 0.95x.
+2. the 128-coefficient injection scan (one batched run caching embed + every attn_out/mlp_out at the
+   answer position, plus the decomposition and clustering) vs one plain batch-128 forward of the same
+   prompt. Goal: <= 1.5x.
+Prints medians and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--new", type=int, default=32)
+    parser.add_argument("--n", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    import avec
+    from avec import From
+    from avec.steering import SteeringVector, coefficient_scan, contrast
+
+    lm = avec.load(args.model)
+    base_prompts = ["I hate you because", "The weather today is", "My favourite food is", "Once upon a time",
+                    "The best way to learn is", "Yesterday I went to", "The capital of France is", "I think that"]
+    prompts = (base_prompts * (args.prompts // len(base_prompts) + 1))[:args.prompts]
+    love = contrast(lm, "Love", "Hate", at=6)
+    caa_like = SteeringVector.make(lm, 6, love["blocks.6.resid_pre"].mean(0), positions=From(-1))
+    # eos can stop rows early; count the tokens actually produced
+    gen = lambda steer: lm.generate(prompts, max_new_tokens=args.new, steer=steer)  # noqa: E731
+    out = {}
+    t_plain = median_time(lambda: gen(None), args.repeats)
+    t_actadd = median_time(lambda: gen(5 * love), args.repeats)
+    t_caa = median_time(lambda: gen(4 * caa_like), args.repeats)
+    toks = args.prompts * args.new
+    out["generate tokens/s plain"] = toks / t_plain
+    out["generate tokens/s ActAdd front"] = toks / t_actadd
+    out["generate tokens/s From(-1)"] = toks / t_caa
+    out["ratio ActAdd (goal >= 0.95)"] = t_plain / t_actadd
+    out["ratio From(-1) (goal >= 0.95)"] = t_plain / t_caa
+
+    prompt = "I hate you because"
+    ids, mask = lm.tokenize([prompt])
+    big = ids.expand(args.n, -1)
+
+    def forward():
+        with torch.no_grad():
+            lm.hf(input_ids=big, attention_mask=mask.expand(args.n, -1), use_cache=False)
+
+    t_fwd = median_time(forward, args.repeats)
+    t_scan = median_time(lambda: coefficient_scan(lm, prompt, love, (" love", " hate"), n=args.n), args.repeats)
+    out[f"batch-{args.n} forward s"] = t_fwd
+    out[f"{args.n}-coefficient scan s"] = t_scan
+    out["ratio scan / forward (goal <= 1.5)"] = t_scan / t_fwd
+    t_loop = median_time(lambda: [lm.run(ids, interventions=love.as_interventions(coeff=c))
+                                  for c in torch.linspace(-10, 10, 16).tolist()], 1)
+    out["16-coefficient python loop s (for scale)"] = t_loop
+    for k, v in out.items():
+        print(f"{k:<45} {v:10.3f}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
