@@ -21,7 +21,7 @@ from torch import nn
 
 from .hookpoints import Site
 from .interventions import Intervention
-from .positions import ALL, TokenContext
+from .positions import AllPositions, TokenContext
 
 
 @dataclass
@@ -39,7 +39,7 @@ def check_intervention(site: Site, iv: Intervention, model: Any = None) -> None:
     """Checks every intervention needs, before any forward pass runs."""
     if site.read_only:
         raise ValueError(f"hook point {site.name!r} can be read (cached) but not edited")
-    if site.pos_axis is None and iv.positions is not ALL:
+    if site.pos_axis is None and not isinstance(iv.positions, AllPositions):
         raise ValueError(
             f"hook point {site.name!r} has no token positions; interventions there apply to the whole "
             f"value (positions='all'), got {iv.positions.describe()}"

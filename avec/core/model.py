@@ -18,7 +18,7 @@ from torch import nn
 from .hookpoints import HookPointTable, Site
 from .hooks import attach, check_intervention
 from .interventions import Intervention
-from .positions import ALL, PositionsLike, TokenContext, as_positions
+from .positions import AllPositions, PositionsLike, TokenContext, as_positions
 
 
 class Cache(Mapping):
@@ -316,7 +316,7 @@ class Model:
         for name, value in tensors.items():
             value = value.detach()
             site = self.table.sites[name]
-            if selector is not ALL:
+            if not isinstance(selector, AllPositions):
                 if site.pos_axis is None or ctx is None:
                     raise ValueError(f"hook point {name!r} has no token positions; cache it with positions=None")
                 value = _gather_positions(value, site.pos_axis, selector.mask(ctx), name, ctx.prompt_len)
