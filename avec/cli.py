@@ -39,9 +39,16 @@ def hooks(model: str = typer.Argument(..., help="bundled name, HF id, local dir 
 def tour(out: str = typer.Option("avec-tour.html", help="where to write the HTML report"),
          model: str = typer.Option("smollm2", help="language model for the LM sections"),
          quick: bool = typer.Option(False, help="smaller sample sizes"),
-         only: Optional[List[str]] = typer.Option(None, help="run only sections whose title contains this")) -> None:
+         only: Optional[List[str]] = typer.Option(None, help="run only sections whose title contains this"),
+         threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's; use 1 when "
+                                               "other jobs share the cores: oversubscribed threads crawl)")) -> None:
     """Run every technique on the bundled models and write one self-contained HTML report."""
+    import torch
+
     from .report.tour import run_tour
+
+    if threads:
+        torch.set_num_threads(threads)
 
     path, failed = run_tour(out, model=model, quick=quick, only=only)
     typer.echo(f"wrote {path}")
