@@ -83,12 +83,14 @@ def residual_norm_section(ctx: TourContext, s: Section) -> None:
 def _sections() -> list[tuple[str, Callable[[TourContext, Section], None]]]:
     """Every technique's sections, in reading order (each package lists its own in tour_sections.py)."""
     from ..lens import tour_sections as lens
+    from ..maze import tour_sections as maze
     from ..patching import tour_sections as patching
     from ..probes import tour_sections as probes
     from ..steering import tour_sections as steering
 
     return [("Model card", model_card), ("Residual stream norms by layer", residual_norm_section),
-            *steering.SECTIONS, *lens.SECTIONS, *patching.SECTIONS, *probes.SECTIONS]
+            *steering.SECTIONS, *lens.SECTIONS, *patching.SECTIONS, *probes.SECTIONS,
+            *maze.SECTIONS]
 
 
 SECTIONS = _sections()

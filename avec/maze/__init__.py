@@ -1,0 +1,27 @@
+"""The maze half of avec: a procgen-style maze world, the Impala policy, vector fields and
+the cheese / top-right steering experiments. Conventions: see :mod:`avec.maze.world`.
+
+    policy = avec.maze.load_policy("region5")
+    maze = avec.maze.Maze.from_seed(0)
+    cheese = avec.maze.cheese_vector(policy, maze)               # at embedder.block2.res1.resadd_out
+    avec.maze.vector_field(policy, maze, steer=-1 * cheese).plot(compare_to=avec.maze.vector_field(policy, maze))
+"""
+
+from .env import ACTION_NAMES, MazeEnv, expert_move, five_way, step
+from .evaluate import evaluate, off_region_mazes, rollout, training_mazes
+from .experiments import (
+    DEFAULT_HOOK, MazeVector, averaged_vector, cheese_vector, cheese_vector_stats, coefficient_sweep,
+    composition_stats, random_baseline_stats, random_like, top_right_stats, top_right_vector, transfer_stats,
+)
+from .fields import FieldDiff, VectorField, vector_field
+from .policy import ImpalaPolicy, PolicyOutput, load_policy, load_procgen_tools, save_policy
+from .render import human_view, obs_tensor, render, to_tensor
+from .world import WORLD, Maze
+
+__all__ = [
+    "ACTION_NAMES", "DEFAULT_HOOK", "FieldDiff", "ImpalaPolicy", "Maze", "MazeEnv", "MazeVector", "PolicyOutput",
+    "VectorField", "WORLD", "averaged_vector", "cheese_vector", "cheese_vector_stats", "coefficient_sweep",
+    "composition_stats", "evaluate", "expert_move", "five_way", "human_view", "load_policy", "load_procgen_tools",
+    "obs_tensor", "off_region_mazes", "random_baseline_stats", "random_like", "render", "rollout", "save_policy",
+    "step", "to_tensor", "top_right_stats", "top_right_vector", "training_mazes", "transfer_stats", "vector_field",
+]

@@ -1,0 +1,188 @@
+"""Measuring a maze policy: batched rollouts (reach rate) and the two motivations at decision squares.
+
+Test mazes for motivations: cheese anywhere (region=None) but outside the top-right R x R square,
+and a decision square exists (the start-to-cheese and start-to-corner paths diverge).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .env import ACTION_NAMES, N_ACTIONS, five_way
+from .render import renderer, to_tensor
+from .world import MOVES, WORLD, Maze, top_right_region
+
+EVAL_SEED_BASE = 1_000_000_000  # evaluation mazes use seeds >= this; training uses seeds below
+_DELTA = np.array([MOVES[a] if a != "NOOP" else (0, 0) for a in ACTION_NAMES])  # [5, 2]
+_GROUP = five_way(torch.eye(N_ACTIONS)).argmax(1).numpy()  # procgen action -> 5-way index
+
+
+def direction_index(a, b) -> int:
+    """5-way index of the move from cell a to the adjacent cell b."""
+    d = (b[0] - a[0], b[1] - a[1])
+    for i, (dr, dc) in enumerate(_DELTA[:4]):
+        if (dr, dc) == d:
+            return i
+    raise ValueError(f"{a} and {b} are not adjacent")
+
+
+class Batch:
+    """Observations of many mazes with moving mice, sharing one background per maze."""
+
+    def __init__(self, mazes: list[Maze]):
+        self.r = renderer()
+        self.mazes = mazes
+        self.bases = []
+        for m in mazes:
+            img = self.r.background(m.grid)
+            if m.cheese is not None:
+                self.r.add_sprite(img, "cheese", m.cheese)
+            self.bases.append(img)
+
+    def obs(self, idx, pos) -> torch.Tensor:
+        """float ``[len(idx), 3, 64, 64]`` with maze idx[k]'s mouse at pos[k]."""
+        out = np.empty((len(idx), 64, 64, 3), dtype=np.float64)
+        for k, (i, (r, c)) in enumerate(zip(idx, pos)):
+            out[k] = self.bases[i]
+            self.r.add_sprite(out[k], "mouse", (int(r), int(c)))
+        return to_tensor(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+
+
+@torch.no_grad()
+def rollout(policy, mazes: list[Maze], max_steps: int = 500, greedy: bool = False,
+            rng: np.random.Generator | None = None, record: bool = False, chunk: int = 256):
+    """Run ``policy`` from each maze's mouse position until the cheese or ``max_steps``.
+
+    greedy: take the most likely of the five moves (else sample one of the 15 actions). Returns (reached bool [N], steps int [N],
+    visited list of (maze index, row, col) if record)."""
+    rng = rng or np.random.default_rng(0)
+    batch = Batch(mazes)
+    n = len(mazes)
+    pos = np.array([m.mouse for m in mazes], dtype=int)
+    cheese = np.array([m.cheese for m in mazes], dtype=int)
+    grids = np.stack([m.grid for m in mazes])
+    done = np.zeros(n, bool)
+    steps = np.zeros(n, int)
+    visited = []
+    for _ in range(max_steps):
+        idx = np.flatnonzero(~done)
+        if len(idx) == 0:
+            break
+        if record:
+            visited.extend((int(i), int(pos[i, 0]), int(pos[i, 1])) for i in idx)
+        logits = torch.cat([policy(batch.obs(idx[s:s + chunk], pos[idx[s:s + chunk]])).logits
+                            for s in range(0, len(idx), chunk)])
+        if greedy:  # the most likely MOVE (5-way), not the top one of 15 actions (LEFT/RIGHT have 3)
+            moves = five_way(torch.softmax(logits.double(), 1)).argmax(1).numpy()
+        else:
+            moves = _GROUP[_sample(logits, rng)]
+        nxt = pos[idx] + _DELTA[moves]
+        ok = (nxt >= 0).all(1) & (nxt < WORLD).all(1)
+        ok[ok] = grids[idx[ok], nxt[ok, 0], nxt[ok, 1]]
+        pos[idx[ok]] = nxt[ok]
+        steps[idx] += 1
+        done[idx] = (pos[idx] == cheese[idx]).all(1)
+    return done, steps, visited
+
+
+def _sample(logits: torch.Tensor, rng: np.random.Generator) -> np.ndarray:
+    p = torch.softmax(logits.double(), 1).numpy()
+    u = rng.random((len(p), 1))
+    return np.minimum((p.cumsum(1) < u).sum(1), p.shape[1] - 1)
+
+
+def training_mazes(region: int, count: int, seed_base: int = EVAL_SEED_BASE) -> list[Maze]:
+    return [Maze.from_seed(seed_base + i, region=region) for i in range(count)]
+
+
+def off_region_mazes(region: int, count: int, seed_base: int = EVAL_SEED_BASE, max_tries: int = 100_000) -> list[Maze]:
+    """Mazes with the cheese outside the top-right region x region square and a decision square."""
+    out, s = [], seed_base
+    while len(out) < count and s < seed_base + max_tries:
+        m = Maze.from_seed(s)
+        s += 1
+        rows, cols = top_right_region(m.size, region)
+        if rows.start <= m.cheese[0] < rows.stop and cols.start <= m.cheese[1] < cols.stop:
+            continue
+        if m.decision_square() is not None:
+            out.append(m)
+    return out
+
+
+@dataclass(frozen=True)
+class Motivation:
+    """Per-maze probabilities at the decision square, each float ``[N]``."""
+
+    p_cheese: np.ndarray
+    p_top_right: np.ndarray
+    sizes: np.ndarray
+
+    @property
+    def p_other(self) -> np.ndarray:
+        return 1.0 - self.p_cheese - self.p_top_right
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame({"size": self.sizes, "p_cheese": self.p_cheese, "p_top_right": self.p_top_right,
+                             "p_other": self.p_other})
+
+    def summary(self) -> dict:
+        return {
+            "mazes": int(len(self.p_cheese)),
+            "p_cheese": float(self.p_cheese.mean()),
+            "p_top_right": float(self.p_top_right.mean()),
+            "p_other": float(self.p_other.mean()),
+            "frac_top_right_wins": float((self.p_top_right > self.p_cheese).mean()),
+        }
+
+
+def decision_targets(maze: Maze) -> tuple[tuple[int, int], int, int]:
+    """(decision square, 5-way index toward the cheese, 5-way index toward the top-right cell)."""
+    d = maze.decision_square()
+    if d is None:
+        raise ValueError(f"{maze!r} has no decision square")
+    to_cheese = maze.shortest_path(d, maze.cheese)
+    to_corner = maze.shortest_path(d, maze.top_right)
+    return d, direction_index(d, to_cheese[1]), direction_index(d, to_corner[1])
+
+
+def motivation(probs5: torch.Tensor, mazes: list[Maze]) -> Motivation:
+    """From 5-way probabilities ``[N, 5]`` at each maze's decision square."""
+    t = [decision_targets(m) for m in mazes]
+    p = probs5.detach().double().numpy()
+    i = np.arange(len(mazes))
+    return Motivation(p[i, [x[1] for x in t]], p[i, [x[2] for x in t]], np.array([m.size for m in mazes]))
+
+
+@torch.no_grad()
+def decision_probs(policy, mazes: list[Maze]) -> Motivation:
+    """The policy's P(cheese) / P(top-right) with the mouse at each maze's decision square."""
+    at = [m.with_mouse(decision_targets(m)[0]) for m in mazes]
+    obs = Batch(at).obs(range(len(at)), [m.mouse for m in at])
+    return motivation(five_way(torch.softmax(policy(obs).logits, 1)), mazes)
+
+
+def evaluate(policy, region: int, n_train: int = 200, n_test: int = 200, seed_base: int = EVAL_SEED_BASE) -> dict:
+    """Reach rates (greedy and sampled, 500 steps) on training-distribution mazes and the
+    decision-square motivations on test mazes. Deterministic given the policy."""
+    policy.eval()
+    mazes = training_mazes(region, n_train, seed_base)
+    g, gs, _ = rollout(policy, mazes, greedy=True)
+    s, ss, _ = rollout(policy, mazes, greedy=False, rng=np.random.default_rng(seed_base))
+    tests = off_region_mazes(region, n_test, seed_base)
+    tg, _, _ = rollout(policy, tests, greedy=True)
+    ts, _, _ = rollout(policy, tests, greedy=False, rng=np.random.default_rng(seed_base + 1))
+    mot = decision_probs(policy, tests)
+    return {
+        "reach_rate_greedy": float(g.mean()),
+        "reach_rate_sampled": float(s.mean()),
+        "mean_steps_greedy_when_reached": float(gs[g].mean()) if g.any() else None,
+        "test_reach_rate_greedy": float(tg.mean()),
+        "test_reach_rate_sampled": float(ts.mean()),
+        "n_train_mazes": n_train,
+        "decision_square": mot.summary(),
+    }

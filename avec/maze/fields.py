@@ -1,0 +1,194 @@
+"""Vector fields: the policy's action distribution with the mouse on every open cell.
+
+One field = ONE batched forward pass over ``[k, 3, 64, 64]`` observations (k = open cells minus
+the cheese cell). Steering goes through the core (``avec.core.Model`` interventions), never
+through raw hooks here.
+
+Arrow convention: ``dx = P(RIGHT) - P(LEFT)``, ``dy = P(UP) - P(DOWN)`` with "up" = towards
+grid row 0 = the top of the picture.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .env import ACTION_NAMES, five_way
+from .evaluate import decision_targets
+from .render import renderer, to_tensor
+from .world import WORLD, Maze
+
+
+def as_model(policy: Any):
+    """A core ``Model`` for a policy module (or the Model itself)."""
+    from avec.core import Model
+
+    if isinstance(policy, Model):
+        return policy
+    if isinstance(policy, torch.nn.Module):
+        return Model(policy, name=getattr(policy, "name", None) or "maze-policy")
+    raise TypeError(f"expected an nn.Module policy or an avec.core.Model, got {type(policy).__name__}")
+
+
+def _as_list(steer) -> list:
+    if steer is None:
+        return []
+    return list(steer) if isinstance(steer, (list, tuple)) else [steer]
+
+
+@torch.no_grad()
+def policy_probs(policy: Any, obs: torch.Tensor, steer=None, chunk: int = 1024) -> torch.Tensor:
+    """5-way probabilities ``[B, 5]`` (ACTION_NAMES order) for observations ``[B, 3, 64, 64]``,
+    optionally under interventions (``steer``: an intervention, a list of them, or an object with
+    ``as_interventions()``). A batch up to ``chunk`` rows is one forward pass."""
+    model = as_model(policy)
+    out = []
+    for s in range(0, len(obs), chunk):
+        run = model.run(obs[s:s + chunk], interventions=_as_list(steer))
+        out.append(five_way(torch.softmax(run.logits.double(), -1)))
+    return torch.cat(out)
+
+
+def field_obs(maze: Maze) -> tuple[np.ndarray, torch.Tensor]:
+    """(cells int ``[k, 2]``, observations float ``[k, 3, 64, 64]``) with the mouse on every open
+    cell except the cheese."""
+    cells = maze.open_cells()
+    if maze.cheese is not None:
+        cells = cells[(cells != np.array(maze.cheese)).any(1)]
+    return cells, to_tensor(renderer().render_mice(maze, cells))
+
+
+def vector_field(policy: Any, maze: Maze, steer=None, label: str = "") -> VectorField:
+    """The policy's field over ``maze``, optionally steered. One batched forward pass."""
+    cells, obs = field_obs(maze)
+    probs = policy_probs(policy, obs, steer, chunk=len(obs))
+    return VectorField(maze, cells, probs.numpy(), label or ("steered" if steer is not None else "original"))
+
+
+def new_figure(figsize):
+    """A pyplot-free Figure (Agg canvas): no global state, nothing to close, works headless."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
+
+
+def png_base64(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _draw(ax, maze: Maze, cells: np.ndarray, dx: np.ndarray, dy: np.ndarray, title: str, color: str):
+    # the mouse is not drawn: the field shows it everywhere. Cell (r, c) spans [c, c+1] x [r, r+1].
+    ax.imshow(renderer(400, 2).render(maze, mouse=False), extent=(0, WORLD, WORLD, 0))
+    # data y grows downward (row index), so the "up" component is drawn as -dy
+    ax.quiver(cells[:, 1] + 0.5, cells[:, 0] + 0.5, dx, -dy, color=color, angles="xy", scale_units="xy",
+              scale=1.0, width=0.006, headwidth=3.5)
+    p, n = maze.pad, maze.size
+    ax.set_xlim(p - 0.5, p + n + 0.5)
+    ax.set_ylim(p + n + 0.5, p - 0.5)
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+@dataclass(frozen=True)
+class VectorField:
+    """maze; cells int ``[k, 2]`` (row, col); probs float ``[k, 5]`` in ACTION_NAMES order."""
+
+    maze: Maze
+    cells: np.ndarray
+    probs: np.ndarray
+    label: str = ""
+
+    @property
+    def arrows(self) -> np.ndarray:
+        """``[k, 2]`` of (dx, dy) = (P(RIGHT) - P(LEFT), P(UP) - P(DOWN))."""
+        p = self.probs
+        return np.stack([p[:, 3] - p[:, 0], p[:, 2] - p[:, 1]], 1)
+
+    def at(self, pos) -> dict:
+        """The 5-way distribution with the mouse at ``pos``."""
+        hit = np.flatnonzero((self.cells == np.array(pos)).all(1))
+        if not len(hit):
+            raise KeyError(f"{tuple(pos)} is not an open non-cheese cell of this maze")
+        return dict(zip(ACTION_NAMES, map(float, self.probs[hit[0]])))
+
+    def decision(self) -> dict:
+        """P(cheese), P(top-right), P(other) at the decision square (first step along each path)."""
+        d, ic, it = decision_targets(self.maze)
+        row = self.at(d)
+        pc, pt = row[ACTION_NAMES[ic]], row[ACTION_NAMES[it]]
+        return {"decision_square": d, "p_cheese": pc, "p_top_right": pt, "p_other": 1.0 - pc - pt}
+
+    def diff(self, other: VectorField) -> FieldDiff:
+        """``self - other`` (e.g. steered minus original); the two must cover the same cells."""
+        if self.cells.shape != other.cells.shape or not (self.cells == other.cells).all():
+            raise ValueError("the two fields cover different cells (different mazes or cheese positions)")
+        return FieldDiff(self, other)
+
+    def to_frame(self) -> pd.DataFrame:
+        df = pd.DataFrame(self.probs, columns=[f"p_{a.lower()}" for a in ACTION_NAMES])
+        df.insert(0, "row", self.cells[:, 0])
+        df.insert(1, "col", self.cells[:, 1])
+        df["dx"], df["dy"] = self.arrows[:, 0], self.arrows[:, 1]
+        return df
+
+    def plot(self, compare_to: VectorField | None = None, figsize=None):
+        """Arrows over the rendered maze; with ``compare_to``: three panels (this, that, this - that)."""
+        if compare_to is not None:
+            return self.diff(compare_to).plot(figsize=figsize)
+        fig = new_figure(figsize or (5, 5))
+        ax = fig.subplots()
+        a = self.arrows
+        _draw(ax, self.maze, self.cells, a[:, 0], a[:, 1], self.label, "red")
+        return fig
+
+    def _repr_html_(self) -> str:
+        fig = self.plot()
+        head = f"<b>VectorField</b> {self.label} over {self.maze!r}: {len(self.cells)} cells"
+        return f"{head}<br><img src='data:image/png;base64,{png_base64(fig)}'/>"
+
+
+@dataclass(frozen=True)
+class FieldDiff:
+    """``a - b`` of two fields over the same maze cells."""
+
+    a: VectorField
+    b: VectorField
+
+    @property
+    def probs(self) -> np.ndarray:
+        return self.a.probs - self.b.probs
+
+    @property
+    def arrows(self) -> np.ndarray:
+        return self.a.arrows - self.b.arrows
+
+    def to_frame(self) -> pd.DataFrame:
+        df = pd.DataFrame(self.probs, columns=[f"dp_{x.lower()}" for x in ACTION_NAMES])
+        df.insert(0, "row", self.a.cells[:, 0])
+        df.insert(1, "col", self.a.cells[:, 1])
+        df["ddx"], df["ddy"] = self.arrows[:, 0], self.arrows[:, 1]
+        return df
+
+    def plot(self, figsize=None):
+        fig = new_figure(figsize or (14, 5))
+        axes = fig.subplots(1, 3)
+        for ax, f, col in ((axes[0], self.b, "red"), (axes[1], self.a, "red")):
+            ar = f.arrows
+            _draw(ax, f.maze, f.cells, ar[:, 0], ar[:, 1], f.label, col)
+        d = self.arrows
+        _draw(axes[2], self.a.maze, self.a.cells, d[:, 0], d[:, 1], f"{self.a.label} - {self.b.label}", "blue")
+        fig.tight_layout()
+        return fig
+
+    def _repr_html_(self) -> str:
+        big = np.abs(self.probs).sum(1).max()
+        return f"<b>FieldDiff</b> (max total |dp| = {big:.3f})<br><img src='data:image/png;base64,{png_base64(self.plot())}'/>"

@@ -1,0 +1,136 @@
+import json
+
+import numpy as np
+import torch
+
+from avec.maze.env import ACTION_NAMES, expert_move
+from avec.maze.evaluate import rollout, off_region_mazes, training_mazes
+from avec.maze.policy import load_policy, read_checkpoint
+from avec.maze.train import Sampler, expert_labels, main, train_policy
+from avec.maze.world import Maze, top_right_region
+
+
+def test_expert_labels_match_expert_move():
+    m = Maze.from_seed(12)
+    cells = m.open_cells()
+    cells = cells[(cells != np.array(m.cheese)).any(1)]
+    labels, dists = expert_labels(m, cells)
+    for (r, c), lab, d in zip(cells, labels, dists):
+        assert ACTION_NAMES[lab] == expert_move(m, (r, c))
+        assert d == m.distances(m.cheese)[r, c] > 0
+
+
+def test_sampler_batch_shapes_and_region():
+    s = Sampler(5, np.random.default_rng(0))
+    obs, labels, dists = s.batch(16, 0.0)
+    assert obs.shape == (16, 3, 64, 64) and labels.shape == (16,) and (labels < 4).all()
+    m = s.fresh_maze()
+    rows, cols = top_right_region(m.size, 5)
+    assert rows.start <= m.cheese[0] < rows.stop and cols.start <= m.cheese[1] < cols.stop
+
+
+def test_eval_and_train_seeds_disjoint_and_test_mazes_outside_region():
+    for m in off_region_mazes(5, 20):
+        rows, cols = top_right_region(m.size, 5)
+        assert not (rows.start <= m.cheese[0] < rows.stop and cols.start <= m.cheese[1] < cols.stop)
+        assert m.decision_square() is not None
+    assert all(m.seed >= 1_000_000_000 for m in training_mazes(5, 3))
+
+
+class _Expert(torch.nn.Module):
+    """Cheats: reads the expert move from a side table keyed by observation bytes."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = table
+
+    def forward(self, obs):
+        from avec.maze.env import CANONICAL
+        logits = torch.full((len(obs), 15), -20.0)
+        for i, x in enumerate(obs):
+            logits[i, CANONICAL[self.table[x.numpy().tobytes()]]] = 20.0
+        return type("O", (), {"logits": logits})()
+
+
+def test_rollout_with_perfect_policy_reaches_cheese():
+    from avec.maze.render import obs_tensor
+    mazes = training_mazes(5, 4)
+    table = {}
+    for m in mazes:
+        for c in m.open_cells():
+            mm = m.with_mouse(tuple(c))
+            if mm.mouse != m.cheese:
+                table[obs_tensor(mm)[0].numpy().tobytes()] = expert_move(mm)
+    reached, steps, visited = rollout(_Expert(table), mazes, greedy=True, record=True)
+    assert reached.all()
+    assert list(steps) == [m.distances(m.cheese)[m.start] for m in mazes]
+    assert len(visited) == steps.sum()
+
+
+def test_train_smoke_and_resume(tmp_path):
+    out = tmp_path / "p.safetensors"
+    kw = dict(warmup_steps=2, dagger_every=3, dagger_mazes=4, dagger_steps=5, checkpoint_every=0.0,
+              final_eval=False, progress=False, batch_size=8)
+    # run 4 steps, then "crash": the checkpoint is unfinished and resumable
+    train_policy(5, out, max_steps=4, **kw)
+    state, extra, meta = read_checkpoint(out)
+    assert meta["complete"] is True and meta["step"] == 4
+    out2 = tmp_path / "q.safetensors"
+    from avec.maze.policy import ImpalaPolicy, save_policy
+    p = ImpalaPolicy(1)
+    save_policy(p, out2, {"step": 3, "elapsed_s": 1.0, "complete": False})
+    rep = train_policy(5, out2, max_steps=5, **kw)
+    assert rep["steps"] == 5
+    assert load_policy(out2).metadata["step"] == 5
+    assert json.loads((tmp_path / "q.json").read_text())["steps"] == 5
+    import pytest
+    with pytest.raises(FileExistsError):
+        train_policy(5, out2, max_steps=6, **kw)
+    assert main(["--region", "3", "--out", str(tmp_path / "m.safetensors"), "--max-steps", "2",
+                 "--batch-size", "4", "--no-eval"]) == 0
+
+
+def test_crash_then_resume_restores_adam(tmp_path, monkeypatch):
+    import pytest
+
+    import avec.maze.train as T
+
+    out = tmp_path / "c.safetensors"
+    kw = dict(warmup_steps=100, checkpoint_every=0.0, final_eval=False, progress=False, batch_size=4)
+    real = T.Sampler.batch
+    calls = {"n": 0}
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # "killed" during step 4
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(T.Sampler, "batch", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        train_policy(5, out, max_steps=10, **kw)
+    state, extra, meta = read_checkpoint(out)
+    assert meta["complete"] is False and meta["step"] == 3
+    assert any(k.endswith("exp_avg_sq") for k in extra)
+    monkeypatch.setattr(T.Sampler, "batch", real)
+    seen = {}
+    orig_restore = T._restore_adam
+
+    def spy(opt, policy, extra):
+        orig_restore(opt, policy, extra)
+        seen["steps"] = {float(s["step"]) for s in opt.state.values()}
+
+    monkeypatch.setattr(T, "_restore_adam", spy)
+    rep = train_policy(5, out, max_steps=5, **kw)
+    assert seen["steps"] == {3.0} and rep["steps"] == 5
+
+
+def test_init_from_fine_tunes(tmp_path):
+    kw = dict(warmup_steps=100, checkpoint_every=1e9, final_eval=False, progress=False, batch_size=4)
+    a = tmp_path / "a.safetensors"
+    train_policy(5, a, max_steps=1, **kw)
+    b = tmp_path / "b.safetensors"
+    rep = train_policy(5, b, max_steps=0, init_from=a, **kw)
+    assert rep["config"]["init_from"] == str(a)
+    pa, pb = load_policy(a), load_policy(b)
+    assert all(torch.equal(x, y) for x, y in zip(pa.state_dict().values(), pb.state_dict().values()))
