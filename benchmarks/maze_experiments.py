@@ -16,7 +16,8 @@ import torch
 from avec.maze.evaluate import off_region_mazes
 from avec.maze.experiments import cheese_vector, full_report
 from avec.maze.fields import vector_field
-from avec.maze.policy import atomic_write_json, load_policy
+from avec.io import atomic_write_json
+from avec.maze.policy import load_policy
 from avec.maze.retarget import cheese_channels, retarget_experiment
 
 CKPT = Path(__file__).resolve().parents[1] / "avec" / "maze" / "checkpoints"

@@ -6,7 +6,7 @@ import torch
 from avec import AddVector, Patch, Zero
 from avec.models.architectures import UnsupportedArchitecture, architecture_for
 
-from _tiny import ARCHS, tiny_lm, tokens
+from _tiny import tiny_lm, tokens
 
 ALL_POINTS = ["embed", "blocks.*.resid_pre", "blocks.*.attn.z", "blocks.*.attn_out", "blocks.*.resid_mid",
               "blocks.*.mlp.post", "blocks.*.mlp_out", "blocks.*.resid_post", "final_norm", "logits"]

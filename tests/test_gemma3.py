@@ -1,7 +1,6 @@
 """The bundled Gemma 3 270M: assembled from its chunk packages, dequantized once, cached."""
 
 import pytest
-import torch
 
 import avec
 from avec.models import BUNDLED

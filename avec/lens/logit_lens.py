@@ -16,7 +16,7 @@ from ..models.lm import LanguageModel
 from ..plotting import heatmap, pyplot
 from ..results import Result
 from . import weights as W
-from ._common import at, columns, ensure_run, token_label
+from ._common import columns, ensure_run, token_label
 from .decomposition import final_point
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from ..io import atomic_write
 from ..models.lm import LanguageModel
 from ..plotting import pyplot
 from ..results import Result
@@ -59,9 +59,9 @@ class TunedLens:
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        _atomic(d / FILE, lambda tmp: save_file({"A": self.A.contiguous(), "b": self.b.contiguous()}, tmp))
+        atomic_write(d / FILE, lambda tmp: save_file({"A": self.A.contiguous(), "b": self.b.contiguous()}, tmp))
         meta = {"format": "avec.tuned_lens/1", "model_id": self.model_id, "points": self.points, **self.meta}
-        _atomic(d / META, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+        atomic_write(d / META, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
         return d
 
     @classmethod
@@ -77,18 +77,6 @@ class TunedLens:
         for k in ("format", "points"):
             meta.pop(k, None)
         return cls(tensors["A"], tensors["b"], model_id, meta)
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _collect(lm: LanguageModel, texts: Sequence[str], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,6 +23,8 @@ import torch
 import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from ..io import atomic_write, atomic_write_json  # noqa: F401  (atomic_write_json: re-exported)
 
 FORMAT = "avec-maze-policy/1"
 
@@ -158,30 +159,6 @@ def load_procgen_tools(path: str | os.PathLike) -> ImpalaPolicy:
     return from_state_dict(state, str(path))
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then os.replace into place, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, obj) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
-
-    _atomic_write_bytes(Path(path), write)
-
-
 def save_policy(policy: ImpalaPolicy, path: str | os.PathLike, metadata: dict | None = None,
                 extra_tensors: dict | None = None) -> None:
     """Save as safetensors; ``metadata`` (JSON-able) goes into the file header under 'avec'.
@@ -192,7 +169,7 @@ def save_policy(policy: ImpalaPolicy, path: str | os.PathLike, metadata: dict | 
     for k, v in (extra_tensors or {}).items():
         tensors["extra." + k] = v.detach().cpu().contiguous()
     header = {"avec": json.dumps(meta)}
-    _atomic_write_bytes(Path(path), lambda tmp: save_file(tensors, tmp, metadata=header))
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict, dict]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import os
 import shlex
 import sys
 import time
@@ -31,7 +30,8 @@ import torch.nn.functional as F
 
 from .env import ACTION_NAMES, GROUP_MATRIX
 from .evaluate import Batch, evaluate, rollout
-from .policy import ImpalaPolicy, atomic_write_json, from_state_dict, read_checkpoint, save_policy
+from ..io import atomic_write, atomic_write_json
+from .policy import ImpalaPolicy, from_state_dict, read_checkpoint, save_policy
 from .world import MOVES, WORLD, Maze
 
 GAMMA = 0.999
@@ -207,12 +207,13 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
                     region=region, command=command)
         save_policy(policy, out_path, meta, extra_tensors=None if complete else _adam_tensors(opt, policy))
         if curves:
-            tmp = curves_path.with_suffix(".csv.tmp")
-            with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(curves[-1].keys()))
-                w.writeheader()
-                w.writerows(curves)
-            os.replace(tmp, curves_path)
+            def write_curves(tmp):
+                with open(tmp, "w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=list(curves[-1].keys()))
+                    w.writeheader()
+                    w.writerows(curves)
+
+            atomic_write(curves_path, write_curves)
 
     policy.train()
     while True:

@@ -9,7 +9,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from ..core.model import Model, Run
+from ..core.model import Model
 from .architectures import Architecture, architecture_for, dims_of, hook_table
 
 

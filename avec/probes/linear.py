@@ -293,7 +293,7 @@ class ProbeResult(Result):
 
         plt = pyplot()
         fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 3.2))
-        ax.plot(self.layers, self.test_score.numpy(), "o-", label=f"probe (test)", color="#4477aa")
+        ax.plot(self.layers, self.test_score.numpy(), "o-", label="probe (test)", color="#4477aa")
         ax.plot(self.layers, self.train_score.numpy(), ":", label="probe (train)", color="#4477aa", alpha=0.6)
         ax.plot(self.layers, self.baseline_score.numpy(), "s--", label="mean difference (test)", color="#cc6677")
         ax.axhline(self.chance, color="gray", lw=0.8, ls="--", label="chance")
@@ -348,7 +348,7 @@ def fit_probes(acts: Activations | torch.Tensor, labels: Any, kind: str | None =
     tr, te = split(y, test_size, seed, stratify=kind != "continuous", groups=groups)
     xtr, xte, ytr, yte = x[:, tr], x[:, te], y[tr], y[te]
     mu, sd = _standardise(xtr)
-    ztr, zte = (xtr - mu) / sd, (xte - mu) / sd
+    ztr = (xtr - mu) / sd  # test rows are scored in activation space below (W, B)
     k = len(classes)
     if kind == "continuous":
         w, b, _ = fit_ridge(ztr, ytr, alphas)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import html
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..io import atomic_write_text
 from ..results import figure_html
 
 _STYLE = """
@@ -74,14 +74,4 @@ class Report:
                 f"<nav><ol>{toc}</ol></nav>{''.join(body)}</body></html>")
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.render())
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        return path
+        return atomic_write_text(path, self.render())

@@ -13,9 +13,7 @@ the format: llama.cpp steers every token; an imported vector gets positions "all
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import numpy as np
 import torch
 
 from ..core.positions import ALL
+from ..io import atomic_write
 
 _RESID = re.compile(r"^blocks\.(\d+)\.(resid_pre|resid_post)$")
 
@@ -51,11 +50,7 @@ def write_control_vector(vector: Any, path: str | Path, model_hint: str | None =
         layer = _layer_of(t.hook)
         directions[layer] = directions.get(layer, 0) + t.tensor.float()
     hint = model_hint or (vector.model_id.split(":")[0] if vector.model_id.count(":") >= 1 else "llama")  # model_type
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    def write(tmp: str) -> None:
         writer = gguf.GGUFWriter(tmp, "controlvector")
         writer.add_string("controlvector.model_hint", hint)
         writer.add_uint32("controlvector.layer_count", len(directions))
@@ -65,11 +60,8 @@ def write_control_vector(vector: Any, path: str | Path, model_hint: str | None =
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+
+    return atomic_write(path, write)
 
 
 def read_control_vector(path: str | Path, lm: Any):

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -31,6 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from ..core.interventions import AddVector
+from ..io import atomic_write
 from ..core.positions import (
     ALL, GENERATED, PROMPT, At, From, Front, Positions, PositionsLike, Span, as_positions,
 )
@@ -250,18 +249,9 @@ class SteeringVector:
         """Write one ``.safetensors`` file (tensors + JSON metadata), atomically (temp file + rename)."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"term.{i}": t.tensor.contiguous() for i, t in enumerate(self.terms)}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"avec.steering": json.dumps(self.metadata())})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        metadata = {"avec.steering": json.dumps(self.metadata())}
+        return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
     @classmethod
     def load(cls, path: str | Path, lm: Any = None) -> "SteeringVector":

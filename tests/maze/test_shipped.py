@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from avec.maze.env import ACTION_NAMES, expert_move
 from avec.maze.fields import vector_field
