@@ -11,7 +11,6 @@ grid row 0 = the top of the picture.
 from __future__ import annotations
 
 import base64
-import io
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..results import figure_png
 from .env import ACTION_NAMES, five_way
 from .evaluate import decision_targets
 from .render import renderer, to_tensor
@@ -79,9 +79,7 @@ def new_figure(figsize):
 
 
 def png_base64(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode()
+    return base64.b64encode(figure_png(fig, dpi=80)).decode()
 
 
 def _draw(ax, maze: Maze, cells: np.ndarray, dx: np.ndarray, dy: np.ndarray, title: str, color: str):
