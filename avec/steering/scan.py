@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..core.positions import TokenContext
+from ..models.norms import ElementwiseNorm
 from ..results import Result
 from .vector import SteeringVector
 
@@ -93,19 +94,6 @@ class ScanResult(Result):
         axes[1].legend(fontsize=7)
         fig.tight_layout()
         return fig
-
-
-def _final_norm_parts(lm: Any) -> tuple[torch.Tensor, torch.Tensor | None, float, bool]:
-    """(effective gain g [d], bias b [d] or None, eps, centers?) of the final norm."""
-    module = lm.get_module(lm.arch.final_norm)
-    weight = module.weight.detach().float()
-    centered = isinstance(module, nn.LayerNorm)
-    eps = getattr(module, "variance_epsilon", None) or getattr(module, "eps", None)
-    if eps is None:
-        raise ValueError(f"cannot read the epsilon of the final norm {type(module).__name__}")
-    gain = 1.0 + weight if lm.arch.family == "gemma" else weight  # Gemma's RMSNorm scales by (1 + w)
-    bias = module.bias.detach().float() if getattr(module, "bias", None) is not None else None
-    return gain, bias, float(eps), centered
 
 
 def _direction(lm: Any, target: Any) -> tuple[torch.Tensor, str, tuple[int, int] | None]:
@@ -221,20 +209,14 @@ def coefficient_scan(
     final = get(f"blocks.{L - 1}.resid_post")  # [N, d]
     decomposition_error = float((torch.stack(list(comps.values())).sum(0) - final).abs().max())
 
-    gain, bias, eps, centered = _final_norm_parts(lm)
-    center = (lambda x: x - x.mean(-1, keepdim=True)) if centered else (lambda x: x)  # noqa: E731
-    scale = (center(final).pow(2).mean(-1, keepdim=True) + eps).sqrt()  # [N, 1] as used in this run
-    rebuilt = gain * center(final) / scale + (bias if bias is not None else 0)
-    norm_error = float((rebuilt - get("final_norm")).abs().max())
-    if norm_error > 1e-3 * float(get("final_norm").abs().max()) + 1e-4:
-        raise RuntimeError(f"the final norm ({type(lm.get_module(lm.arch.final_norm)).__name__}) is not reproduced "
-                           f"by g * center(x) / s + b (error {norm_error:.3g}); this family needs its own rule")
-    gd = gain * d  # [d]
+    norm = ElementwiseNorm(lm.get_module(lm.arch.final_norm))
+    norm_error = norm.check(final, get("final_norm"))  # the reading below must reproduce the module
+    readout = norm.readout(d, norm.scale(final)).detach()  # [N, d]: the final norm frozen at this run's scale
     names = list(comps)
-    contrib = torch.stack([(center(comps[k]) / scale) @ gd for k in names], dim=1)  # [N, C]
-    if bias is not None:
+    contrib = torch.stack([(comps[k].float() * readout).sum(-1) for k in names], dim=1)  # [N, C]
+    if norm.bias is not None:
         names.append("final_norm.bias")
-        contrib = torch.cat([contrib, (bias @ d).expand(N, 1)], dim=1)
+        contrib = torch.cat([contrib, (norm.bias.detach().cpu() @ d).expand(N, 1)], dim=1)
     total = contrib.sum(1)
     if pair is not None:
         logits = run.logits[:, pos].float().cpu()
@@ -244,7 +226,7 @@ def coefficient_scan(
     max_error = float((total - actual).abs().max())
     labels = cluster_profiles(contrib, c, n_clusters)
     info = {"prompt": prompt if isinstance(prompt, str) else ids[0].tolist(), "vector": repr(vector), "answer position": pos, "decomposition error": decomposition_error,
-            "final norm error": norm_error, "norm": "LayerNorm" if centered else "RMSNorm"}
+            "final norm error": norm_error, "norm": "LayerNorm" if norm.center else "RMSNorm"}
     return ScanResult(c, tuple(names), contrib, total, actual, labels, label, max_error, info)
 
 
