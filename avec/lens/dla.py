@@ -90,26 +90,15 @@ class DLA(Result):
 
     def top_heads(self, k: int = 10):
         """The ``k`` heads with the largest |mean contribution|, as a frame."""
-        import pandas as pd
-
         if self.heads is None:
             raise ValueError("this DLA was computed without heads; call dla(..., heads=True)")
-        mean = self.heads.mean(0)
-        idx = mean.abs().flatten().topk(min(k, mean.numel())).indices
-        n_heads = mean.shape[1]
-        return pd.DataFrame({"layer": (idx // n_heads).numpy(), "head": (idx % n_heads).numpy(),
-                             "contribution": mean.flatten()[idx].numpy()})
+        return _top(self.heads, k, "head")
 
     def top_neurons(self, k: int = 10):
-        import pandas as pd
-
+        """The ``k`` neurons with the largest |mean contribution|, as a frame."""
         if self.neurons is None:
             raise ValueError("this DLA was computed without neurons; call dla(..., neurons=True)")
-        mean = self.neurons.mean(0)
-        idx = mean.abs().flatten().topk(min(k, mean.numel())).indices
-        d_mlp = mean.shape[1]
-        return pd.DataFrame({"layer": (idx // d_mlp).numpy(), "neuron": (idx % d_mlp).numpy(),
-                             "contribution": mean.flatten()[idx].numpy()})
+        return _top(self.neurons, k, "neuron")
 
     def plot(self, ax=None):
         plt = pyplot()
@@ -224,3 +213,14 @@ def dla(lm: LanguageModel, inputs: Any, target: Any, against: Any = None, *, pos
                None if head_c is None else head_c.cpu(), None if head_rest is None else head_rest.cpu(),
                None if neuron_c is None else neuron_c.cpu(), None if neuron_rest is None else neuron_rest.cpu(),
                frozen)
+
+
+def _top(values: torch.Tensor, k: int, unit: str):
+    """The ``k`` (layer, unit) cells of ``values [batch, layer, unit]`` with the largest |mean|."""
+    import pandas as pd
+
+    mean = values.mean(0)
+    idx = mean.abs().flatten().topk(min(k, mean.numel())).indices
+    width = mean.shape[1]
+    return pd.DataFrame({"layer": (idx // width).numpy(), unit: (idx % width).numpy(),
+                         "contribution": mean.flatten()[idx].numpy()})

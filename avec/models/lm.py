@@ -116,7 +116,9 @@ class LanguageModel(Model):
             raise ValueError(f"{token!r} is {len(ids)} tokens ({pieces}), not one; pick a single-token string")
         return ids[0]
 
-    def _prepare(self, inputs: Any, **forward_kwargs: Any):
+    def encode(self, inputs: Any) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
+        """``(ids [batch, pos], mask [batch, pos], prompts or None)`` from a string, a list of strings
+        (right-padded), token ids ``[batch, pos]`` / ``[pos]``, or a dict with ``input_ids``."""
         prompts = None
         if isinstance(inputs, (str, list, tuple)) and (isinstance(inputs, str) or all(isinstance(p, str) for p in inputs)):
             prompts = [inputs] if isinstance(inputs, str) else list(inputs)
@@ -138,6 +140,10 @@ class LanguageModel(Model):
             raise TypeError(f"token ids must be integers, got {ids.dtype}")
         if int(ids.max()) >= self.dims.vocab or int(ids.min()) < 0:
             raise ValueError(f"token ids must lie in 0..{self.dims.vocab - 1}")
+        return ids, mask, prompts
+
+    def _prepare(self, inputs: Any, **forward_kwargs: Any):
+        ids, mask, prompts = self.encode(inputs)
 
         def call():
             return self.hf(input_ids=ids, attention_mask=mask, use_cache=False, **forward_kwargs)

@@ -13,16 +13,12 @@ from .metrics import Metric, evaluate, logit_diff
 
 
 def tokenize(lm: LanguageModel, inputs: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ids [batch, pos], mask [batch, pos])`` from prompts, token ids or a dict."""
-    if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs and all(isinstance(p, str) for p in inputs)):
-        return lm.tokenize(inputs)
-    if isinstance(inputs, torch.Tensor):
-        ids = inputs if inputs.dim() == 2 else inputs[None]
-        return ids.to(lm.device), torch.ones_like(ids, device=lm.device)
-    if isinstance(inputs, dict) and "input_ids" in inputs:
-        ids = inputs["input_ids"].to(lm.device)
-        return ids, inputs.get("attention_mask", torch.ones_like(ids)).to(lm.device)
-    raise TypeError(f"{what}: expected a prompt, a list of prompts or token ids [batch, pos]; got {type(inputs).__name__}")
+    """``(ids [batch, pos], mask [batch, pos])`` via ``lm.encode``, errors prefixed with which input."""
+    try:
+        ids, mask, _ = lm.encode(inputs)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{what}: {err}") from None
+    return ids, mask
 
 
 @dataclass
