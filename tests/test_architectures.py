@@ -137,3 +137,48 @@ def test_unsupported_architecture_names_supported_ones():
         architecture_for(config)
     msg = str(err.value)
     assert "'opt'" in msg and "llama" in msg and "gpt2" in msg and "register_architecture" in msg
+
+
+def test_start_at_layer_equals_full_run_with_that_residual(arch_lm):
+    lm = arch_lm
+    ids = tokens(lm)
+    full = lm.run(ids, cache="blocks.*.resid_pre")
+    layer = lm.n_layers - 1
+    # unchanged residual: the same logits as the full run, and the skipped layers really are skipped
+    same = lm.run(ids, start_at_layer=layer, start_resid=full.cache[f"blocks.{layer}.resid_pre"])
+    assert torch.allclose(same.logits, full.logits, atol=1e-5)
+    # an edited residual: the same as a full run with that residual patched in at blocks.layer.resid_pre
+    edited = full.cache[f"blocks.{layer}.resid_pre"] + torch.randn_like(full.cache[f"blocks.{layer}.resid_pre"])
+    patched = lm.run(ids, interventions=[Patch(f"blocks.{layer}.resid_pre", source=edited)], cache="blocks.*.resid_post")
+    started = lm.run(ids, start_at_layer=layer, start_resid=edited, cache=f"blocks.{layer}.resid_post")
+    assert not torch.allclose(patched.logits, full.logits, atol=1e-3)
+    assert torch.allclose(started.logits, patched.logits, atol=1e-5)
+    assert torch.allclose(started.cache[f"blocks.{layer}.resid_post"], patched.cache[f"blocks.{layer}.resid_post"], atol=1e-5)
+    # the layers are restored afterwards
+    assert torch.equal(lm.run(ids).logits, full.logits)
+
+
+def test_start_at_layer_skips_computation_and_refuses_earlier_points():
+    lm = tiny_lm("llama")
+    ids = tokens(lm)
+    full = lm.run(ids, cache="blocks.1.resid_pre")
+    calls = []
+    handle = lm.get_module(f"{lm.arch.layers}.0").register_forward_hook(lambda *a: calls.append(1))
+    try:
+        lm.run(ids, start_at_layer=1, start_resid=full.cache["blocks.1.resid_pre"])
+        assert calls == []
+        lm.run(ids)
+        assert calls == [1]
+    finally:
+        handle.remove()
+    start = full.cache["blocks.1.resid_pre"]
+    with pytest.raises(ValueError, match=r"blocks\.0\.attn_out.*come before blocks\.1\.resid_pre"):
+        lm.run(ids, cache="blocks.0.attn_out", start_at_layer=1, start_resid=start)
+    with pytest.raises(ValueError, match="come before"):
+        lm.run(ids, interventions=Zero("embed"), start_at_layer=1, start_resid=start)
+    with pytest.raises(ValueError, match=r"start_resid has shape \[.*\]; the run needs"):
+        lm.run(ids, start_at_layer=1, start_resid=start[:, :-1])
+    with pytest.raises(ValueError, match="out of range"):
+        lm.run(ids, start_at_layer=lm.n_layers, start_resid=start)
+    with pytest.raises(ValueError, match="give start_at_layer too"):
+        lm.run(ids, start_resid=start)

@@ -171,3 +171,21 @@ def test_tuned_lens_trains_saves_and_beats_the_logit_lens(tmp_path):
         train_tuned_lens(lm, [], steps=1, progress=False)
     with pytest.raises(FileNotFoundError, match="no tuned lens"):
         TunedLens.load(tmp_path)
+
+
+def test_ridge_start_recovers_an_affine_map_and_zero_start_is_the_logit_lens():
+    from avec.lens.tuned_lens import compare_lenses, ridge_translators, train_tuned_lens
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(400, 2, 8, generator=g)
+    M, c = torch.randn(8, 8, generator=g) / 3, torch.randn(8, generator=g)
+    final = h[:, 1] @ M + c  # layer 1's residual maps affinely onto the final one
+    A, b = ridge_translators(h, final, ridge=1e-9)
+    assert torch.allclose(h[:, 1] + h[:, 1] @ A[1] + b[1], final, atol=1e-4)
+    lm = tiny_lm("llama")
+    texts = [row for row in tokens(lm, batch=8, seq=10, seed=4)]
+    zero = train_tuned_lens(lm, texts, steps=0, init="zero", progress=False)
+    cmp = compare_lenses(lm, zero, texts)
+    assert torch.allclose(cmp.tuned_kl, cmp.logit_kl)
+    with pytest.raises(ValueError, match="init must be"):
+        train_tuned_lens(lm, texts, init="random", progress=False)

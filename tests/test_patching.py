@@ -55,8 +55,8 @@ def test_patching_a_run_with_its_own_activations_changes_nothing():
     from avec.patching.activation import _sweep, make_grid
     p = prepare(lm, clean, other, metric)
     grid = make_grid(lm, "resid_mid", "position", p.seq, p.labels)
-    src = lm.run(clean, cache=[grid.hook(l) for l in grid.layers])
-    raw = _sweep(lm, grid, p, src, p.clean_ids, p.clean_mask, chunk_size=6, progress=False)
+    src = lm.run(clean, cache=[grid.hook(l) for l in grid.layers] + ["blocks.*.resid_pre"])
+    raw = _sweep(lm, grid, p, src, src, p.clean_ids, p.clean_mask, chunk_size=6, progress=False)
     assert torch.allclose(raw, torch.full_like(raw, base), atol=1e-5)
 
 

@@ -52,6 +52,37 @@ def register(app: typer.Typer) -> None:
             typer.echo(res.top_heads(top).to_string(index=False, float_format=lambda x: f"{x:.4f}"))
         _save(res.plot(), out)
 
+    @app.command("tuned-lens")
+    def tuned_lens_cmd(out_dir: str = typer.Argument(..., help="directory for tuned_lens.safetensors + .json"),
+                       text: Optional[List[str]] = typer.Option(None, "--text", help="training text file(s), one "
+                                                                "paragraph per blank-line block (default: the bundled corpus)"),
+                       model: str = typer.Option("smollm2"),
+                       steps: int = typer.Option(50, help="Adam steps on the KL after the ridge start"),
+                       lr: float = typer.Option(1e-4),
+                       batch_tokens: int = typer.Option(32),
+                       out: Optional[str] = typer.Option(None, help="save the KL-by-layer plot here (.png)")) -> None:
+        """Train a tuned lens, save it, and compare it with the logit lens on held-out text."""
+        from pathlib import Path
+
+        from ..data import reference_texts
+        from ..models import load
+        from .tuned_lens import compare_lenses, train_tuned_lens
+
+        if text:
+            paras = [p.strip() for f in text for p in Path(f).read_text().split("\n\n") if p.strip()]
+            if len(paras) < 2:
+                raise typer.BadParameter("need at least two paragraphs (one is held out for scoring)")
+            cut = max(1, len(paras) * 3 // 4)
+            train, held_out = paras[:cut], paras[cut:]
+        else:
+            train, held_out = reference_texts("train"), reference_texts("test")
+        lm = load(model)
+        lens = train_tuned_lens(lm, train, steps=steps, lr=lr, batch_tokens=batch_tokens)
+        typer.echo(f"wrote {lens.save(out_dir)}")
+        cmp = compare_lenses(lm, lens, held_out, max_tokens=256)
+        typer.echo(cmp.to_frame().to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+        _save(cmp.plot(), out)
+
     @app.command("norms")
     def norms_cmd(prompt: Optional[List[str]] = typer.Argument(None, help="prompts (default: a few bundled ones)"),
                   model: str = typer.Option("smollm2"),

@@ -9,7 +9,8 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from ..core.model import Model
+from ..core.interventions import Patch
+from ..core.model import Model, Run
 from .architectures import Architecture, architecture_for, dims_of, hook_table
 
 
@@ -164,6 +165,61 @@ class LanguageModel(Model):
         else:
             yield
 
+    # -- starting a run part-way ----------------------------------------------------------------
+    def run(self, inputs: Any, cache: Any = None, interventions: Any = (), *, start_at_layer: int | None = None,
+            start_resid: torch.Tensor | None = None, **kwargs: Any) -> Run:
+        """``Model.run`` (see there), plus an optional start part-way through the network.
+
+        start_at_layer, start_resid: begin at decoder layer ``l`` with ``start_resid``
+            ``[batch, pos, d_model]`` as its input residual (``blocks.l.resid_pre``); layers ``0..l-1``
+            are not computed (TransformerLens's ``start_at_layer``). The tokens are still given: they
+            set the attention mask, positions and rotary phases, so the run equals a full run whose
+            ``blocks.l.resid_pre`` was replaced by ``start_resid``. Hook points before
+            ``blocks.l.resid_pre`` cannot be read or edited in such a run.
+        """
+        if start_at_layer is None:
+            if start_resid is not None:
+                raise ValueError("start_resid is the input of layer start_at_layer; give start_at_layer too")
+            return super().run(inputs, cache, interventions, **kwargs)
+        layer = int(start_at_layer)
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(f"start_at_layer={start_at_layer} is out of range: {self.n_layers} layers (0..{self.n_layers - 1})")
+        if not isinstance(start_resid, torch.Tensor):
+            raise TypeError(f"start_at_layer needs start_resid, a tensor [batch, pos, {self.d_model}]")
+        first = f"blocks.{layer}.resid_pre"
+        names = self.resolve(cache) if cache else []
+        order = {n: i for i, n in enumerate(self.table.names)}
+        skipped = [n for n in names + [s.name for s, _ in self._bind([interventions])] if order[n] < order[first]]
+        if skipped:
+            raise ValueError(f"hook point(s) {sorted(set(skipped))} come before {first}, where this run starts "
+                             f"(start_at_layer={layer}): layers 0..{layer - 1} are not computed")
+        ids, _, _ = self.encode(inputs)
+        want = (ids.shape[0], ids.shape[1], self.d_model)
+        if tuple(start_resid.shape) != want:
+            raise ValueError(f"start_resid has shape {list(start_resid.shape)}; the run needs [batch, pos, d_model] = "
+                             f"{list(want)} for these inputs")
+        start = Patch(first, source=start_resid)
+        with self._skipping_layers(layer):
+            return super().run(inputs, cache, [start, interventions], **kwargs)
+
+    @contextmanager
+    def _skipping_layers(self, n: int):
+        """Stand-ins for decoder layers ``0..n-1`` that pass the residual through, for this block only.
+
+        The model's own forward still runs (embedding, masks, rotary phases, layer types by index);
+        the stand-ins keep every layer index in place, so per-layer settings (Gemma's sliding and
+        global layers) stay with their layers. Layer ``n``'s input is then set by a Patch.
+        """
+        layers = self.get_module(self.arch.layers)
+        saved = [layers[i] for i in range(n)]
+        try:
+            for i in range(n):
+                layers[i] = _PassThrough()
+            yield
+        finally:
+            for i, module in enumerate(saved):
+                layers[i] = module
+
     # -- generation ----------------------------------------------------------------------------
     def generate(
         self,
@@ -213,3 +269,11 @@ class LanguageModel(Model):
         d = self.dims
         return (f"LanguageModel({self.name!r}, {self.arch.family}, layers={d.n_layers}, d_model={d.d_model}, "
                 f"heads={d.n_heads}x{d.d_head}, d_mlp={d.d_mlp}, vocab={d.vocab})")
+
+
+class _PassThrough(nn.Module):
+    """A skipped decoder layer: returns its input residual (transformers decoder layers take the
+    hidden states first and return them)."""
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return hidden_states

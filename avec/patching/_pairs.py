@@ -22,7 +22,7 @@ def tokenize(lm: LanguageModel, inputs: Any, what: str) -> tuple[torch.Tensor, t
 
 
 @dataclass
-class Pair:
+class Pair:  # clean_metric / corrupted_metric are set by ``measure``
     """Aligned clean and corrupted inputs and the metric on each."""
 
     clean_ids: torch.Tensor
@@ -65,6 +65,7 @@ def logits_view(lm: LanguageModel, logits: torch.Tensor, ids: torch.Tensor, mask
 
 def prepare(lm: LanguageModel, clean: Any, corrupted: Any, metric: Metric | None, answer: Any = None,
             wrong: Any = None) -> Pair:
+    """Tokenise and check a clean/corrupted pair; ``measure`` then runs both and sets the baselines."""
     metric = choose_metric(lm, metric, answer, wrong)
     c_ids, c_mask = tokenize(lm, clean, "clean")
     x_ids, x_mask = tokenize(lm, corrupted, "corrupted")
@@ -77,16 +78,36 @@ def prepare(lm: LanguageModel, clean: Any, corrupted: Any, metric: Metric | None
             f"clean lengths {c_len}, corrupted lengths {x_len}. Rephrase so that they align (e.g. swap one "
             "single-token name for another), or tokenise and align them yourself and pass token ids"
         )
-    with torch.no_grad():
-        m_clean = float(evaluate(metric, lm.run({"input_ids": c_ids, "attention_mask": c_mask})))
-        m_corr = float(evaluate(metric, lm.run({"input_ids": x_ids, "attention_mask": x_mask})))
+    if lm.tokenizer is not None:
+        labels = tuple(f"{i}:{lm.tokenizer.decode([int(t)])}" for i, t in enumerate(c_ids[0]))
+    else:
+        labels = tuple(str(i) for i in range(c_ids.shape[1]))
+    return Pair(c_ids, c_mask, x_ids, x_mask, metric, float("nan"), float("nan"), labels)
+
+
+def measure(lm: LanguageModel, pair: Pair, cache: list[str] = (), grad_on: str | None = None) -> tuple[Run, Run]:
+    """Run the clean and the corrupted prompts once each, caching ``cache`` (these runs double as the
+    sweeps' sources), and set the pair's baseline metrics. ``grad_on`` ("clean" / "corrupted") also
+    takes d metric / d cached activations on that run (attribution patching)."""
+    runs = {}
+    keep = {}
+    if getattr(pair.metric, "last_position_only", False):  # skip the unembedding of earlier positions
+        keep["logits_to_keep"] = pair.seq - int(torch.cat([pair.clean_mask, pair.corrupt_mask]).sum(1).min()) + 1
+    for name, ids, mask in (("clean", pair.clean_ids, pair.clean_mask), ("corrupted", pair.corrupt_ids, pair.corrupt_mask)):
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        if grad_on == name:
+            run = lm.run(inputs, cache=list(cache), grad=True, metric=pair.metric, **keep)
+            value = run.metric
+        else:
+            with torch.no_grad():
+                run = lm.run(inputs, cache=list(cache) or None, **keep)
+                value = float(evaluate(pair.metric, run))
+        runs[name] = (run, value)
+    (clean_run, m_clean), (corrupt_run, m_corr) = runs["clean"], runs["corrupted"]
     if abs(m_clean - m_corr) < 1e-6 * max(1.0, abs(m_clean)):
         raise ValueError(
             f"the metric is the same on the clean and corrupted prompts ({m_clean:.4g}), so the normalised "
             "score (0 = corrupted, 1 = clean) is undefined; pick prompts or answers that the model tells apart"
         )
-    if lm.tokenizer is not None:
-        labels = tuple(f"{i}:{lm.tokenizer.decode([int(t)])}" for i, t in enumerate(c_ids[0]))
-    else:
-        labels = tuple(str(i) for i in range(c_ids.shape[1]))
-    return Pair(c_ids, c_mask, x_ids, x_mask, metric, m_clean, m_corr, labels)
+    pair.clean_metric, pair.corrupted_metric = m_clean, m_corr
+    return clean_run, corrupt_run

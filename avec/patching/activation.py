@@ -8,6 +8,9 @@ prompt and copies the corrupted activation in (same normalisation: a cell that m
 Other libraries run one forward pass per cell. Here the corrupted input is repeated along the batch
 axis, each row carries its own patch (a per-row position / head mask), and cells are processed in
 chunks of ``chunk_size`` to bound memory; the values equal the one-at-a-time loop (``batched=False``).
+A row patched at layer ``l`` computes layers ``< l`` exactly as the unpatched run did, so each chunk
+(cells in layer order) starts at its first layer from the unpatched run's cached residual
+(``LanguageModel.run(start_at_layer=...)``): a layer x position sweep does about half the layer work.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from tqdm.auto import tqdm
 from ..core.interventions import Apply, Patch
 from ..core.positions import At, Mask
 from ..models.lm import LanguageModel
-from ._pairs import Pair, logits_view, prepare
+from ._pairs import Pair, logits_view, measure, prepare
 from .metrics import Metric, evaluate
 from .result import PatchingResult
 
@@ -131,24 +134,28 @@ def activation_patching(lm: LanguageModel, clean: Any, corrupted: Any, point: st
     t0 = time.perf_counter()
     pair = prepare(lm, clean, corrupted, metric, answer, wrong)
     grid = make_grid(lm, point, by, pair.seq, pair.labels, layers)
-    base_ids, base_mask, src_ids, src_mask = (
-        (pair.corrupt_ids, pair.corrupt_mask, pair.clean_ids, pair.clean_mask) if direction == "denoise"
-        else (pair.clean_ids, pair.clean_mask, pair.corrupt_ids, pair.corrupt_mask))
-    hooks = [grid.hook(l) for l in grid.layers]
+    base_ids, base_mask = (pair.corrupt_ids, pair.corrupt_mask) if direction == "denoise" \
+        else (pair.clean_ids, pair.clean_mask)
+    # the baseline runs cache the patched points (source) and each layer's input residual (where
+    # a chunk of the sweep starts)
+    hooks = list(dict.fromkeys([grid.hook(l) for l in grid.layers] + [f"blocks.{l}.resid_pre" for l in grid.layers]))
+    clean_run, corrupt_run = measure(lm, pair, hooks)
+    source_run, base_run = (clean_run, corrupt_run) if direction == "denoise" else (corrupt_run, clean_run)
     with torch.no_grad():
-        source_run = lm.run({"input_ids": src_ids, "attention_mask": src_mask}, cache=hooks)
-        raw = _sweep(lm, grid, pair, source_run, base_ids, base_mask, chunk_size, progress) if batched \
+        raw = _sweep(lm, grid, pair, source_run, base_run, base_ids, base_mask, chunk_size, progress) if batched \
             else _loop(lm, grid, pair, source_run, base_ids, base_mask, progress)
     raw = raw.reshape(grid.shape)
     return PatchingResult(pair.normalise(raw), raw, grid.axes, grid.labels, grid.point, "activation", direction,
                           pair.clean_metric, pair.corrupted_metric, lm.name, time.perf_counter() - t0)
 
 
-def _sweep(lm, grid: Grid, pair: Pair, source_run, ids, mask, chunk_size: int, progress: bool) -> torch.Tensor:
+def _sweep(lm, grid: Grid, pair: Pair, source_run, base_run, ids, mask, chunk_size: int, progress: bool) -> torch.Tensor:
     B, seq = pair.batch, pair.seq
     source = {h: source_run.cache[h] for h in (grid.hook(l) for l in grid.layers)}
-    values = []
-    chunks = [grid.cells[i:i + chunk_size] for i in range(0, len(grid.cells), chunk_size)]
+    starts = base_run.cache  # the unpatched run's residual entering each layer: a chunk starts there
+    order = sorted(range(len(grid.cells)), key=lambda i: grid.cells[i][0])  # layer-major, stable
+    values: list[torch.Tensor | None] = [None] * len(grid.cells)
+    chunks = [order[i:i + chunk_size] for i in range(0, len(order), chunk_size)]
     # metrics that read only each prompt's last token need logits for the last few columns only:
     # on a small model the unembedding is a large share of the forward pass
     keep = {}
@@ -156,12 +163,16 @@ def _sweep(lm, grid: Grid, pair: Pair, source_run, ids, mask, chunk_size: int, p
         keep["logits_to_keep"] = seq - int(mask.sum(1).min()) + 1
     for chunk in tqdm(chunks, desc=f"patching {grid.point}", disable=not progress):
         k = len(chunk)
-        ivs = _chunk_interventions(grid, chunk, source, B, seq, lm.n_heads)
+        cells = [grid.cells[i] for i in chunk]
+        ivs = _chunk_interventions(grid, cells, source, B, seq, lm.n_heads)
         rows_ids, rows_mask = ids.repeat(k, 1), mask.repeat(k, 1)
-        logits = lm.run({"input_ids": rows_ids, "attention_mask": rows_mask}, interventions=ivs, **keep).logits
-        for i in range(k):
+        first = min(l for l, _, _ in cells)
+        start = starts[f"blocks.{first}.resid_pre"].repeat(k, 1, 1)
+        logits = lm.run({"input_ids": rows_ids, "attention_mask": rows_mask}, interventions=ivs,
+                        start_at_layer=first, start_resid=start, **keep).logits
+        for i, cell in enumerate(chunk):
             sl = slice(i * B, (i + 1) * B)
-            values.append(evaluate(pair.metric, logits_view(lm, logits[sl], rows_ids[sl], rows_mask[sl])).float().cpu())
+            values[cell] = evaluate(pair.metric, logits_view(lm, logits[sl], rows_ids[sl], rows_mask[sl])).float().cpu()
     return torch.stack(values)
 
 

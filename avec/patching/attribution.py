@@ -18,7 +18,7 @@ import torch
 
 from ..models.lm import LanguageModel
 from .activation import make_grid
-from ._pairs import prepare
+from ._pairs import measure, prepare
 from .metrics import Metric
 from .result import PatchingResult
 
@@ -33,13 +33,10 @@ def attribution_patching(lm: LanguageModel, clean: Any, corrupted: Any, point: s
     pair = prepare(lm, clean, corrupted, metric, answer, wrong)
     grid = make_grid(lm, point, by, pair.seq, pair.labels, layers)
     hooks = [grid.hook(l) for l in grid.layers]
-    clean_in = {"input_ids": pair.clean_ids, "attention_mask": pair.clean_mask}
-    corrupt_in = {"input_ids": pair.corrupt_ids, "attention_mask": pair.corrupt_mask}
-    base_in, src_in, base_metric = (corrupt_in, clean_in, pair.corrupted_metric) if direction == "denoise" \
-        else (clean_in, corrupt_in, pair.clean_metric)
-    base = lm.run(base_in, cache=hooks, grad=True, metric=pair.metric)
-    with torch.no_grad():
-        src = lm.run(src_in, cache=hooks)
+    # one forward + backward on the base prompt, one forward on the source: they also give the baselines
+    clean_run, corrupt_run = measure(lm, pair, hooks, grad_on="corrupted" if direction == "denoise" else "clean")
+    base, src, base_metric = (corrupt_run, clean_run, pair.corrupted_metric) if direction == "denoise" \
+        else (clean_run, corrupt_run, pair.clean_metric)
     rows = []
     for hook in hooks:
         g, delta = base.grads[hook].float(), (src.cache[hook] - base.cache[hook]).float()
