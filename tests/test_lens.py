@@ -189,3 +189,22 @@ def test_ridge_start_recovers_an_affine_map_and_zero_start_is_the_logit_lens():
     assert torch.allclose(cmp.tuned_kl, cmp.logit_kl)
     with pytest.raises(ValueError, match="init must be"):
         train_tuned_lens(lm, texts, init="random", progress=False)
+
+
+def test_tuned_lens_command_trains_saves_and_scores(tmp_path, smollm2):
+    from typer.testing import CliRunner
+
+    from avec.cli import app
+    from avec.lens.tuned_lens import TunedLens
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("The cat sat on the mat and looked at the door.\n\nIt rained all day, so we stayed inside.\n\n"
+                    "Water boils at one hundred degrees at sea level.\n\nThe train left the station at nine.")
+    result = CliRunner().invoke(app, ["tuned-lens", str(tmp_path / "lens"), "--text", str(text), "--steps", "0",
+                                      "--score-tokens", "4"])
+    assert result.exit_code == 0, result.output
+    assert "logit_lens_kl" in result.output and "tuned_lens_kl" in result.output
+    lens = TunedLens.load(tmp_path / "lens")
+    assert lens.model_id == smollm2.model_id and lens.A.shape == (smollm2.n_layers, smollm2.d_model, smollm2.d_model)
+    bad = CliRunner().invoke(app, ["tuned-lens", str(tmp_path / "x"), "--text", str(tmp_path / "lens" / "tuned_lens.json")])
+    assert bad.exit_code != 0 and "two paragraphs" in bad.output

@@ -60,6 +60,7 @@ def register(app: typer.Typer) -> None:
                        steps: int = typer.Option(50, help="Adam steps on the KL after the ridge start"),
                        lr: float = typer.Option(1e-4),
                        batch_tokens: int = typer.Option(32),
+                       score_tokens: int = typer.Option(256, help="held-out token positions to score"),
                        out: Optional[str] = typer.Option(None, help="save the KL-by-layer plot here (.png)")) -> None:
         """Train a tuned lens, save it, and compare it with the logit lens on held-out text."""
         from pathlib import Path
@@ -79,7 +80,7 @@ def register(app: typer.Typer) -> None:
         lm = load(model)
         lens = train_tuned_lens(lm, train, steps=steps, lr=lr, batch_tokens=batch_tokens)
         typer.echo(f"wrote {lens.save(out_dir)}")
-        cmp = compare_lenses(lm, lens, held_out, max_tokens=256)
+        cmp = compare_lenses(lm, lens, held_out, max_tokens=score_tokens)
         typer.echo(cmp.to_frame().to_string(index=False, float_format=lambda x: f"{x:.4f}"))
         _save(cmp.plot(), out)
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from ..report.context import on_model
+
+GEMMA = "gemma3-270m"
+
 COUNTRY = ("The capital of France is", "The capital of Germany is", " Paris", " Berlin")
 IOI = ("When Mary and John went to the store, John gave a drink to",
        "When Mary and John went to the store, Mary gave a drink to", " Mary", " John")
@@ -24,7 +28,7 @@ def country_section(ctx, s) -> None:
     s.text(f"Attribution patching (gradient x difference) of the same grid in {est.seconds:.1f} s; correlation "
            f"with real patching {est.correlation(res):.3f}.")
     s.figure(est.plot())
-    for point in ("attn_out", "mlp_out"):  # whole layers (all positions): 30 patches each
+    for point in ("attn_out", "mlp_out"):  # whole layers (all positions): one patch per layer
         r = activation_patching(lm, clean, corrupt, point, "layer", **kw)
         s.figure(r.plot())
 
@@ -74,4 +78,6 @@ SECTIONS = [
     ("Activation patching: France vs Germany", country_section),
     ("Activation patching: indirect object identification", ioi_section),
     ("Directional ablation and weight orthogonalization", ablation_section),
+    ("Gemma 3 270M: activation patching, France vs Germany", on_model(GEMMA, country_section)),
+    ("Gemma 3 270M: activation patching, indirect object identification", on_model(GEMMA, ioi_section)),
 ]

@@ -9,29 +9,11 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .context import TourContext, on_model  # noqa: F401 - re-exported for sections
 from .html import Report, Section
-
-
-@dataclass
-class TourContext:
-    model_name: str = "smollm2"
-    quick: bool = False
-    _models: dict = field(default_factory=dict)
-    load_seconds: float | None = None
-
-    @property
-    def lm(self):
-        if self.model_name not in self._models:
-            from ..models import load
-
-            t = time.time()
-            self._models[self.model_name] = load(self.model_name)
-            self.load_seconds = time.time() - t
-        return self._models[self.model_name]
 
 
 def model_card(ctx: TourContext, s: Section) -> None:
