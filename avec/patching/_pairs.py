@@ -42,6 +42,14 @@ class Pair:  # clean_metric / corrupted_metric are set by ``measure``
     def seq(self) -> int:
         return int(self.clean_ids.shape[1])
 
+    def forward_kwargs(self) -> dict:
+        """``logits_to_keep`` when the metric reads only each prompt's last token: on a small model the
+        unembedding of every position is a large share of the forward pass (right padding: the last
+        columns cover every prompt's last token)."""
+        if not getattr(self.metric, "last_position_only", False):
+            return {}
+        return {"logits_to_keep": self.seq - int(self.clean_mask.sum(1).min()) + 1}
+
     def normalise(self, value: torch.Tensor) -> torch.Tensor:
         """0 = the corrupted run's metric, 1 = the clean run's."""
         return (value - self.corrupted_metric) / (self.clean_metric - self.corrupted_metric)
@@ -90,9 +98,7 @@ def measure(lm: LanguageModel, pair: Pair, cache: list[str] = (), grad_on: str |
     sweeps' sources), and set the pair's baseline metrics. ``grad_on`` ("clean" / "corrupted") also
     takes d metric / d cached activations on that run (attribution patching)."""
     runs = {}
-    keep = {}
-    if getattr(pair.metric, "last_position_only", False):  # skip the unembedding of earlier positions
-        keep["logits_to_keep"] = pair.seq - int(torch.cat([pair.clean_mask, pair.corrupt_mask]).sum(1).min()) + 1
+    keep = pair.forward_kwargs()
     for name, ids, mask in (("clean", pair.clean_ids, pair.clean_mask), ("corrupted", pair.corrupt_ids, pair.corrupt_mask)):
         inputs = {"input_ids": ids, "attention_mask": mask}
         if grad_on == name:

@@ -156,11 +156,7 @@ def _sweep(lm, grid: Grid, pair: Pair, source_run, base_run, ids, mask, chunk_si
     order = sorted(range(len(grid.cells)), key=lambda i: grid.cells[i][0])  # layer-major, stable
     values: list[torch.Tensor | None] = [None] * len(grid.cells)
     chunks = [order[i:i + chunk_size] for i in range(0, len(order), chunk_size)]
-    # metrics that read only each prompt's last token need logits for the last few columns only:
-    # on a small model the unembedding is a large share of the forward pass
-    keep = {}
-    if getattr(pair.metric, "last_position_only", False):
-        keep["logits_to_keep"] = seq - int(mask.sum(1).min()) + 1
+    keep = pair.forward_kwargs()
     for chunk in tqdm(chunks, desc=f"patching {grid.point}", disable=not progress):
         k = len(chunk)
         cells = [grid.cells[i] for i in chunk]
