@@ -182,3 +182,45 @@ def test_start_at_layer_skips_computation_and_refuses_earlier_points():
         lm.run(ids, start_at_layer=lm.n_layers, start_resid=start)
     with pytest.raises(ValueError, match="give start_at_layer too"):
         lm.run(ids, start_resid=start)
+
+
+def test_z_is_the_pattern_applied_to_v_with_grouped_query_heads(arch_lm):
+    lm = arch_lm
+    if lm.arch.attn_v is None:  # GPT-2: fused qkv, no separate v point
+        assert "blocks.0.attn.v" not in lm.hook_points
+        return
+    c = lm.run(tokens(lm), cache=["blocks.*.attn.v", "blocks.*.attn.z", "blocks.*.attn.pattern", "blocks.*.attn.k"]).cache
+    group = lm.n_heads // lm.dims.kv_heads
+    assert group > 1  # the tiny configs use grouped-query attention, the case other libraries get wrong
+    for l in range(lm.n_layers):
+        v = c[f"blocks.{l}.attn.v"].repeat_interleave(group, dim=2)  # [batch, key, head, d_head]
+        z = torch.einsum("bhqk,bkhd->bqhd", c[f"blocks.{l}.attn.pattern"], v)
+        assert close(z, c[f"blocks.{l}.attn.z"])
+        assert c[f"blocks.{l}.attn.k"].shape[2] == lm.dims.kv_heads
+
+
+def test_mlp_neurons_are_the_activation_of_the_pre_activation(arch_lm):
+    lm = arch_lm
+    c = lm.run(tokens(lm), cache=["blocks.*.mlp.*"]).cache
+    for l in range(lm.n_layers):
+        mlp = lm.get_module(f"{lm.arch.layers}.{l}.mlp")
+        act = getattr(mlp, "act_fn", None) or mlp.act
+        expected = act(c[f"blocks.{l}.mlp.pre"])
+        if lm.arch.mlp_pre_linear is not None:
+            expected = expected * c[f"blocks.{l}.mlp.pre_linear"]
+        assert close(expected, c[f"blocks.{l}.mlp.post"])
+
+
+def test_patching_one_value_head_moves_exactly_its_query_group():
+    lm = tiny_lm("llama")
+    a, b = tokens(lm, seed=1), tokens(lm, seed=2)
+    src = lm.run(a, cache="blocks.1.attn.v")
+    base = lm.run(b, cache="blocks.1.attn.z")
+    patched = lm.run(b, interventions=Patch("blocks.1.attn.v", source=src, heads=(1,)), cache="blocks.1.attn.z")
+    moved = (patched.cache["blocks.1.attn.z"] - base.cache["blocks.1.attn.z"]).abs().amax(dim=(0, 1, 3))
+    group = lm.n_heads // lm.dims.kv_heads
+    owners = [h for h in range(lm.n_heads) if h // group == 1]
+    assert all(moved[h] > 0 for h in owners) and all(moved[h] == 0 for h in range(lm.n_heads) if h not in owners)
+    with pytest.raises(ValueError, match=r"out of range.*2 heads"):
+        lm.run(b, interventions=Patch("blocks.1.attn.v", source=src, heads=(3,)))
+    assert lm.resolve("blocks.1.attn.hook_v") == ["blocks.1.attn.v"] and lm.resolve("blocks.1.mlp.hook_pre") == ["blocks.1.mlp.pre"]

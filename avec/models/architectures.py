@@ -5,11 +5,16 @@ An adapter is data, not code: module paths for one family. Hook points and their
     embed                      what enters block 0 (token embedding; + position embedding for GPT-2;
                                Gemma's scaled embedding)
     blocks.{l}.resid_pre       the residual stream entering block l            [batch, pos, d_model]
+    blocks.{l}.attn.q/k/v      query/key/value projections' outputs, per head  [batch, pos, head, d_head]
+                               (before rotary embedding and Qwen3/Gemma 3's q/k norms; k and v have the
+                               model's key-value heads: with grouped-query attention fewer than q's)
     blocks.{l}.attn.pattern    attention probabilities (read-only; eager)      [batch, head, query, key]
     blocks.{l}.attn.z          each head's output before the output projection [batch, pos, head, d_head]
     blocks.{l}.attn_out        what attention adds to the residual (after Gemma's post-norm)
     blocks.{l}.resid_mid       residual after attention, before the MLP (edits reach the MLP *and* the
                                residual that flows on)
+    blocks.{l}.mlp.pre         MLP pre-activation (gate projection's output)  [batch, pos, d_mlp]
+    blocks.{l}.mlp.pre_linear  gated MLPs: the up projection's output; post = act(pre) * pre_linear
     blocks.{l}.mlp.post        MLP neurons, the input of its down projection  [batch, pos, d_mlp]
     blocks.{l}.mlp_out         what the MLP adds to the residual (after Gemma's post-norm)
     blocks.{l}.resid_post      the residual stream leaving block l
@@ -49,6 +54,12 @@ class Architecture:
     final_norm: str
     unembed: str = "lm_head"
     attn_norm: str = "input_layernorm"
+    # optional points (None: the family has no separate module for them, e.g. GPT-2's fused qkv)
+    attn_q: str | None = "self_attn.q_proj"
+    attn_k: str | None = "self_attn.k_proj"
+    attn_v: str | None = "self_attn.v_proj"
+    mlp_pre: str | None = "mlp.gate_proj"
+    mlp_pre_linear: str | None = "mlp.up_proj"
 
 
 LLAMA = Architecture(
@@ -92,6 +103,11 @@ GPT2 = Architecture(  # fused qkv (Conv1D c_attn); learned positions added befor
     mlp_down="mlp.c_proj",
     final_norm="transformer.ln_f",
     attn_norm="ln_1",
+    attn_q=None,
+    attn_k=None,
+    attn_v=None,
+    mlp_pre="mlp.c_fc",
+    mlp_pre_linear=None,
 )
 
 _REGISTRY: dict[str, Architecture] = {
@@ -138,6 +154,11 @@ class Dims:
     d_head: int
     d_mlp: int
     vocab: int
+    n_kv_heads: int = 0  # key-value heads (grouped-query attention); 0 = n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
 
 
 def dims_of(config: Any) -> Dims:
@@ -160,6 +181,7 @@ def dims_of(config: Any) -> Dims:
         d_head=d_head,
         d_mlp=first("intermediate_size", "n_inner", default=4 * d_model),
         vocab=first("vocab_size"),
+        n_kv_heads=getattr(config, "num_key_value_heads", None) or n_heads,
     )
 
 
@@ -185,12 +207,19 @@ def hook_table(arch: Architecture, dims: Dims) -> HookPointTable:
     sites = [Site("embed", arch.embed, pos_axis=1, width=d)]
     for l in range(dims.n_layers):
         layer = f"{arch.layers}.{l}"
+        heads = {"q": dims.n_heads, "k": dims.kv_heads, "v": dims.kv_heads}
+        qkv = [Site(f"blocks.{l}.attn.{x}", f"{layer}.{path}", pos_axis=1, heads=heads[x], width=(heads[x], dims.d_head), layer=l)
+               for x, path in (("q", arch.attn_q), ("k", arch.attn_k), ("v", arch.attn_v)) if path]
+        pre = [Site(f"blocks.{l}.mlp.{x}", f"{layer}.{path}", pos_axis=1, width=(dims.d_mlp,), layer=l)
+               for x, path in (("pre", arch.mlp_pre), ("pre_linear", arch.mlp_pre_linear)) if path]
         sites += [
             Site(f"blocks.{l}.resid_pre", layer, kind="input", pos_axis=1, width=d, layer=l),
+            *qkv,
             Site(f"blocks.{l}.attn.pattern", f"{layer}.{arch.attn}", index=1, pos_axis=2, eager=True, read_only=True, layer=l),
             Site(f"blocks.{l}.attn.z", f"{layer}.{arch.attn_o}", kind="input", pos_axis=1, heads=dims.n_heads, width=(dims.n_heads, dims.d_head), layer=l),
             Site(f"blocks.{l}.attn_out", f"{layer}.{arch.attn_out}", pos_axis=1, width=d, layer=l),
             Site(f"blocks.{l}.resid_mid", f"{layer}.{arch.mlp_in}", kind="input", pos_axis=1, delta_to=layer, width=d, layer=l),
+            *pre,
             Site(f"blocks.{l}.mlp.post", f"{layer}.{arch.mlp_down}", kind="input", pos_axis=1, width=(dims.d_mlp,), layer=l),
             Site(f"blocks.{l}.mlp_out", f"{layer}.{arch.mlp_out}", pos_axis=1, width=d, layer=l),
             Site(f"blocks.{l}.resid_post", layer, pos_axis=1, width=d, layer=l),
