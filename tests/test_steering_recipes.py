@@ -139,6 +139,21 @@ def test_pca_and_logistic_point_from_negative_to_positive(lm):
     assert pca_direction(lm, pairs, at=2).recipe["explained_variance"]["blocks.2.resid_pre"] > 0.5
 
 
+def test_centred_pca_is_scikit_learns_first_component_of_the_differences(lm):
+    from sklearn.decomposition import PCA
+
+    pairs = [(f"I love item {i}", f"I hate thing {i}") for i in range(6)]
+    pos = activations(lm, [p for p, _ in pairs], ["blocks.2.resid_pre"])["blocks.2.resid_pre"]
+    neg = activations(lm, [n for _, n in pairs], ["blocks.2.resid_pre"])["blocks.2.resid_pre"]
+    diffs = (pos - neg).double()
+    ref = torch.tensor(PCA(n_components=1).fit(diffs.numpy()).components_[0])
+    d = pca_direction(lm, pairs, at=2, center=True)["blocks.2.resid_pre"].double()
+    assert torch.isclose(torch.cosine_similarity(d, ref, 0).abs(), torch.tensor(1.0, dtype=torch.double), atol=1e-5)
+    assert float(d @ diffs.mean(0)) >= 0  # our sign convention: the mean difference projects positively
+    with pytest.raises(ValueError, match="at least 2 pairs"):
+        pca_direction(lm, pairs[:1], at=2, center=True)
+
+
 def test_empty_dataset_errors(lm):
     with pytest.raises(ValueError, match="empty dataset"):
         mean_difference(lm, [], at=1)
@@ -186,3 +201,15 @@ def test_per_row_coefficients_in_generation_equal_separate_calls(lm):
     assert batched[0:2] != batched[2:4] != batched[4:6]  # the coefficients do change the text
     a = lm.generate(prompts, 6, steer=3 * v, do_sample=True, seed=5)
     assert a == lm.generate(prompts, 6, steer=3 * v, do_sample=True, seed=5)  # seeded sampling reproduces
+
+
+def test_ab_eval_reads_each_prompts_own_last_token(lm):
+    from avec.steering import ab_prompt
+    from avec.steering.evaluate import ab_eval
+
+    items = load_ab("corrigible", "test")[:5]  # prompts of different lengths, batched (right padding)
+    scores = ab_eval(lm, items, batch_size=5)
+    a, b = lm.to_tokens("(A")[-1], lm.to_tokens("(B")[-1]
+    for i, it in enumerate(items):
+        p = torch.softmax(lm.run(ab_prompt(lm, it, True)).logits[0, -1].float(), -1)
+        assert torch.allclose(scores.p_a[i], p[a], atol=1e-5) and torch.allclose(scores.p_b[i], p[b], atol=1e-5)

@@ -49,6 +49,14 @@ class ElementwiseNorm:
         r = self.gain * direction.float() / scale
         return r - r.mean(-1, keepdim=True) if self.center else r
 
+    def frozen(self, part: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """What the norm, its scale frozen at ``scale`` ``[..., 1]``, makes of one additive part of its
+        input (the bias excluded): the parts' images sum to the norm's output minus its bias."""
+        part = part.float()
+        if self.center:
+            part = part - part.mean(-1, keepdim=True)
+        return part * self.gain.detach().to(part.device) / scale
+
     def check(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """The max error of this reading against the module's output ``y`` for input ``x``; raises if
         it does not reproduce it."""

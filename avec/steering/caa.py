@@ -48,7 +48,7 @@ def activations(lm: Any, texts: Sequence[str], hooks: Sequence[str], read_at: in
         short = [t for t in chunk if len(lm.to_tokens(t)) < abs(read_at) + (0 if read_at < 0 else 1)]
         if short:
             raise ValueError(f"read_at={read_at} is outside text {short[0]!r} (too few tokens)")
-        run = lm.run(chunk, cache=list(hooks), positions=read_at)
+        run = lm.run(chunk, cache=list(hooks), positions=read_at, logits_to_keep=1)  # logits unused
         for h in hooks:
             out[h].append(run.cache[h][:, 0].float().cpu())
     return {h: torch.cat(v) for h, v in out.items()}

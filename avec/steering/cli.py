@@ -1,4 +1,5 @@
-"""`avec steer` and `avec scan`: steering from the command line. ``register(app)`` adds them."""
+"""`avec steer`, `avec scan`, `avec caa` and `avec steer-repro NAME` (one command per reproduction of the
+tour's steering sections): steering from the command line. ``register(app)`` adds them."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def scan(
     n: int = typer.Option(128, help="number of coefficients"),
     lo: float = typer.Option(-10.0),
     hi: float = typer.Option(10.0),
-    heads: bool = typer.Option(False, help="split attention per head"),
+    heads: bool = typer.Option(False, help="split attention per head (Gemma: post-norm scale frozen from the run)"),
     clusters: int = typer.Option(4),
     plot: Optional[str] = typer.Option(None, help="write the plot to this PNG"),
     csv: Optional[str] = typer.Option(None, help="write the coefficient x component table to this CSV"),
@@ -120,8 +121,42 @@ def caa(
         typer.echo(f"saved {path}")
 
 
+def _reproduction_command(name: str, title: str):
+    def command(
+        model: str = typer.Option("smollm2", help="bundled name (smollm2, gemma3-270m), HF id, local dir or .gguf"),
+        out: Optional[str] = typer.Option(None, help="also write a self-contained HTML report here"),
+        quick: bool = typer.Option(False, help="smaller samples (as `avec tour --quick`)"),
+        threads: Optional[int] = typer.Option(None, help="torch CPU threads (use 1 when other jobs share the cores)"),
+    ) -> None:
+        from .reproduce import reproduce
+
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        reproduce(name, model, out=out, quick=quick, echo=typer.echo)
+        if out:
+            typer.echo(f"wrote {out}")
+
+    what = title.replace("Steering: ", "")
+    command.__doc__ = f"{what[0].upper()}{what[1:]}: the `avec tour` section of that name, on --model."
+    return command
+
+
+def reproductions_app() -> typer.Typer:
+    """`avec steer-repro NAME`: each reproduction of the steering tour as its own command."""
+    from .tour_sections import REPRODUCTIONS
+
+    sub = typer.Typer(no_args_is_help=True, help="Run one steering reproduction (the same code as its `avec tour` "
+                      "section), print its tables and optionally write an HTML report.")
+    for name, (title, _) in REPRODUCTIONS.items():
+        sub.command(name)(_reproduction_command(name, title))
+    return sub
+
+
 def register(app: typer.Typer) -> None:
-    """Add `steer`, `scan` and `caa` to the `avec` command line."""
+    """Add `steer`, `scan`, `caa` and `steer-repro` to the `avec` command line."""
     app.command("steer")(steer)
     app.command("scan")(scan)
     app.command("caa")(caa)
+    app.add_typer(reproductions_app(), name="steer-repro")

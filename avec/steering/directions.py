@@ -4,7 +4,8 @@ projection, so their coefficients are comparable with CAA's."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -24,20 +25,29 @@ def _scaled(direction: torch.Tensor, diffs: torch.Tensor) -> torch.Tensor:
 
 
 def pca_direction(lm: Any, pairs: Sequence[Pair], at: str | int | Sequence[str | int], *, read_at: int = -1,
-                  positions: PositionsLike = From(-1), batch_size: int = 16) -> SteeringVector:
-    """First principal component of the paired differences ``act(pos) - act(neg)`` (uncentered, as
-    repeng does: it captures the shared direction), pointing from negative to positive."""
+                  positions: PositionsLike = From(-1), batch_size: int = 16, center: bool = False) -> SteeringVector:
+    """First principal component of the paired differences ``act(pos) - act(neg)``, pointing from
+    negative to positive (the mean difference projects positively on it), scaled to that projection.
+
+    center: False (default) takes the top singular vector of the raw differences: the direction they
+        share, close to the mean difference when the pairs agree. True subtracts their mean first
+        (scikit-learn's PCA, as repeng's ``pca_diff`` does): the direction along which the differences
+        *vary* most - the same as False only when that variation lies along the shared direction.
+    """
     hooks = resolve_hooks(lm, at)
     pos, neg = paired_activations(lm, pairs, hooks, read_at, batch_size)
+    if center and len(pairs) < 2:
+        raise ValueError("a centred PCA direction needs at least 2 pairs (one difference has no variance)")
     terms = []
     explained = {}
     for h in hooks:
         diffs = pos[h] - neg[h]  # [n, d]
-        _, s, vh = torch.linalg.svd(diffs.double(), full_matrices=False)
+        x = diffs.double() - diffs.double().mean(0) if center else diffs.double()
+        _, s, vh = torch.linalg.svd(x, full_matrices=False)
         explained[h] = float(s[0] ** 2 / (s ** 2).sum())
         terms.append(Term(h, _scaled(vh[0].float(), diffs), as_positions(positions), 0))
     return SteeringVector(tuple(terms), lm.model_id, {"method": "pca", "pairs": len(pairs), "read_at": read_at,
-                                                      "explained_variance": explained})
+                                                      "center": center, "explained_variance": explained})
 
 
 def logistic_direction(lm: Any, pairs: Sequence[Pair], at: str | int | Sequence[str | int], *, read_at: int = -1,

@@ -287,8 +287,10 @@ def ab_eval(lm: Any, items: Sequence[ABItem], steer: Any = None, *, positions: A
     pa, pb = [], []
     with torch.no_grad():
         for i in range(0, len(items), batch_size):
-            chunk = items[i:i + batch_size]
-            run = lm.run([ab_prompt(lm, it, chat) for it in chunk], interventions=ivs)
+            prompts = [ab_prompt(lm, it, chat) for it in items[i:i + batch_size]]
+            lengths = torch.tensor([len(lm.to_tokens(t)) for t in prompts])
+            keep = int(lengths.max() - lengths.min()) + 1  # reaches every prompt's last token (right padding)
+            run = lm.run(prompts, interventions=ivs, logits_to_keep=keep)  # not the whole [batch, pos, vocab]
             p = torch.softmax(run.last_logits().float().cpu(), -1)
             pa.append(p[:, a])
             pb.append(p[:, b])

@@ -14,20 +14,25 @@ with ``d`` the logit direction (``W_U[:, X] - W_U[:, Y]``, or any vector in the 
 space) and the norm's bias as one more component. Contributions sum to the total metric exactly
 (up to float error, reported as ``max_error`` against the run's own logits).
 
-Optionally attention is split per head: ``z[:, h] @ W_O[h]`` (plus the output projection's bias),
-for families whose attention output is the projection's output (not Gemma's post-norm).
+Optionally attention is split per head: ``z[:, h] @ W_O[h]`` (plus the output projection's bias).
+Gemma normalises attention's output before it joins the residual (``attn_out = post_norm(o_proj(z))``);
+an RMS norm is not linear, so there the post-norm's scale is frozen at its value in the run (per row),
+as direct logit attribution does (``avec.lens.dla``): ``head_h = gain * (z_h @ W_O[h]) / s_post``. The
+heads then add up exactly to ``attn_out`` (``info["heads error"]``), and describe the layer linearised
+at this run's scale - not what removing a head would do (that would change the scale).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
-from torch import nn
 
 from ..core.positions import TokenContext
+from ..lens import weights as W
 from ..models.norms import ElementwiseNorm
 from ..results import Result
 from .vector import SteeringVector
@@ -120,10 +125,28 @@ def _coeffs(coeffs: Any, n: int, lo: float, hi: float) -> torch.Tensor:
     return c
 
 
-def _o_proj_matrix(module: nn.Module) -> torch.Tensor:
-    """[in = heads * d_head, out = d_model] for nn.Linear and GPT-2's Conv1D."""
-    w = module.weight.detach().float()
-    return w.T if isinstance(module, nn.Linear) else w
+@torch.no_grad()
+def _head_parts(lm: Any, layer: int, z: torch.Tensor, attn_out: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Layer ``layer``'s attention output split into ``{"L{l}.H{h}": [N, d_model], ...}`` (+ biases) that sum
+    to ``attn_out`` [N, d_model]; z: [N, n_heads, d_head]. Through a post-norm (Gemma) its scale is frozen
+    at its value in the run: with ``s`` fixed the norm is linear, ``gain * center(x) / s (+ bias)``."""
+    W_O = W.W_O(lm, layer).detach().float().cpu()  # [H, d_head, d_model]
+    b_O = W.b_O(lm, layer)
+    per_head = torch.einsum("nhk,hkd->nhd", z.float(), W_O)  # [N, H, d_model]
+    parts = {f"L{layer}.H{h}": per_head[:, h] for h in range(per_head.shape[1])}
+    if b_O is not None:
+        parts[f"L{layer}.attn.bias"] = b_O.detach().float().cpu().expand(z.shape[0], -1)
+    module = W.post_norm(lm, layer, "attn")
+    if module is None:
+        return parts
+    post = ElementwiseNorm(module)
+    pre = sum(parts.values())  # o_proj's output, rebuilt from z
+    post.check(pre, attn_out)  # the frozen reading must reproduce the module on this run
+    scale = post.scale(pre)  # [N, 1]: frozen here
+    frozen = {k: post.frozen(v, scale) for k, v in parts.items()}
+    if post.bias is not None:
+        frozen[f"L{layer}.attn.post_norm.bias"] = post.bias.detach().cpu().expand(z.shape[0], -1)
+    return frozen
 
 
 def coefficient_scan(
@@ -148,7 +171,7 @@ def coefficient_scan(
     coeffs:    explicit coefficients [N] (default ``linspace(lo, hi, n)``, n = 128)
     positions: override the vector's positions (default: its own)
     position:  the answer position, prompt-relative (-1 = last prompt token)
-    heads:     split each layer's attention into heads (not for Gemma's post-normed attention)
+    heads:     split each layer's attention into heads (through Gemma's post-norm with its scale frozen)
     """
     c = _coeffs(coeffs, n, lo, hi)
     vector.check(lm)
@@ -164,9 +187,6 @@ def coefficient_scan(
     if not 0 <= pos < T:
         raise ValueError(f"position {position} is outside the prompt ({T} tokens)")
     L = lm.n_layers
-    if heads and lm.arch.attn_out != lm.arch.attn:
-        raise ValueError(f"per-head decomposition needs attention output = the output projection's output; the "
-                         f"{lm.arch.family} family normalises after it (use heads=False)")
     cache = ["embed", "blocks.*.attn_out", "blocks.*.mlp_out", f"blocks.{L - 1}.resid_post", "final_norm"]
     if heads:
         cache.append("blocks.*.attn.z")
@@ -192,16 +212,12 @@ def coefficient_scan(
         injected += (c * on)[:, None] * vec.float()[None]
 
     comps: dict[str, torch.Tensor] = {"embed": get("embed")}
+    heads_error = 0.0
     for l in range(L):
         if heads:
-            z = get(f"blocks.{l}.attn.z")  # [N, H, d_head]
-            o = lm.get_module(f"{lm.arch.layers}.{l}.{lm.arch.attn_o}")
-            M = _o_proj_matrix(o)
-            dh = z.shape[-1]
-            for h in range(z.shape[1]):
-                comps[f"L{l}.H{h}"] = z[:, h] @ M[h * dh:(h + 1) * dh]
-            if getattr(o, "bias", None) is not None:
-                comps[f"L{l}.attn.bias"] = o.bias.detach().float().expand(N, -1)
+            parts = _head_parts(lm, l, get(f"blocks.{l}.attn.z"), get(f"blocks.{l}.attn_out"))
+            heads_error = max(heads_error, float((sum(parts.values()) - get(f"blocks.{l}.attn_out")).abs().max()))
+            comps.update(parts)
         else:
             comps[f"L{l}.attn"] = get(f"blocks.{l}.attn_out")
         comps[f"L{l}.mlp"] = get(f"blocks.{l}.mlp_out")
@@ -227,6 +243,9 @@ def coefficient_scan(
     labels = cluster_profiles(contrib, c, n_clusters)
     info = {"prompt": prompt if isinstance(prompt, str) else ids[0].tolist(), "vector": repr(vector), "answer position": pos, "decomposition error": decomposition_error,
             "final norm error": norm_error, "norm": "LayerNorm" if norm.center else "RMSNorm"}
+    if heads:
+        info["heads error"] = heads_error  # max |sum of a layer's head terms - its attn_out|
+        info["frozen post-norm"] = W.post_norm(lm, 0, "attn") is not None
     return ScanResult(c, tuple(names), contrib, total, actual, labels, label, max_error, info)
 
 

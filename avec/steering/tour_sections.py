@@ -1,7 +1,11 @@
-"""Tour sections reproducing the steering experiments on the bundled model (``SECTIONS``).
+"""Tour sections reproducing the steering experiments (``SECTIONS``), also run one at a time by
+``avec steer-repro NAME`` (``REPRODUCTIONS``; see ``reproduce.py``): one implementation for both.
 
-Each is ``fn(ctx, s)`` and reports what it measures, whatever that is. Greedy decoding unless said;
-sample sizes are small (CPU, < 1 minute each) and say so.
+Each is ``fn(ctx, s)`` and reports what it measures, whatever that is. ``ctx.lm`` is the model,
+``ctx.quick`` asks for smaller samples. Layers are written for SmolLM2's 30 layers and moved to the same
+relative depth on other models (``_layer``). Greedy decoding unless said; sample sizes are small (CPU,
+< 1 minute each) and say so. ``avec.report.context.on_model(name, fn)`` pins a section to one model (the Gemma 3 sections),
+sharing the tour's model cache.
 """
 
 from __future__ import annotations
@@ -11,17 +15,48 @@ from typing import Any
 
 import torch
 
+from ..report.context import on_model
+
 NEUTRAL = ["I went up to my friend and said", "Yesterday, my neighbour told me that",
            "The most important thing in life is", "When I woke up this morning,"]
 
 
-def _grid(lm, prompts, vector, coeffs, max_new_tokens, **kw) -> dict[float, list[str]]:
-    """Completions of every prompt at every coefficient in ONE generate call (per-row coefficients)."""
-    rows = [p for _ in coeffs for p in prompts]
-    per_row = torch.tensor([float(c) for c in coeffs for _ in prompts])
-    out = lm.generate(rows, max_new_tokens, interventions=vector.as_interventions(coeff=per_row), **kw)
+REFERENCE_LAYERS = 30  # the layer numbers below are SmolLM2-135M's
+
+
+def _layer(lm, layer: int) -> int:
+    """``layer`` of SmolLM2's 30 moved to the same relative depth of ``lm`` (identity on SmolLM2)."""
+    return min(lm.n_layers - 1, max(0, round(layer * lm.n_layers / REFERENCE_LAYERS)))
+
+
+def _layers(lm, layers) -> list[int]:
+    return sorted({_layer(lm, l) for l in layers})
+
+
+def _is_smollm2(lm) -> bool:
+    return lm.n_layers == REFERENCE_LAYERS and lm.d_model == 576
+
+
+def _cells(lm, prompts, cells, max_new_tokens, **kw) -> dict[Any, list[str]]:
+    """Completions of every prompt in every cell ``(key, vector or None, coeff)`` in ONE generate call.
+
+    Row block k holds the prompts of cell k; each distinct vector gets one coefficient per row: the cell's
+    on its own rows, 0 elsewhere (adding 0 * v leaves a row exactly as it was). One call instead of one per
+    cell matters most on large vocabularies: a decoding step of Gemma 3 reads its 262k x 640 unembedding
+    whatever the batch size.
+    """
     n = len(prompts)
-    return {c: out[i * n:(i + 1) * n] for i, c in enumerate(coeffs)}
+    rows = [p for _ in cells for p in prompts]
+    vectors: list[Any] = []
+    for _, v, _ in cells:
+        if v is not None and not any(v is u for u in vectors):
+            vectors.append(v)
+    ivs = []
+    for v in vectors:
+        per_row = torch.tensor([float(c) if u is v else 0.0 for _, u, c in cells for _ in prompts])
+        ivs += v.as_interventions(coeff=per_row)
+    out = lm.generate(rows, max_new_tokens, interventions=ivs, **kw)
+    return {key: out[i * n:(i + 1) * n] for i, (key, _, _) in enumerate(cells)}
 
 
 def _sent(texts):
@@ -34,27 +69,26 @@ def love_hate(ctx: Any, s: Any) -> None:
     import pandas as pd
 
     from .contrast import contrast
-    from .generation import side_by_side
 
     lm = ctx.lm
     t0 = time.time()
     prompts = ["I hate you because", "You are the worst person and", "My boss yelled at me, so I"]
-    layers = [2, 6, 12] if ctx.quick else [2, 6, 12, 18]
+    layers = _layers(lm, [2, 6, 12] if ctx.quick else [2, 6, 12, 18])
     coeffs = [5.0, 10.0] if ctx.quick else [2.0, 5.0, 10.0]
-    base = lm.generate(prompts, 20)
-    rows = [{"layer": "-", "coeff": 0.0, "mean VADER compound": _sent(base)}]
-    for layer in layers:
-        v = contrast(lm, "Love", "Hate", at=layer)
-        for c, out in _grid(lm, prompts, v, coeffs, 20).items():
-            rows.append({"layer": layer, "coeff": c, "mean VADER compound": _sent(out)})
-    v6 = contrast(lm, "Love", "Hate", at=6)
-    s.text(f"ActAdd Love - Hate ({v6.recipe['padding']}), added at the prompt's first {v6['blocks.6.resid_pre'].shape[0]} "
-           "positions of resid_pre; all coefficients of a layer run as one batched generate call (one coefficient per "
-           "row). "
+    vectors = {layer: contrast(lm, "Love", "Hate", at=layer) for layer in layers}
+    cells = [(("-", 0.0), None, 0.0)] + [((layer, c), vectors[layer], c) for layer in layers for c in coeffs]
+    outs = _cells(lm, prompts, cells, 20)
+    rows = [{"layer": layer, "coeff": c, "mean VADER compound": _sent(out)} for (layer, c), out in outs.items()]
+    l6 = _layer(lm, 6)
+    v6 = vectors[l6]
+    s.text(f"{lm.name}: ActAdd Love - Hate ({v6.recipe['padding']}), added at the prompt's first "
+           f"{v6[f'blocks.{l6}.resid_pre'].shape[0]} positions of resid_pre; every layer and coefficient (and the "
+           "unsteered baseline) in one batched generate call (one coefficient per row and vector). "
            f"Sentiment = mean VADER compound of greedy 20-token completions of {len(prompts)} "
            f"negative prompts (-1 = negative, +1 = positive). Small sample: read the direction, not the decimals.")
     s.table(pd.DataFrame(rows))
-    s.table(side_by_side(lm, prompts, 5 * v6, 25).to_frame())
+    s.text(f"Unsteered vs steered (coeff 5 at layer {l6}), from the same run:")
+    s.table(pd.DataFrame({"prompt": prompts, "unsteered": outs[("-", 0.0)], "steered": outs[(l6, 5.0)]}))
     s.text(f"({time.time() - t0:.0f} s)")
 
 
@@ -74,29 +108,32 @@ def wedding(ctx: Any, s: Any) -> None:
     t0 = time.time()
     prompts = NEUTRAL[:3] if ctx.quick else NEUTRAL
     plist = [p for p in prompts for _ in range(2)]
-    sampling = dict(do_sample=True, temperature=1.0, top_p=0.3, seed=0)
-    rows = [{"vector": "none", "layer": "-", "coeff": 0.0, **wedding_rate(lm.generate(plist, 24, **sampling))}]
+    sampling = {"do_sample": True, "temperature": 1.0, "top_p": 0.3, "seed": 0}
     plus, minus = "I talk about weddings constantly", "I do not talk about weddings constantly"
-    for layer in ([6] if ctx.quick else [6, 12]):
+    cells = [(("none", "-", 0.0), None, 0.0)]
+    for layer in _layers(lm, [6] if ctx.quick else [6, 12]):
         v = contrast(lm, plus, minus, at=layer)
-        for c, out in _grid(lm, plist, v, [4.0, 8.0], 24, **sampling).items():
-            rows.append({"vector": "ActAdd (front)", "layer": layer, "coeff": c, **wedding_rate(out)})
-    best = (None, -1.0)
-    for layer in ([8] if ctx.quick else [8, 12]):
+        cells += [(("ActAdd (front)", layer, c), v, c) for c in [4.0, 8.0]]
+    for layer in _layers(lm, [8] if ctx.quick else [8, 12]):
         v = mean_difference(lm, WEDDING_PAIRS, at=layer, positions="all")
-        for c, out in _grid(lm, plist, v, [0.5, 1.0, 1.5], 24, **sampling).items():
-            r = wedding_rate(out)
-            rows.append({"vector": "mean diff (all positions)", "layer": layer, "coeff": c, **r})
-            if r["texts with a wedding word"] > best[1]:
-                best = ((layer, c, v), r["texts with a wedding word"])
-    s.text(f"Two wedding vectors. ActAdd {plus!r} - {minus!r} ({contrast(lm, plus, minus, at=6).recipe['padding']}), "
+        cells += [(("mean diff (all positions)", layer, c), v, c) for c in [0.5, 1.0, 1.5]]
+    vectors = {key: v for key, v, _ in cells}
+    rows, best = [], (None, -1.0)
+    for (name, layer, c), out in _cells(lm, plist, cells, 24, **sampling).items():
+        r = wedding_rate(out)
+        rows.append({"vector": name, "layer": layer, "coeff": c, **r})
+        if name.startswith("mean diff") and r["texts with a wedding word"] > best[1]:
+            best = ((layer, c, vectors[(name, layer, c)]), r["texts with a wedding word"])
+    s.text(f"{lm.name}: two wedding vectors. ActAdd {plus!r} - {minus!r} "
+           f"({contrast(lm, plus, minus, at=_layer(lm, 6)).recipe['padding']}), "
            f"added at the prompt's front positions as in the paper; and a mean difference over {len(WEDDING_PAIRS)} "
            "hand-written pairs (wedding vs other topic, read at the last token), added at every position. "
            f"{len(plist)} sampled completions per cell (top-p 0.3, T 1, 24 tokens, seed 0) of neutral prompts; fraction of "
            "completions with a wedding word (ActAdd list) and wedding words / all words. The original found > 90% vs ~2% "
-           "at the best layer of GPT-2-XL. On SmolLM2-135M the front-position ActAdd vector did not produce wedding words "
-           "in our trials (coefficients 4-40, layers 4-12); the all-positions vector works only in a narrow coefficient "
-           "window (about 1x its norm; 2x already degrades text into repetition).")
+           "at the best layer of GPT-2-XL."
+           + (" On SmolLM2-135M the front-position ActAdd vector did not produce wedding words in our trials "
+              "(coefficients 4-40, layers 4-12); the all-positions vector works only in a narrow coefficient window "
+              "(about 1x its norm; 2x already degrades text into repetition)." if _is_smollm2(lm) else ""))
     s.table(pd.DataFrame(rows))
     if best[0] is not None:
         layer, c, v = best[0]
@@ -123,16 +160,16 @@ def french(ctx: Any, s: Any) -> None:
     prompts = ["I want to tell you about my day.", "The best thing about summer is", "My favourite book is",
                "Here is what I think about the news:"]
     plus, minus = "Je parle en français.", "I speak in English."
-    base = lm.generate(prompts, 24)
-    rows = [{"layer": "-", "coeff": 0.0, "fraction French (langdetect)": language_rate(base)}]
-    example = None
-    for layer in ([4, 10] if ctx.quick else [2, 6, 10, 16]):
+    cells = [(("-", 0.0), None, 0.0)]
+    for layer in _layers(lm, [4, 10] if ctx.quick else [2, 6, 10, 16]):
         v = contrast(lm, plus, minus, at=layer)
-        for c, out in _grid(lm, prompts, v, [4.0, 8.0], 24).items():
-            rows.append({"layer": layer, "coeff": c, "fraction French (langdetect)": language_rate(out)})
-            if example is None or rows[-1]["fraction French (langdetect)"] > example[0]:
-                example = (rows[-1]["fraction French (langdetect)"], layer, c, out)
-    s.text(f"ActAdd {plus!r} - {minus!r} ({contrast(lm, plus, minus, at=6).recipe['padding']}); greedy 24-token "
+        cells += [((layer, c), v, c) for c in [4.0, 8.0]]
+    rows, example = [], None
+    for (layer, c), out in _cells(lm, prompts, cells, 24).items():
+        rows.append({"layer": layer, "coeff": c, "fraction French (langdetect)": language_rate(out)})
+        if layer != "-" and (example is None or rows[-1]["fraction French (langdetect)"] > example[0]):
+            example = (rows[-1]["fraction French (langdetect)"], layer, c, out)
+    s.text(f"{lm.name}: ActAdd {plus!r} - {minus!r} ({contrast(lm, plus, minus, at=_layer(lm, 6)).recipe['padding']}); greedy 24-token "
            f"completions of {len(prompts)} English prompts; fraction identified as French by langdetect (seeded).")
     s.table(pd.DataFrame(rows))
     if example:
@@ -149,17 +186,18 @@ def composition(ctx: Any, s: Any) -> None:
     lm = ctx.lm
     t0 = time.time()
     prompts = ["I hate you because", "My boss yelled at me, so I", "I went up to my friend and said"]
-    love = contrast(lm, "Love", "Hate", at=6)
-    wed = contrast(lm, "I talk about weddings constantly", "I do not talk about weddings constantly", at=6)
-    other_layer = contrast(lm, "I talk about weddings constantly", "I do not talk about weddings constantly", at=10)
-    rows = []
-    for name, steer in [("none", None), ("5 love", 5 * love), ("6 wedding", 6 * wed),
-                        ("5 love + 6 wedding (layer 6)", 5 * love + 6 * wed),
-                        ("5 love @6 + 6 wedding @10", 5 * love + 6 * other_layer)]:
-        out = lm.generate(prompts, 24, steer=steer)
-        rows.append({"steering": name, "mean VADER compound": _sent(out), **wedding_rate(out), "example": out[0][:90]})
-    s.text("Vector algebra: the sum of two ActAdd vectors at one layer is one addition (per-position tensors zero-padded "
-           "to the longer); at two layers it is two additions. Greedy 24-token completions of 3 prompts.")
+    a, b = _layer(lm, 6), _layer(lm, 10)
+    love = contrast(lm, "Love", "Hate", at=a)
+    wed = contrast(lm, "I talk about weddings constantly", "I do not talk about weddings constantly", at=a)
+    other_layer = contrast(lm, "I talk about weddings constantly", "I do not talk about weddings constantly", at=b)
+    cells = [(name, steer, 1.0) for name, steer in [
+        ("none", None), ("5 love", 5 * love), ("6 wedding", 6 * wed), (f"5 love + 6 wedding (layer {a})", 5 * love + 6 * wed),
+        (f"5 love @{a} + 6 wedding @{b}", 5 * love + 6 * other_layer)]]
+    rows = [{"steering": name, "mean VADER compound": _sent(out), **wedding_rate(out), "example": out[0][:90]}
+            for name, out in _cells(lm, prompts, cells, 24).items()]
+    s.text(f"{lm.name}: vector algebra: the sum of two ActAdd vectors at one layer is one addition (per-position tensors zero-padded "
+           "to the longer); at two layers it is two additions. Greedy 24-token completions of 3 prompts (all rows in "
+           "one batched generate call).")
     s.table(pd.DataFrame(rows))
     s.text(f"({time.time() - t0:.0f} s)")
 
@@ -174,7 +212,7 @@ def caa_ab(ctx: Any, s: Any) -> None:
     lm = ctx.lm
     t0 = time.time()
     n_train, n_test = (6, 12) if ctx.quick else (8, 20)  # CPU budget; `avec caa` scores the full test split
-    layer = 12
+    layer = _layer(lm, 12)
     rows = []
     for beh in behaviours():
         train, test = load_ab(beh, "train")[:n_train], load_ab(beh, "test")[:n_test]
@@ -185,7 +223,7 @@ def caa_ab(ctx: Any, s: Any) -> None:
         for c in [-10.0, 10.0]:
             row[f"coeff {c:+g} (from -1)"] = ab_eval(lm, test, c * v).score
         rows.append(row)
-    s.text(f"CAA mean difference at blocks.{layer}.resid_pre, read at the answer letter (position -1), over train pairs of "
+    s.text(f"{lm.name}: CAA mean difference at blocks.{layer}.resid_pre, read at the answer letter (position -1), over train pairs of "
            "the shipped A/B datasets (train and test share no scenario); scored on the test split: mean of "
            "p(matching)/(p(A)+p(B)) at the token after '(' (0.5 = indifferent). Applied From(-1) (the '(' token onward, "
            f"generated tokens included). Matching letters alternate A/B. Default vector positions: {From(-1)!r}.")
@@ -199,14 +237,21 @@ def scan_section(ctx: Any, s: Any) -> None:
 
     lm = ctx.lm
     t0 = time.time()
-    love = contrast(lm, "Love", "Hate", at=6)
+    layer = _layer(lm, 6)
+    love = contrast(lm, "Love", "Hate", at=layer)
     n = 32 if ctx.quick else 128
-    r = coefficient_scan(lm, "I hate you because", love, (" love", " hate"), n=n)
-    s.text(f"Injection coefficient scan: Love - Hate at blocks.6.resid_pre (ActAdd, first 2 positions), {n} coefficients "
+    r = coefficient_scan(lm, "I hate you because", love, (" love", " hate"), n=n, heads=True)
+    frozen = r.info["frozen post-norm"]
+    s.text(f"{lm.name}: injection coefficient scan: Love - Hate at blocks.{layer}.resid_pre (ActAdd, first "
+           f"{love[f'blocks.{layer}.resid_pre'].shape[0]} positions), {n} coefficients "
            f"in linspace(-10, 10), one batched forward pass; metric {r.metric} at the last prompt token, decomposed into "
-           f"embed + each layer's attention and MLP output + injected, through the final RMSNorm scale of each row. "
-           f"Sum of components vs the run's own logits: max error {r.max_error:.1e}. KMeans (k=4) clusters components "
-           f"by their response profile. ({time.time() - t0:.1f} s)")
+           f"embed + each attention head (through its slice of the output projection"
+           + (", and through the attention post-norm with its scale frozen at this run's value per row, as DLA does: "
+              "head terms describe the linearised layer, not an ablation" if frozen else "")
+           + f") + each MLP output + injected, through the final norm's scale of each row. "
+           f"Sum of components vs the run's own logits: max error {r.max_error:.1e}; heads vs attn_out: max error "
+           f"{r.info['heads error']:.1e}. KMeans (k=4) clusters components by their response profile. "
+           f"({time.time() - t0:.1f} s)")
     s.figure(r.plot())
     s.table(r.cluster_frame().head(15))
     frame = r.to_frame()
@@ -214,11 +259,22 @@ def scan_section(ctx: Any, s: Any) -> None:
     s.table(frame.iloc[picks][r.top(8) + ["total"]])
 
 
-SECTIONS = [
-    ("Steering: love minus hate across layers and coefficients", love_hate),
-    ("Steering: the wedding vector", wedding),
-    ("Steering: a French vector", french),
-    ("Steering: composing vectors", composition),
-    ("Steering: CAA on shipped A/B datasets", caa_ab),
-    ("Steering: the injection coefficient scan", scan_section),
-]
+# name -> (title, section): each is a section of `avec tour` and a command `avec steer-repro NAME`
+REPRODUCTIONS = {
+    "love-hate": ("Steering: love minus hate across layers and coefficients", love_hate),
+    "wedding": ("Steering: the wedding vector", wedding),
+    "french": ("Steering: a French vector", french),
+    "composition": ("Steering: composing vectors", composition),
+    "caa": ("Steering: CAA on shipped A/B datasets", caa_ab),
+    "scan": ("Steering: the injection coefficient scan", scan_section),
+}
+
+GEMMA = "gemma3-270m"
+# the reproductions repeated on Gemma 3 270M in the tour, and their size (None = the tour's): a decoding
+# step there reads the 262k-token unembedding and top-p sorts 262k logits per row, so sampled sections
+# run their quick size (< 60 s on one thread)
+GEMMA_SECTIONS = {"love-hate": None, "wedding": True, "scan": None}
+
+SECTIONS = [*REPRODUCTIONS.values(),
+            *[(f"{REPRODUCTIONS[k][0]} (Gemma 3 270M)", on_model(GEMMA, REPRODUCTIONS[k][1], quick))
+              for k, quick in GEMMA_SECTIONS.items()]]
