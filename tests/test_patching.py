@@ -208,3 +208,21 @@ def test_tour_sections_are_listed():
 
     for title, fn in LENS + PATCH:
         assert isinstance(title, str) and callable(fn)
+
+
+@pytest.mark.parametrize("point,by", [("attn.v", "head"), ("attn.k", "head_position"), ("attn.q", "head")])
+def test_query_key_value_heads_patch_like_the_loop_with_grouped_query_heads(point, by):
+    lm = tiny_lm("qwen3")  # grouped-query attention and q/k norms after the projections
+    clean, corrupt = pair(lm)
+    fast = activation_patching(lm, clean, corrupt, point, by, answer=3, wrong=4, chunk_size=5)
+    slow = activation_patching(lm, clean, corrupt, point, by, answer=3, wrong=4, batched=False)
+    heads = lm.dims.kv_heads if point in ("attn.k", "attn.v") else lm.n_heads
+    assert fast.values.shape[:2] == (lm.n_layers, heads)
+    if point != "attn.q":
+        assert heads < lm.n_heads  # one cell per key-value head, not per query head
+    assert torch.allclose(fast.raw, slow.raw, atol=1e-5, rtol=1e-5)
+    est = attribution_patching(lm, clean, corrupt, point, by, answer=3, wrong=4)
+    assert est.values.shape == fast.values.shape
+    gpt2 = tiny_lm("gpt2")
+    with pytest.raises(ValueError, match="no attn.v hook point"):
+        activation_patching(gpt2, *pair(gpt2), "attn.v", answer=3, wrong=4)

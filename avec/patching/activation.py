@@ -29,7 +29,7 @@ from ._pairs import Pair, logits_view, measure, prepare
 from .metrics import Metric, evaluate
 from .result import PatchingResult
 
-POINTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "attn.z")
+POINTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "attn.z", "attn.q", "attn.k", "attn.v")
 GRIDS = {  # the grids each point supports; the first is the default
     "resid_pre": ("position", "layer"),
     "resid_mid": ("position", "layer"),
@@ -37,7 +37,11 @@ GRIDS = {  # the grids each point supports; the first is the default
     "attn_out": ("layer", "position"),
     "mlp_out": ("layer", "position"),
     "attn.z": ("head", "head_position"),
+    "attn.q": ("head", "head_position"),
+    "attn.k": ("head", "head_position"),  # k and v: the key-value heads (fewer with grouped-query attention)
+    "attn.v": ("head", "head_position"),
 }
+PER_HEAD = ("attn.z", "attn.q", "attn.k", "attn.v")
 
 
 @dataclass(frozen=True)
@@ -69,8 +73,12 @@ def make_grid(lm: LanguageModel, point: str, by: str | None, seq: int, pos_label
     bad = [l for l in layers if not 0 <= l < lm.n_layers]
     if bad or not layers:
         raise ValueError(f"layers {bad or '[]'} invalid: the model has layers 0..{lm.n_layers - 1}")
+    if point in PER_HEAD and f"blocks.0.{point}" not in lm.hook_points:
+        raise ValueError(f"{lm.name} has no {point} hook point (e.g. GPT-2's fused qkv projection); "
+                         f"patchable per-head points here: {', '.join(p for p in PER_HEAD if f'blocks.0.{p}' in lm.hook_points)}")
+    n_heads = lm.site(f"blocks.0.{point}").heads if point in PER_HEAD else lm.n_heads
     lab_l = tuple(str(l) for l in layers)
-    lab_h = tuple(str(h) for h in range(lm.n_heads))
+    lab_h = tuple(str(h) for h in range(n_heads))
     if by == "layer":
         cells = [(l, None, None) for l in layers]
         shape, axes, labels = (len(layers),), ("layer",), (lab_l,)
@@ -78,15 +86,15 @@ def make_grid(lm: LanguageModel, point: str, by: str | None, seq: int, pos_label
         cells = [(l, p, None) for l in layers for p in range(seq)]
         shape, axes, labels = (len(layers), seq), ("layer", "position"), (lab_l, pos_labels)
     elif by == "head":
-        cells = [(l, None, h) for l in layers for h in range(lm.n_heads)]
-        shape, axes, labels = (len(layers), lm.n_heads), ("layer", "head"), (lab_l, lab_h)
+        cells = [(l, None, h) for l in layers for h in range(n_heads)]
+        shape, axes, labels = (len(layers), n_heads), ("layer", "head"), (lab_l, lab_h)
     else:
-        cells = [(l, p, h) for l in layers for h in range(lm.n_heads) for p in range(seq)]
-        shape, axes, labels = (len(layers), lm.n_heads, seq), ("layer", "head", "position"), (lab_l, lab_h, pos_labels)
+        cells = [(l, p, h) for l in layers for h in range(n_heads) for p in range(seq)]
+        shape, axes, labels = (len(layers), n_heads, seq), ("layer", "head", "position"), (lab_l, lab_h, pos_labels)
     return Grid(point, by, layers, shape, axes, labels, tuple(cells))
 
 
-def _chunk_interventions(grid: Grid, chunk, source: dict[str, torch.Tensor], batch: int, seq: int, n_heads: int):
+def _chunk_interventions(grid: Grid, chunk, source: dict[str, torch.Tensor], batch: int, seq: int):
     """One intervention per layer touched by this chunk; row ``i * batch + b`` carries cell ``i``."""
     rows = len(chunk) * batch
     by_layer: dict[int, list[tuple[int, int | None, int | None]]] = {}
@@ -98,8 +106,8 @@ def _chunk_interventions(grid: Grid, chunk, source: dict[str, torch.Tensor], bat
         src = source[hook]  # [batch, seq, ...] from the source run
         reps = [len(chunk)] + [1] * (src.dim() - 1)
         src_rows = src.repeat(*reps)  # [rows, seq, ...]
-        if grid.point == "attn.z":
-            mask = torch.zeros(rows, seq, n_heads, 1, dtype=torch.bool, device=src.device)
+        if grid.point in PER_HEAD:
+            mask = torch.zeros(rows, seq, src.shape[2], 1, dtype=torch.bool, device=src.device)
             for i, p, h in items:
                 mask[i * batch:(i + 1) * batch, slice(None) if p is None else p, h] = True
             # per-row heads: Patch's heads= is one set for the whole batch, so this is an Apply
@@ -119,7 +127,8 @@ def activation_patching(lm: LanguageModel, clean: Any, corrupted: Any, point: st
     """Patch every cell of a grid and score each patched run.
 
     clean, corrupted: prompts (or token ids ``[batch, pos]``) of the same token length, pair by pair
-    point:   resid_pre | resid_mid | resid_post | attn_out | mlp_out | attn.z (heads)
+    point:   resid_pre | resid_mid | resid_post | attn_out | mlp_out | attn.z (heads) | attn.q / attn.k /
+             attn.v (per query head / per key-value head)
     by:      "position" (layer x position), "layer" (all positions at once), "head" (layer x head,
              all positions), "head_position" (layer x head x position); defaults per point
     metric:  a function of a Run returning a scalar tensor; or answer=/wrong= for a logit difference
@@ -160,7 +169,7 @@ def _sweep(lm, grid: Grid, pair: Pair, source_run, base_run, ids, mask, chunk_si
     for chunk in tqdm(chunks, desc=f"patching {grid.point}", disable=not progress):
         k = len(chunk)
         cells = [grid.cells[i] for i in chunk]
-        ivs = _chunk_interventions(grid, cells, source, B, seq, lm.n_heads)
+        ivs = _chunk_interventions(grid, cells, source, B, seq)
         rows_ids, rows_mask = ids.repeat(k, 1), mask.repeat(k, 1)
         first = min(l for l, _, _ in cells)
         start = starts[f"blocks.{first}.resid_pre"].repeat(k, 1, 1)

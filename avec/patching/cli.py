@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
                   corrupted: str = typer.Argument(..., help="corrupted prompt of the same token length"),
                   answer: str = typer.Option(..., help="the clean answer token, e.g. ' Paris'"),
                   wrong: str = typer.Option(..., help="the corrupted answer token, e.g. ' Berlin'"),
-                  point: str = typer.Option("resid_pre", help="resid_pre|resid_mid|resid_post|attn_out|mlp_out|attn.z"),
+                  point: str = typer.Option("resid_pre", help="resid_pre|resid_mid|resid_post|attn_out|mlp_out|attn.z|attn.q|attn.k|attn.v"),
                   by: Optional[str] = typer.Option(None, help="position | layer | head | head_position"),
                   attribution: bool = typer.Option(False, help="estimate by attribution patching instead"),
                   direction: str = typer.Option("denoise", help="denoise (clean into corrupted) or noise"),
