@@ -50,18 +50,26 @@ def main(argv=None) -> dict:
     prompts = (base_prompts * (args.prompts // len(base_prompts) + 1))[:args.prompts]
     love = contrast(lm, "Love", "Hate", at=6)
     caa_like = SteeringVector.make(lm, 6, love["blocks.6.resid_pre"].mean(0), positions=From(-1))
-    # eos can stop rows early; count the tokens actually produced
     gen = lambda steer: lm.generate(prompts, max_new_tokens=args.new, steer=steer)  # noqa: E731
+    # repeats interleaved (plain, ActAdd, From(-1), plain, ...) so that load from other processes hits
+    # all three alike; speed = decoding steps per second, where steps = the longest completion (EOS can
+    # end a batch early, and a steered batch may stop at a different step than the plain one)
+    variants = {"plain": None, "ActAdd front": 5 * love, "From(-1)": 4 * caa_like}
+    for steer in variants.values():
+        gen(steer)  # warm-up
+    rates: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(args.repeats):
+        for name, steer in variants.items():
+            t = time.perf_counter()
+            texts = gen(steer)
+            seconds = time.perf_counter() - t
+            steps = min(args.new, max(len(lm.to_tokens(x)) for x in texts) + 1)
+            rates[name].append(args.prompts * steps / seconds)
     out = {}
-    t_plain = median_time(lambda: gen(None), args.repeats)
-    t_actadd = median_time(lambda: gen(5 * love), args.repeats)
-    t_caa = median_time(lambda: gen(4 * caa_like), args.repeats)
-    toks = args.prompts * args.new
-    out["generate tokens/s plain"] = toks / t_plain
-    out["generate tokens/s ActAdd front"] = toks / t_actadd
-    out["generate tokens/s From(-1)"] = toks / t_caa
-    out["ratio ActAdd (goal >= 0.95)"] = t_plain / t_actadd
-    out["ratio From(-1) (goal >= 0.95)"] = t_plain / t_caa
+    for name in variants:
+        out[f"generate tokens/s {name}"] = statistics.median(rates[name])
+    out["ratio ActAdd (goal >= 0.95)"] = out["generate tokens/s ActAdd front"] / out["generate tokens/s plain"]
+    out["ratio From(-1) (goal >= 0.95)"] = out["generate tokens/s From(-1)"] / out["generate tokens/s plain"]
 
     prompt = "I hate you because"
     ids, mask = lm.tokenize([prompt])
