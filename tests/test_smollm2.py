@@ -141,3 +141,16 @@ def test_model_id_follows_the_weights_not_the_name(smollm2):
     source = smollm2.run("The cat", cache=["blocks.3.resid_pre"])
     patched = same.run("The dog", interventions=[avec.Patch("blocks.3.resid_pre", source=source)])
     assert torch.allclose(patched.logits, smollm2.run("The cat").logits, atol=1e-4)
+
+
+def test_sampled_generation_with_top_p_equals_transformers_own(smollm2):
+    import torch
+
+    lm = smollm2
+    prompts = ["I went to the market and", "The weather today is"]
+    ours = lm.generate(prompts, 12, do_sample=True, top_p=0.9, temperature=0.8, seed=3)
+    ids, mask = lm.tokenize(prompts, padding_side="left")
+    torch.manual_seed(3)
+    out = lm.hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=True, top_p=0.9,
+                         temperature=0.8, pad_token_id=lm.tokenizer.pad_token_id)
+    assert ours == lm.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)

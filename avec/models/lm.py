@@ -253,8 +253,21 @@ class LanguageModel(Model):
                                       pad_token_id=self.tokenizer.pad_token_id)
         if do_sample:
             kwargs["temperature"] = temperature
-            if top_p is not None:
-                kwargs["top_p"] = top_p
+            if top_p is not None and top_p < 1.0:
+                # transformers' top-p sorts the whole vocabulary every step (slow for Gemma's 262k tokens);
+                # the same temperature / top-k / nucleus, with the nucleus found among the top tokens first
+                from transformers import LogitsProcessorList
+
+                from .sampling import NucleusFilter
+
+                top_k = self.hf.generation_config.top_k
+                if top_k is None:  # what transformers fills in at generate time
+                    from transformers import GenerationConfig
+
+                    defaults = getattr(GenerationConfig, "_get_default_generation_params", lambda: {"top_k": 50})
+                    top_k = defaults().get("top_k")
+                kwargs.update(temperature=1.0, top_k=0, top_p=1.0, logits_processor=LogitsProcessorList(
+                    [NucleusFilter(top_p, temperature=temperature, top_k=top_k)]))
         else:  # silence "temperature is set but do_sample=False" from generation configs
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if seed is not None:
