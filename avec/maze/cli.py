@@ -11,7 +11,8 @@ def register(app: typer.Typer) -> None:
     maze = typer.Typer(help="maze world: train policies, vector fields, cheese / top-right vector experiments",
                        no_args_is_help=True)
 
-    @maze.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    @maze.command("train", add_help_option=False,
+                  context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
     def train(ctx: typer.Context) -> None:
         """Train a maze policy (BC + DAgger); all options as `python -m avec.maze.train --help`."""
         from .train import main

@@ -115,6 +115,8 @@ class MazeEnv(_EnvBase):
             self.action_space = _spaces.Discrete(N_ACTIONS)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if _gym is not None:  # seeds gymnasium's self.np_random, as the Env API expects
+            super().reset(seed=seed)
         if seed is not None:
             self._rng = np.random.default_rng(seed)
         if options and "maze" in options:

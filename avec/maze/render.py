@@ -82,6 +82,25 @@ class Renderer:
             self._patches[key] = (y0, x0, delta)
         return self._patches[key]
 
+    def sprite_table(self, sprite: str):
+        """Every cell's sprite patch at once, for batched drawing: ``(y0 [25, 25], x0 [25, 25],
+        delta [25, 25, h, w, 3])`` with patches zero-padded to a common ``h x w``; drawing on an
+        ``[S + h, S + w]`` canvas and cropping equals :meth:`add_sprite` exactly."""
+        key = ("table", sprite)
+        if key not in self._patches:
+            patches = [[self._patch(sprite, r, c) for c in range(WORLD)] for r in range(WORLD)]
+            h = max(d.shape[0] for row in patches for _, _, d in row)
+            w = max(d.shape[1] for row in patches for _, _, d in row)
+            y0 = np.array([[p[0] for p in row] for row in patches])
+            x0 = np.array([[p[1] for p in row] for row in patches])
+            delta = np.zeros((WORLD, WORLD, h, w, 3))
+            for r in range(WORLD):
+                for c in range(WORLD):
+                    d = patches[r][c][2]
+                    delta[r, c, : d.shape[0], : d.shape[1]] = d
+            self._patches[key] = (y0, x0, delta)
+        return self._patches[key]
+
     def add_sprite(self, img: np.ndarray, sprite: str, pos) -> None:
         """Draw "mouse" or "cheese" on floor cell ``pos`` of a float ``[S, S, 3]`` picture, in place."""
         y0, x0, d = self._patch(sprite, *pos)

@@ -25,10 +25,13 @@ def policies_section(ctx, s) -> None:
                      "reach (greedy)": ev["reach_rate_greedy"], "reach (sampled)": ev["reach_rate_sampled"],
                      "test reach (greedy)": ev["test_reach_rate_greedy"], "P(cheese)": ds["p_cheese"],
                      "P(top-right)": ds["p_top_right"], "top-right wins": ds["frac_top_right_wins"]})
-    s.text("Shipped Impala policies (width scale 1), trained by behaviour cloning + DAgger on a BFS expert with the "
-           "cheese in the maze's top-right R x R region. Reach rates on 200 training-distribution mazes (500 steps); "
-           "decision-square probabilities on 200 test mazes with the cheese outside the region. The target of >= 90% "
-           "reach is not met yet: these numbers are measured, not tuned.")
+    met = [r["policy"] for r in rows if r["reach (sampled)"] >= 0.9]
+    s.text("Shipped Impala policies (width scale 1), each trained from scratch by one `avec maze train` command "
+           "(behaviour cloning + DAgger on a BFS expert, the cheese in the maze's top-right R x R region, 1 CPU "
+           "thread). Reach rates on 200 training-distribution mazes (500 steps; sampled = acting by sampling the "
+           "policy, as procgen agents do); decision-square probabilities on 200 test mazes with the cheese outside "
+           "the region. The >= 90% reach target (sampled) is met by: "
+           f"{', '.join(met) if met else 'none'}. These numbers are measured, not tuned.")
     s.table(pd.DataFrame(rows))
     policy = load_policy("region5")
     maze = off_region_mazes(5, 1)[0]
@@ -44,7 +47,11 @@ def vectors_section(ctx, s) -> None:
 
     from .evaluate import off_region_mazes
     from .experiments import (
-        cheese_vector_stats, coefficient_sweep, composition_stats, random_baseline_stats, top_right_stats,
+        cheese_vector_stats,
+        coefficient_sweep,
+        composition_stats,
+        random_baseline_stats,
+        top_right_stats,
     )
     from .policy import load_policy
 

@@ -6,6 +6,14 @@ half sampled) on fresh training mazes, relabel the states it visited with the ex
 into later batches. The cheese is always in the top-right R x R square during training, which is
 what gives the policy its top-right motivation.
 
+Which states: ``path_frac`` of the fresh states lie on the shortest path from the start (where every
+evaluation begins) to the cheese, the rest are uniform over open cells; maze sizes are drawn with
+P(n) proportional to n**p (p = 0: procgen's uniform sizes; large mazes hold the hard, long-range
+states), p ramping linearly from 0 to ``size_power`` over the first ``size_ramp`` steps: small mazes
+early get the network past its first plateau (it must learn to find the mouse). Speed: the network runs in channels_last layout under bfloat16 autocast
+(``bf16``; weights, optimiser and the shipped checkpoint stay float32), and a batch of observations
+is drawn with numpy fancy indexing (``evaluate.Batch``).
+
 Loss: -log P(expert's move), where P(move) sums the 15 procgen actions mapping to it
 (LEFT = {0, 1, 2}, ...), plus a small value loss toward 10 * 0.999^(distance to cheese).
 
@@ -28,11 +36,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..io import atomic_write, atomic_write_json
 from .env import ACTION_NAMES, GROUP_MATRIX
 from .evaluate import Batch, evaluate, rollout
-from ..io import atomic_write, atomic_write_json
 from .policy import ImpalaPolicy, from_state_dict, read_checkpoint, save_policy
-from .world import MOVES, WORLD, Maze
+from .world import MOVES, SIZES, WORLD, Maze
 
 GAMMA = 0.999
 TRAIN_SEED_LIMIT = 1_000_000_000  # training maze seeds are below evaluate.EVAL_SEED_BASE
@@ -56,21 +64,36 @@ def expert_labels(maze: Maze, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray
 class Sampler:
     """Training states: random open cells of fresh mazes, plus the DAgger buffer."""
 
-    def __init__(self, region: int, rng: np.random.Generator, buffer_cap: int = 300_000):
+    def __init__(self, region: int, rng: np.random.Generator, buffer_cap: int = 300_000,
+                 size_power: float = 0.0, path_frac: float = 0.0, per_maze: int = 4, autocast: bool = False):
         self.region, self.rng, self.cap = region, rng, buffer_cap
+        self.path_frac, self.per_maze, self.autocast = path_frac, per_maze, autocast
+        self.set_size_power(size_power)
         self.mazes: list[Maze] = []  # mazes referenced by the buffer
         self.buf = np.zeros((0, 3), np.int64)  # (maze index, row, col)
 
-    def fresh_maze(self) -> Maze:
-        return Maze.from_seed(int(self.rng.integers(TRAIN_SEED_LIMIT)), region=self.region)
+    def set_size_power(self, power: float) -> None:
+        """Draw maze sizes with P(n) proportional to n**power."""
+        w = np.array(SIZES, dtype=np.float64) ** power
+        self.size_p = w / w.sum()
 
-    def random_states(self, count: int, per_maze: int = 4):
+    def fresh_maze(self) -> Maze:
+        size = int(self.rng.choice(SIZES, p=self.size_p))
+        return Maze.from_seed(int(self.rng.integers(TRAIN_SEED_LIMIT)), size=size, region=self.region)
+
+    def random_states(self, count: int, per_maze: int | None = None):
+        per_maze = per_maze or self.per_maze
         mazes, idx, cells = [], [], []
         while len(idx) < count:
             m = self.fresh_maze()
+            k = min(per_maze, count - len(idx))
             open_ = m.open_cells()
             open_ = open_[(open_ != np.array(m.cheese)).any(1)]
-            pick = open_[self.rng.choice(len(open_), size=min(per_maze, count - len(idx)), replace=False)]
+            n_path = int(self.rng.binomial(k, self.path_frac)) if self.path_frac else 0
+            pick = open_[self.rng.choice(len(open_), size=min(k - n_path, len(open_)), replace=False)]
+            if n_path:
+                path = np.array(m.shortest_path(m.start, m.cheese)[:-1])
+                pick = np.concatenate([pick, path[self.rng.integers(len(path), size=n_path)]])
             mazes.append(m)
             idx += [len(mazes) - 1] * len(pick)
             cells.append(pick)
@@ -81,7 +104,8 @@ class Sampler:
         half = n_mazes // 2
         stats = {}
         for greedy, part, off in ((True, mazes[:half], 0), (False, mazes[half:], half)):
-            reached, _, visited = rollout(policy, part, max_steps, greedy=greedy, rng=self.rng, record=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+                reached, _, visited = rollout(policy, part, max_steps, greedy=greedy, rng=self.rng, record=True)
             stats["greedy" if greedy else "sampled"] = float(reached.mean())
             v = np.unique(np.array(visited, np.int64).reshape(-1, 3), axis=0)
             v[:, 0] += off + len(self.mazes)
@@ -145,10 +169,10 @@ def _adam_tensors(opt: torch.optim.Adam, policy) -> dict:
 def _restore_adam(opt, policy, extra: dict) -> None:
     for n, p in policy.named_parameters():
         if f"adam.{n}.exp_avg" in extra:
-            opt.state[p] = {
+            opt.state[p] = {  # moments in the parameter's own memory layout (channels_last)
                 "step": torch.tensor(float(extra[f"adam.{n}.step"][0])),
-                "exp_avg": extra[f"adam.{n}.exp_avg"].clone(),
-                "exp_avg_sq": extra[f"adam.{n}.exp_avg_sq"].clone(),
+                "exp_avg": torch.empty_like(p).copy_(extra[f"adam.{n}.exp_avg"]),
+                "exp_avg_sq": torch.empty_like(p).copy_(extra[f"adam.{n}.exp_avg_sq"]),
             }
 
 
@@ -157,7 +181,8 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
                  dagger_steps: int = 200, dagger_frac: float = 0.5, warmup_steps: int = 300,
                  checkpoint_every: float = 120.0, eval_every: int = 600, max_steps: int | None = None,
                  threads: int = 1, final_eval: bool = True, progress: bool = True, command: str | None = None,
-                 init_from=None):
+                 init_from=None, size_power: float = 1.0, size_ramp: int = 2000, path_frac: float = 0.25,
+                 per_maze: int = 4, bf16: bool = True):
     """Train a policy for top-right region ``region`` for ``minutes`` of wall-clock time (or
     ``max_steps`` optimiser steps), resuming from ``out_path`` if an unfinished run is there.
     ``init_from``: start from the weights of another checkpoint (fine-tuning; fresh optimiser).
@@ -173,19 +198,21 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
     config = dict(region=region, minutes=minutes, scale=scale, batch_size=batch_size, lr=lr, seed=seed,
                   dagger_every=dagger_every, dagger_mazes=dagger_mazes, dagger_steps=dagger_steps,
                   dagger_frac=dagger_frac, warmup_steps=warmup_steps, max_steps=max_steps,
-                  init_from=None if init_from is None else str(init_from))
+                  init_from=None if init_from is None else str(init_from), size_power=size_power,
+                  size_ramp=size_ramp, path_frac=path_frac, per_maze=per_maze, bf16=bf16)
     policy = ImpalaPolicy(scale)
     if init_from is not None and not out_path.exists():
         policy = from_state_dict(read_checkpoint(init_from)[0], str(init_from))
         if policy.scale != scale:
             raise ValueError(f"init_from has width scale {policy.scale} but scale={scale} was asked")
+    policy = policy.to(memory_format=torch.channels_last)  # faster CPU convolutions
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
     step, elapsed0, curves = 0, 0.0, []
     if out_path.exists():
         state, extra, meta = read_checkpoint(out_path)
         if meta.get("complete"):
             raise FileExistsError(f"{out_path} holds a finished run; choose another path or delete it")
-        policy = from_state_dict(state, str(out_path))
+        policy = from_state_dict(state, str(out_path)).to(memory_format=torch.channels_last)
         opt = torch.optim.Adam(policy.parameters(), lr=lr)
         _restore_adam(opt, policy, extra)
         step, elapsed0 = meta["step"], meta["elapsed_s"]
@@ -193,7 +220,7 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
             with open(curves_path) as f:
                 curves = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
     rng = np.random.default_rng([seed, step])  # a resumed run draws new mazes
-    sampler = Sampler(region, rng)
+    sampler = Sampler(region, rng, size_power=size_power, path_frac=path_frac, per_maze=per_maze, autocast=bf16)
     budget = minutes * 60.0
     t0 = time.monotonic() - elapsed0
     last_ckpt = time.monotonic()
@@ -223,12 +250,14 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
         frac = step / max_steps if max_steps else elapsed / budget
         for g in opt.param_groups:  # cosine decay to 10%
             g["lr"] = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+        sampler.set_size_power(size_power * min(1.0, step / size_ramp) if size_ramp > 0 else size_power)
         if step >= warmup_steps and step % dagger_every == 0:
             policy.eval()
             dagger_stats = sampler.add_rollouts(policy, dagger_mazes, dagger_steps)
             policy.train()
         obs, labels, dists = sampler.batch(batch_size, dagger_frac if step >= warmup_steps else 0.0)
-        loss, ce, acc = loss_fn(policy, obs, labels, dists)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss, ce, acc = loss_fn(policy, obs, labels, dists)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -248,7 +277,8 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
     bar.close()
     policy.eval()
     report = dict(config=config, command=command, steps=step, samples=step * batch_size,
-                  train_seconds=round(time.monotonic() - t0, 1), method="BC + DAgger (BFS expert)")
+                  train_seconds=round(time.monotonic() - t0, 1), method="BC + DAgger (BFS expert)",
+                  samples_per_second=round(step * batch_size / max(time.monotonic() - t0, 1e-9), 1))
     if final_eval:
         t1 = time.monotonic()
         report["eval"] = evaluate(policy, region)
@@ -272,12 +302,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     ap.add_argument("--init-from", default=None, help="start from this checkpoint's weights (fine-tune)")
+    ap.add_argument("--size-power", type=float, default=1.0,
+                    help="draw training maze sizes with P(n) ~ n**p (0: uniform as procgen)")
+    ap.add_argument("--size-ramp", type=int, default=2000,
+                    help="steps over which the size exponent ramps from 0 to --size-power")
+    ap.add_argument("--path-frac", type=float, default=0.25,
+                    help="fraction of fresh states on the start-to-cheese shortest path")
+    ap.add_argument("--per-maze", type=int, default=4, help="fresh states drawn per fresh maze")
+    ap.add_argument("--dagger-every", type=int, default=150, help="optimiser steps between DAgger rounds")
+    ap.add_argument("--dagger-mazes", type=int, default=64, help="mazes rolled out per DAgger round")
+    ap.add_argument("--dagger-steps", type=int, default=200, help="step limit of DAgger rollouts")
+    ap.add_argument("--dagger-frac", type=float, default=0.5, help="fraction of each batch from the DAgger buffer")
+    ap.add_argument("--no-bf16", action="store_true", help="train in float32 (default: bfloat16 autocast)")
     args = ap.parse_args(argv)
     cmd = "avec maze train " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     report = train_policy(args.region, args.out, minutes=args.minutes, max_steps=args.max_steps,
                           scale=args.scale, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                           threads=args.threads, final_eval=not args.no_eval, command=cmd,
-                          init_from=args.init_from)
+                          init_from=args.init_from, size_power=args.size_power,
+                          size_ramp=args.size_ramp, path_frac=args.path_frac,
+                          per_maze=args.per_maze, dagger_every=args.dagger_every, dagger_mazes=args.dagger_mazes,
+                          dagger_steps=args.dagger_steps, dagger_frac=args.dagger_frac, bf16=not args.no_bf16)
     print(report.get("eval", report))
     return 0
 

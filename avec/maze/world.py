@@ -118,6 +118,16 @@ class Maze:
         if self.cheese is not None:
             object.__setattr__(self, "cheese", self._check_open(self.cheese, "cheese"))
 
+    def __eq__(self, other) -> bool:
+        """Equal world states: same grid, size, mouse and cheese (seed/region are informational)."""
+        if not isinstance(other, Maze):
+            return NotImplemented
+        return (self.size, self.mouse, self.cheese) == (other.size, other.mouse, other.cheese) and bool(
+            np.array_equal(self.grid, other.grid))
+
+    def __hash__(self) -> int:
+        return hash((self.grid.tobytes(), self.size, self.mouse, self.cheese))
+
     def _check_open(self, pos, what: str) -> Pos:
         pos = _check_pos(pos, what)
         if not self.grid[pos]:
@@ -203,7 +213,7 @@ class Maze:
         """Move the mouse to an open cell."""
         return replace(self, mouse=self._check_open(pos, "mouse"), _dist_cache={})
 
-    def with_cell(self, pos, open: bool) -> Maze:  # noqa: A002 - mirrors the domain word
+    def with_cell(self, pos, open: bool) -> Maze:
         """Open or close one world cell. Closing the mouse's or the cheese's cell is an error."""
         pos = _check_pos(pos, "cell")
         if not open and pos in (self.mouse, self.cheese):

@@ -2,8 +2,29 @@ import numpy as np
 import pytest
 import torch
 
-from avec.maze.env import ACTION_GROUPS, ACTION_NAMES, CANONICAL, MAX_STEPS, MazeEnv, action_name, expert_move, five_way, move, step
-from avec.maze.render import CHEESE, FLOOR, WALL, cell_pixels, human_view, obs_tensor, render, renderer, to_tensor
+from avec.maze.env import (
+    ACTION_GROUPS,
+    ACTION_NAMES,
+    CANONICAL,
+    MAX_STEPS,
+    MazeEnv,
+    action_name,
+    expert_move,
+    five_way,
+    move,
+    step,
+)
+from avec.maze.render import (
+    CHEESE,
+    FLOOR,
+    WALL,
+    cell_pixels,
+    human_view,
+    obs_tensor,
+    render,
+    renderer,
+    to_tensor,
+)
 from avec.maze.world import WORLD, Maze
 
 
@@ -128,3 +149,39 @@ def test_env_api_and_timeout():
     assert r == 10.0 and term and not trunc
     with pytest.raises(RuntimeError):
         MazeEnv().step(0)
+
+
+def test_batch_obs_equals_single_renders():
+    """The vectorised training/rollout renderer draws exactly what render() draws."""
+    from avec.maze.evaluate import Batch
+
+    mazes = [Maze.from_seed(s) for s in range(6)]
+    rng = np.random.default_rng(0)
+    idx, pos = [], []
+    for _ in range(40):
+        i = int(rng.integers(len(mazes)))
+        cells = mazes[i].open_cells()
+        cells = cells[(cells != np.array(mazes[i].cheese)).any(1)]
+        idx.append(i)
+        pos.append(tuple(cells[rng.integers(len(cells))]))
+    # every corner of the world too (patch clipping at the image edge)
+    for corner in ((0, 0), (0, WORLD - 1), (WORLD - 1, 0), (WORLD - 1, WORLD - 1)):
+        mazes.append(Maze.from_seed(7, size=25).open_cell(corner).with_cheese((12, 12)))
+        idx.append(len(mazes) - 1)
+        pos.append(corner)
+    got = Batch(mazes).obs(idx, pos)
+    want = obs_tensor([mazes[i].with_mouse(p) for i, p in zip(idx, pos)])
+    assert got.shape == want.shape and torch.equal(got, want)
+
+
+def test_gymnasium_env_checker():
+    gym = pytest.importorskip("gymnasium")
+    from gymnasium.utils.env_checker import check_env
+
+    env = MazeEnv(region=5)
+    assert isinstance(env, gym.Env)
+    check_env(env, skip_render_check=True)
+    obs, _ = env.reset(seed=3)
+    assert env.observation_space.contains(obs)
+    obs2, *_ = env.step(env.action_space.sample())
+    assert env.observation_space.contains(obs2)

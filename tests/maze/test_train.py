@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from avec.maze.env import ACTION_NAMES, expert_move
-from avec.maze.evaluate import rollout, off_region_mazes, training_mazes
+from avec.maze.evaluate import off_region_mazes, rollout, training_mazes
 from avec.maze.policy import load_policy, read_checkpoint
 from avec.maze.train import Sampler, expert_labels, main, train_policy
 from avec.maze.world import Maze, top_right_region
@@ -134,3 +134,18 @@ def test_init_from_fine_tunes(tmp_path):
     assert rep["config"]["init_from"] == str(a)
     pa, pb = load_policy(a), load_policy(b)
     assert all(torch.equal(x, y) for x, y in zip(pa.state_dict().values(), pb.state_dict().values()))
+
+
+def test_sampler_size_weighting_and_path_states():
+    uniform = Sampler(5, np.random.default_rng(0), size_power=0.0)
+    big = Sampler(5, np.random.default_rng(0), size_power=2.0)
+    assert np.allclose(uniform.size_p, 1 / len(uniform.size_p))
+    assert np.all(np.diff(big.size_p) > 0)  # larger mazes more likely
+    sizes_u = [uniform.fresh_maze().size for _ in range(200)]
+    sizes_b = [big.fresh_maze().size for _ in range(200)]
+    assert np.mean(sizes_b) > np.mean(sizes_u)
+    # path_frac=1: every fresh state lies on the start-to-cheese shortest path
+    s = Sampler(5, np.random.default_rng(1), path_frac=1.0)
+    mazes, idx, cells = s.random_states(12)
+    for i, cell in zip(idx, cells):
+        assert tuple(cell) in mazes[i].shortest_path(mazes[i].start, mazes[i].cheese)[:-1]

@@ -175,3 +175,9 @@ def test_text_picture_orientation():
     rows = m.to_text().splitlines()
     assert rows[m.mouse[0]][m.mouse[1]] == "M"
     assert rows[0] == "#" * WORLD
+
+
+def test_maze_value_equality_and_hash():
+    a, b = Maze.from_seed(5), Maze.from_seed(5)
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    assert a != a.with_mouse(a.cheese) and a != Maze.from_seed(6) and a != "maze"
