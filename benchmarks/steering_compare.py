@@ -45,11 +45,11 @@ steering-vectors: the CAA vector is identical (max difference 0.0), same greedy 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 
 import torch
+from _timing import median_time
 
 PAIRS = [("I love weddings", "I love cooking"), ("We talked about the wedding", "We talked about the weather"),
          ("The bride and groom", "The cat and dog"), ("She planned her wedding", "She planned her holiday"),
@@ -61,16 +61,6 @@ SUBJECTS = ["cats", "my job", "this city", "rainy days", "this book", "my neighb
 SENTIMENT_PAIRS = [(f"I really love {x}", f"I really hate {x}") for x in SUBJECTS]
 PROMPTS = ["I went up to my friend and said", "Yesterday, my neighbour told me that",
            "The most important thing in life is", "When I woke up this morning,"]
-
-
-def _median(fn, repeats):
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def _show(title: str, out: dict) -> None:
@@ -108,8 +98,8 @@ def compare_steering_vectors(lm, args) -> dict:
 
     ours_generate = lambda: lm.generate(PROMPTS, args.new, steer=args.coeff * ours)  # noqa: E731
     out["same greedy text"] = ours_generate() == theirs_generate()
-    t_o = _median(ours_generate, args.repeats)
-    t_t = _median(theirs_generate, args.repeats)
+    t_o = median_time(ours_generate, args.repeats)
+    t_t = median_time(theirs_generate, args.repeats)
     n = len(PROMPTS) * args.new
     out["tokens/s ours"], out["tokens/s theirs"], out["ratio ours/theirs"] = n / t_o, n / t_t, t_t / t_o
     _show("steering-vectors: CAA mean difference", out)
@@ -188,7 +178,7 @@ def compare_repeng(lm, args) -> dict:
         steer = term if steer is None else steer + term
     ours_generate = lambda: lm.generate(PROMPTS, args.new, steer=steer)  # noqa: E731
     ours_text = ours_generate()
-    t_o = _median(ours_generate, args.repeats)
+    t_o = median_time(ours_generate, args.repeats)
     ids, mask = lm.tokenize(PROMPTS, padding_side="left")
     model = repeng.ControlModel(lm.hf, layers)  # wraps lm.hf's blocks in place; unwrapped below
     try:
@@ -201,7 +191,7 @@ def compare_repeng(lm, args) -> dict:
             return lm.tokenizer.batch_decode(o[:, ids.shape[1]:], skip_special_tokens=True)
 
         theirs_text = theirs_generate()
-        t_t = _median(theirs_generate, args.repeats)
+        t_t = median_time(theirs_generate, args.repeats)
     finally:
         model.unwrap()
     n = len(PROMPTS) * args.new
