@@ -1,10 +1,66 @@
-"""`avec maze ...` commands. ``register(app)`` adds the ``maze`` command group."""
+"""`avec maze ...` commands. ``register(app)`` adds the ``maze`` command group.
+
+Every steering experiment is a command: ``stats`` (cheese, top_right, both, random, averaged,
+transfer, all_layers over many test mazes), ``sweep`` (coefficient sweep), ``layers`` (layer
+sweep), ``retarget`` (channel retargeting), ``field`` (one maze's vector field)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+STATS = ("cheese", "top_right", "both", "random", "averaged", "transfer", "all_layers")
+KINDS = ("cheese", "top_right")
+POLICY_HELP = "shipped name (region5, region15) or checkpoint path (.safetensors, or procgen-tools .pth)"
+HOOK_HELP = "hook point (a spatial layer, e.g. embedder.block2.res1.resadd_out)"
+
+
+def _choice(value: str, allowed, what: str) -> str:
+    if value not in allowed:
+        raise typer.BadParameter(f"unknown {what} {value!r}; choose from {list(allowed)}")
+    return value
+
+
+def _load(policy: str, region: Optional[int]):
+    """(policy, region): the region is --region, else the checkpoint's, else 5."""
+    from .policy import load_policy
+
+    try:
+        p = load_policy(policy)
+    except (FileNotFoundError, ValueError) as e:
+        raise typer.BadParameter(f"cannot load policy {policy!r}: {e}") from None
+    if region is None:
+        region = int((getattr(p, "metadata", None) or {}).get("region", 5))
+    if region < 1:
+        raise typer.BadParameter(f"--region must be a positive int, got {region}")
+    return p, region
+
+
+def spatial_hooks(policy) -> list[str]:
+    """Hook points the maze vectors can live at: every ``embedder.block*`` output."""
+    from .fields import as_model
+
+    return [h for h in as_model(policy).hook_points if h.startswith("embedder.block")]
+
+
+def _hook(policy, hook: str) -> str:
+    allowed = spatial_hooks(policy)
+    if hook not in allowed and hook.removesuffix("_out") not in allowed:
+        raise typer.BadParameter(f"unknown hook point {hook!r}; choose from {allowed} "
+                                 "(a trailing '_out' is accepted, procgen-tools style)")
+    return hook
+
+
+def _n(n: int) -> int:
+    if n < 2:
+        raise typer.BadParameter(f"--n must be at least 2, got {n}")
+    return n
+
+
+def _table(frame) -> str:
+    return frame.to_string(index=False, float_format=lambda x: f"{x:.3f}")
 
 
 def register(app: typer.Typer) -> None:
@@ -21,40 +77,141 @@ def register(app: typer.Typer) -> None:
 
     @maze.command("field")
     def field(seed: int = typer.Option(0, help="maze seed"),
-              policy: str = typer.Option("region5", help="shipped name or checkpoint path"),
+              policy: str = typer.Option("region5", help=POLICY_HELP),
               coeff: float = typer.Option(-1.0, help="cheese-vector coefficient (0: no steering)"),
+              hook: str = typer.Option("embedder.block2.res1.resadd_out", help=HOOK_HELP),
               out: str = typer.Option("maze-field.png", help="where to write the picture")) -> None:
         """Vector field of a policy on one maze, unsteered vs cheese-vector steered (procgen-tools style)."""
         from .experiments import cheese_vector
         from .fields import vector_field
-        from .policy import load_policy
         from .world import Maze
 
-        p, m = load_policy(policy), Maze.from_seed(seed)
+        p, _ = _load(policy, None)
+        hook = _hook(p, hook)
+        m = Maze.from_seed(seed)
         base = vector_field(p, m)
-        steered = vector_field(p, m, steer=coeff * cheese_vector(p, m), label=f"cheese vector x {coeff:g}")
+        steered = vector_field(p, m, steer=coeff * cheese_vector(p, m, hook), label=f"cheese vector x {coeff:g}")
         steered.plot(compare_to=base).savefig(out, dpi=90, bbox_inches="tight")
         typer.echo(f"wrote {out}")
 
     @maze.command("stats")
-    def stats(policy: str = typer.Option("region5", help="shipped name or checkpoint path"),
+    def stats(policy: str = typer.Option("region5", help=POLICY_HELP),
               n: int = typer.Option(100, help="number of test mazes with a decision square"),
-              experiment: Optional[List[str]] = typer.Option(None, help="cheese | top_right | both | random")) -> None:
-        """Decision-square statistics of the steering experiments over many test mazes."""
+              experiment: Optional[List[str]] = typer.Option(None, help=" | ".join(STATS) + " (repeatable; default all)"),
+              hook: str = typer.Option("embedder.block2.res1.resadd_out",
+                                       help=HOOK_HELP + "; all_layers uses every residual output"),
+              region: Optional[int] = typer.Option(None, help="test mazes have the cheese outside the top-right "
+                                                   "R x R square (default: the policy's training region, else 5)"),
+              plot_dir: Optional[Path] = typer.Option(None, help="write each experiment's box/scatter plot here")) -> None:
+        """Decision-square statistics of the steering experiments over many test mazes:
+        P(cheese) / P(top-right) before and after, and how often they move the intended way."""
         import pandas as pd
 
-        from .experiments import cheese_vector_stats, composition_stats, random_baseline_stats, top_right_stats
-        from .policy import load_policy
+        from . import experiments as ex
+        from .evaluate import off_region_mazes
 
-        p = load_policy(policy)
-        region = int(p.metadata.get("region", 5))
-        runs = {"cheese": cheese_vector_stats, "top_right": top_right_stats, "both": composition_stats,
-                "random": random_baseline_stats}
-        chosen = experiment or list(runs)
-        unknown = [e for e in chosen if e not in runs]
-        if unknown:
-            raise typer.BadParameter(f"unknown experiment(s) {unknown}; choose from {list(runs)}")
-        frame = pd.DataFrame([runs[e](p, region, n).summary() for e in chosen])
-        typer.echo(frame.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+        chosen = [_choice(e, STATS, "experiment") for e in (experiment or STATS)]
+        p, region = _load(policy, region)
+        hook, n = _hook(p, hook), _n(n)
+        mazes = off_region_mazes(region, n)
+        runs = {"cheese": lambda: ex.cheese_vector_stats(p, mazes=mazes, at=hook),
+                "top_right": lambda: ex.top_right_stats(p, mazes=mazes, at=hook),
+                "both": lambda: ex.composition_stats(p, mazes=mazes, at=hook),
+                "random": lambda: ex.random_baseline_stats(p, mazes=mazes, at=hook),
+                "averaged": lambda: ex.averaged_cheese_stats(p, region, mazes=mazes, at=hook),
+                "transfer": lambda: ex.transfer_stats(p, mazes=mazes, at=hook),
+                "all_layers": lambda: ex.all_layers_stats(p, mazes=mazes)}
+        rows = []
+        for e in chosen:
+            st = runs[e]()
+            rows.append(st.summary())
+            if plot_dir is not None:
+                plot_dir.mkdir(parents=True, exist_ok=True)
+                st.plot().savefig(plot_dir / f"maze-stats-{e}.png", dpi=90, bbox_inches="tight")
+        typer.echo(_table(pd.DataFrame(rows)))
+        if plot_dir is not None:
+            typer.echo(f"wrote {len(chosen)} plot(s) to {plot_dir}")
+
+    @maze.command("sweep")
+    def sweep(policy: str = typer.Option("region5", help=POLICY_HELP),
+              kind: str = typer.Option("cheese", help=" | ".join(KINDS)),
+              n: int = typer.Option(50, help="number of test mazes with a decision square"),
+              lo: float = typer.Option(-3.0, "--min", help="smallest coefficient"),
+              hi: float = typer.Option(3.0, "--max", help="largest coefficient"),
+              steps: int = typer.Option(13, help="number of coefficients"),
+              hook: str = typer.Option("embedder.block2.res1.resadd_out", help=HOOK_HELP),
+              region: Optional[int] = typer.Option(None, help="test-maze region (default: the policy's, else 5)"),
+              out: str = typer.Option("maze-sweep.png", help="where to write the plot")) -> None:
+        """Coefficient sweep of each maze's own cheese or top-right vector: mean P(cheese) and
+        P(top-right) at the decision square per coefficient (all pairs in one batch)."""
+        import numpy as np
+
+        from .evaluate import off_region_mazes
+        from .experiments import coefficient_sweep
+
+        kind = _choice(kind, KINDS, "kind")
+        if steps < 2 or not hi > lo:
+            raise typer.BadParameter(f"need --steps >= 2 and --max > --min, got {steps}, [{lo}, {hi}]")
+        p, region = _load(policy, region)
+        hook, n = _hook(p, hook), _n(n)
+        res = coefficient_sweep(p, off_region_mazes(region, n), kind, np.linspace(lo, hi, steps), at=hook)
+        typer.echo(_table(res.to_frame()))
+        res.plot().savefig(out, dpi=90, bbox_inches="tight")
+        typer.echo(f"wrote {out}")
+
+    @maze.command("layers")
+    def layers(policy: str = typer.Option("region5", help=POLICY_HELP),
+               n: int = typer.Option(50, help="number of test mazes with a decision square"),
+               coeff: float = typer.Option(-1.0, help="cheese-vector coefficient"),
+               hook: Optional[List[str]] = typer.Option(None, help="hook points (repeatable; default every "
+                                                        "residual-block output)"),
+               region: Optional[int] = typer.Option(None, help="test-maze region (default: the policy's, else 5)")) -> None:
+        """Layer sweep: the cheese-vector statistic with the vector taken and applied at each hook point."""
+        from .evaluate import off_region_mazes
+        from .experiments import layer_sweep
+
+        p, region = _load(policy, region)
+        hooks = [_hook(p, h) for h in hook] if hook else None
+        frame = layer_sweep(p, off_region_mazes(region, _n(n)), hooks, coeff)
+        cols = ["hook"] + [c for c in frame.columns if c not in ("hook", "experiment")]
+        typer.echo(_table(frame[cols]))
+
+    @maze.command("retarget")
+    def retarget(policy: str = typer.Option("region5", help=POLICY_HELP),
+                 n: int = typer.Option(100, help="number of held-out test mazes"),
+                 calibration: int = typer.Option(60, help="calibration mazes (seeds from 2e9) for choosing "
+                                                 "channels and scale"),
+                 k: int = typer.Option(8, help="number of cheese channels"),
+                 scale: str = typer.Option("auto", help="multiple of each channel's mean cheese signal to add, "
+                                           "or 'auto' (chosen on the calibration mazes)"),
+                 value: Optional[float] = typer.Option(None, help="instead set the channels to this fixed value"),
+                 remove_cheese: bool = typer.Option(True, help="measure with the cheese removed from each maze"),
+                 offsets: bool = typer.Option(True, help="write at each channel's calibrated offset (else at "
+                                              "the cell's geometric activation position)"),
+                 hook: str = typer.Option("embedder.block2.res1.resadd_out", help=HOOK_HELP),
+                 region: Optional[int] = typer.Option(None, help="test-maze region (default: the policy's, else 5)"),
+                 out: str = typer.Option("maze-retarget.png", help="where to write the scatter plot")) -> None:
+        """Channel retargeting: write cheese signal into the cheese-tracking channels at a random
+        target cell and compare the path probability toward it (geometric mean of on-path moves)."""
+        import json
+
+        from .evaluate import off_region_mazes
+        from .retarget import retarget_experiment
+
+        if scale != "auto":
+            try:
+                scale = float(scale)
+            except ValueError:
+                raise typer.BadParameter(f"--scale must be a number or 'auto', got {scale!r}") from None
+        if k < 1 or calibration < 2:
+            raise typer.BadParameter(f"need --k >= 1 and --calibration >= 2, got {k}, {calibration}")
+        p, region = _load(policy, region)
+        hook, n = _hook(p, hook), _n(n)
+        res = retarget_experiment(p, off_region_mazes(region, n), scale=scale, value=value, k=k,
+                                  calibration=calibration, remove_cheese=remove_cheese, use_offsets=offsets, at=hook)
+        typer.echo(json.dumps(res.summary(), indent=1))
+        typer.echo(_table(res.by_distance()))
+        res.plot().savefig(out, dpi=90, bbox_inches="tight")
+        typer.echo(f"wrote {out}")
 
     app.add_typer(maze, name="maze")

@@ -189,6 +189,22 @@ class SteeringStats:
         return f"<table>{rows}</table><img src='data:image/png;base64,{png_base64(self.plot())}'/>"
 
 
+def compare_plot(stats: Sequence[SteeringStats], figsize=(11, 4)):
+    """Box plots of P(cheese) and P(top-right) at the decision square: the original (from the first
+    entry; give stats over the same mazes) and each experiment's steered values side by side."""
+    fig = new_figure(figsize)
+    ax = fig.subplots(1, 2)
+    labels = ["original"] + [st.name for st in stats]
+    for a, get, orig, title in ((ax[0], lambda st: st.p_cheese_steered, stats[0].p_cheese, "P(cheese)"),
+                                (ax[1], lambda st: st.p_top_right_steered, stats[0].p_top_right, "P(top-right)")):
+        a.boxplot([orig] + [get(st) for st in stats])
+        a.set_xticks(range(1, len(labels) + 1), labels, rotation=35, ha="right", fontsize=7)
+        a.set_title(f"{title} at the decision square ({len(orig)} mazes)", fontsize=9)
+        a.set_ylim(-0.02, 1.02)
+    fig.tight_layout()
+    return fig
+
+
 def steering_stats(policy: Any, mazes: Sequence[Maze], make_steer: Callable[[Any, list[Maze]], Any],
                    name: str) -> SteeringStats:
     """Decision-square probabilities of ``mazes`` without and with ``make_steer(model, mazes)``

@@ -11,7 +11,9 @@ def test_maze_tour_sections_run(tmp_path):
     path, failed = tour.run_tour(tmp_path / "t.html", quick=True, only=["Maze"])
     page = path.read_text()
     assert failed == [] and "Maze: the shipped policies" in page and "cheese vector x -1" in page
-    assert page.count("data:image/png;base64,") >= 3
+    assert "Layer sweep" in page and "transferred cheese vector" in page and "at 6 layers" in page
+    assert "Maze: channel retargeting" in page and "real cheese at target" in page
+    assert page.count("data:image/png;base64,") >= 6
 
 
 def test_maze_commands(tmp_path):
