@@ -11,6 +11,8 @@ from typing import List, Optional
 
 import typer
 
+from .world import WORLD
+
 STATS = ("cheese", "top_right", "both", "random", "averaged", "transfer", "all_layers")
 KINDS = ("cheese", "top_right")
 POLICY_HELP = "shipped name (region5, region15) or checkpoint path (.safetensors, or procgen-tools .pth)"
@@ -33,8 +35,8 @@ def _load(policy: str, region: Optional[int]):
         raise typer.BadParameter(f"cannot load policy {policy!r}: {e}") from None
     if region is None:
         region = int((getattr(p, "metadata", None) or {}).get("region", 5))
-    if region < 1:
-        raise typer.BadParameter(f"--region must be a positive int, got {region}")
+    if not 1 <= region <= WORLD:
+        raise typer.BadParameter(f"--region must be in 1..{WORLD}, got {region}")
     return p, region
 
 
