@@ -320,6 +320,14 @@ def _steer(found: CheeseChannels, scale: float | None, value: float | None, use_
                                               offsets=offsets)
 
 
+def _measured_mazes(mazes: Sequence[Maze], rng_seed: int, remove_cheese: bool):
+    """(mazes with the mouse at the start, one random target each, the mazes the path
+    probabilities are measured on: without their cheese if ``remove_cheese``)."""
+    mazes = [m.with_mouse(m.start) for m in mazes]
+    targets = random_targets(mazes, rng_seed, exclude_cheese=not remove_cheese)
+    return mazes, targets, [m.without_cheese() for m in mazes] if remove_cheese else mazes
+
+
 def choose_scale(policy: Any, found: CheeseChannels, mazes: Sequence[Maze], scales=SCALES, remove_cheese: bool = True,
                  use_offsets: bool = True, rng_seed: int = 1) -> tuple[float, dict]:
     """The scale in ``scales`` whose log path-probability ratio toward random targets in ``mazes``
@@ -329,9 +337,7 @@ def choose_scale(policy: Any, found: CheeseChannels, mazes: Sequence[Maze], scal
     the cliff the gain is erratic across mazes, and the bound steps back from it. Scales are tried
     in increasing order and the search stops at the first one past the cliff (its bound negative
     and below the best so far). Returns (scale, {scale tried: lower bound})."""
-    mazes = [m.with_mouse(m.start) for m in mazes]
-    targets = random_targets(mazes, rng_seed, exclude_cheese=not remove_cheese)
-    ms = [m.without_cheese() for m in mazes] if remove_cheese else mazes
+    _, targets, ms = _measured_mazes(mazes, rng_seed, remove_cheese)
     before = path_probabilities(policy, ms, targets)
     bounds = {}
     for s in sorted(float(x) for x in scales):
@@ -362,7 +368,6 @@ def retarget_experiment(policy: Any, mazes: Sequence[Maze], channels: CheeseChan
     use_offsets: write at each channel's calibrated peak offset (default) or at the cell's
               geometric activation position."""
     model = as_model(policy)
-    mazes = [m.with_mouse(m.start) for m in mazes]
     cal = calibration_mazes(calibration) if isinstance(calibration, int) else list(calibration)
     found = channels if channels is not None else cheese_channels(model, cal, at, k)
     if len(found.channels) == 0:
@@ -378,8 +383,7 @@ def retarget_experiment(policy: Any, mazes: Sequence[Maze], channels: CheeseChan
         scale = float(scale)
         rule = f"add {scale:g} x cheese signal"
     rule += " at channel offsets" if use_offsets else " at cell position"
-    targets = random_targets(mazes, rng_seed, exclude_cheese=not remove_cheese)
-    ms = [m.without_cheese() for m in mazes] if remove_cheese else mazes
+    mazes, targets, ms = _measured_mazes(mazes, rng_seed, remove_cheese)
     before = path_probabilities(model, ms, targets)
     after = path_probabilities(model, ms, targets, _steer(found, scale, value, use_offsets))
     ref = path_probabilities(model, [m.with_cheese(t) for m, t in zip(mazes, targets)], targets) if reference else None
