@@ -2,7 +2,8 @@
 
 Every steering experiment is a command: ``stats`` (cheese, top_right, both, random, averaged,
 transfer, all_layers over many test mazes), ``sweep`` (coefficient sweep), ``layers`` (layer
-sweep), ``retarget`` (channel retargeting), ``field`` (one maze's vector field)."""
+sweep), ``retarget`` (channel retargeting), ``field`` (one maze's vector field), ``behaviour``
+(the original study's behavioural statistics)."""
 
 from __future__ import annotations
 
@@ -213,6 +214,28 @@ def register(app: typer.Typer) -> None:
                                   calibration=calibration, remove_cheese=remove_cheese, use_offsets=offsets, at=hook)
         typer.echo(json.dumps(res.summary(), indent=1))
         typer.echo(_table(res.by_distance()))
+        res.plot().savefig(out, dpi=90, bbox_inches="tight")
+        typer.echo(f"wrote {out}")
+
+    @maze.command("behaviour")
+    def behaviour(policy: str = typer.Option("region5", help=POLICY_HELP),
+                  n: int = typer.Option(1000, help="number of test mazes with a decision square"),
+                  max_steps: int = typer.Option(500, help="episode step limit (procgen's is 500)"),
+                  seed: int = typer.Option(0, help="seed of the sampled actions"),
+                  out: str = typer.Option("maze-behaviour.png", help="where to write the plot")) -> None:
+        """Behavioural statistics as Grietzer & Turner measured the original agent: how often sampled
+        rollouts get the cheese on decision-square mazes, and a logistic regression of that on the
+        cheese-top-right and decision-square-cheese distances (the original: 71.4 % / 82.4 %)."""
+        import json
+
+        from .behaviour import ORIGINAL_AGENT, behaviour_statistics
+
+        if max_steps < 1:
+            raise typer.BadParameter(f"--max-steps must be >= 1, got {max_steps}")
+        p, _ = _load(policy, None)
+        res = behaviour_statistics(p, _n(n), max_steps=max_steps, seed=seed)
+        typer.echo(json.dumps({**res.summary(), "original_agent": ORIGINAL_AGENT}, indent=1))
+        typer.echo(_table(res.by_bins("d_euclid_cheese_top_right").reset_index().astype({"bin": str})))
         res.plot().savefig(out, dpi=90, bbox_inches="tight")
         typer.echo(f"wrote {out}")
 

@@ -47,27 +47,41 @@ GAMMA = 0.999
 TRAIN_SEED_LIMIT = 1_000_000_000  # training maze seeds are below evaluate.EVAL_SEED_BASE
 
 
+def first_moves(maze: Maze, target) -> np.ndarray:
+    """5-way index of the first shortest-path move from every cell toward ``target``, int ``[25, 25]``
+    (4 = NOOP on the target itself, on walls and on unreachable cells)."""
+    dist = maze.distances(target).astype(np.int64)
+    around = np.full((WORLD + 2, WORLD + 2), -1)
+    around[1:-1, 1:-1] = dist
+    out = np.full((WORLD, WORLD), 4)
+    for i, name in enumerate(ACTION_NAMES[:4]):  # a perfect maze has one downhill neighbour
+        dr, dc = MOVES[name]
+        out[(dist > 0) & (around[1 + dr:1 + dr + WORLD, 1 + dc:1 + dc + WORLD] == dist - 1)] = i
+    return out
+
+
 def expert_labels(maze: Maze, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Expert 5-way move index and distance to the cheese for each cell ``[k, 2]``."""
-    dist = maze.distances(maze.cheese)
-    labels = np.empty(len(cells), np.int64)
-    for k, (r, c) in enumerate(cells):
-        labels[k] = 4  # NOOP only on the cheese itself (never sampled)
-        for i, name in enumerate(ACTION_NAMES[:4]):
-            dr, dc = MOVES[name]
-            q = (r + dr, c + dc)
-            if 0 <= q[0] < WORLD and 0 <= q[1] < WORLD and dist[q] == dist[r, c] - 1:
-                labels[k] = i
-                break
-    return labels, dist[cells[:, 0], cells[:, 1]]
+    r, c = cells[:, 0], cells[:, 1]
+    return first_moves(maze, maze.cheese)[r, c], maze.distances(maze.cheese)[r, c].astype(np.int64)
+
+
+def cheese_vs_corner_cells(maze: Maze) -> np.ndarray:
+    """Open cells whose first move toward the cheese differs from the one toward the maze's top-right
+    cell, int ``[k, 2]``: the only training states that say more about the cheese than "go top-right"."""
+    differ = first_moves(maze, maze.cheese) != first_moves(maze, maze.top_right)
+    differ &= maze.grid
+    differ[maze.cheese] = differ[maze.top_right] = False
+    return np.argwhere(differ)
 
 
 class Sampler:
     """Training states: random open cells of fresh mazes, plus the DAgger buffer."""
 
     def __init__(self, region: int, rng: np.random.Generator, buffer_cap: int = 300_000,
-                 size_power: float = 0.0, path_frac: float = 0.0, per_maze: int = 4, autocast: bool = False):
-        self.region, self.rng, self.cap = region, rng, buffer_cap
+                 size_power: float = 0.0, path_frac: float = 0.0, per_maze: int = 4, autocast: bool = False,
+                 pull_frac: float = 0.0):
+        self.region, self.rng, self.cap, self.pull_frac = region, rng, buffer_cap, pull_frac
         self.path_frac, self.per_maze, self.autocast = path_frac, per_maze, autocast
         self.set_size_power(size_power)
         self.mazes: list[Maze] = []  # mazes referenced by the buffer
@@ -91,7 +105,11 @@ class Sampler:
             open_ = m.open_cells()
             open_ = open_[(open_ != np.array(m.cheese)).any(1)]
             n_path = int(self.rng.binomial(k, self.path_frac)) if self.path_frac else 0
-            pick = open_[self.rng.choice(len(open_), size=min(k - n_path, len(open_)), replace=False)]
+            pull = cheese_vs_corner_cells(m) if self.pull_frac else open_[:0]
+            n_pull = int(self.rng.binomial(k - n_path, self.pull_frac)) if len(pull) else 0
+            pick = open_[self.rng.choice(len(open_), size=min(k - n_path - n_pull, len(open_)), replace=False)]
+            if n_pull:
+                pick = np.concatenate([pick, pull[self.rng.integers(len(pull), size=n_pull)]])
             if n_path:
                 path = np.array(m.shortest_path(m.start, m.cheese)[:-1])
                 pick = np.concatenate([pick, path[self.rng.integers(len(path), size=n_path)]])
@@ -188,7 +206,7 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
                  checkpoint_every: float = 120.0, eval_every: int = 600, max_steps: int | None = None,
                  threads: int = 1, final_eval: bool = True, progress: bool = True, command: str | None = None,
                  init_from=None, size_power: float = 1.0, size_ramp: int = 2000, path_frac: float = 0.25,
-                 per_maze: int = 4, bf16: bool = True):
+                 per_maze: int = 4, bf16: bool = True, pull_frac: float = 0.0):
     """Train a policy for top-right region ``region`` for ``minutes`` of wall-clock time (or
     ``max_steps`` optimiser steps), resuming from ``out_path`` if an unfinished run is there.
     ``init_from``: start from the weights of another checkpoint (fine-tuning; fresh optimiser).
@@ -205,7 +223,8 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
                   dagger_every=dagger_every, dagger_mazes=dagger_mazes, dagger_steps=dagger_steps,
                   dagger_frac=dagger_frac, warmup_steps=warmup_steps, max_steps=max_steps,
                   init_from=None if init_from is None else str(init_from), size_power=size_power,
-                  size_ramp=size_ramp, path_frac=path_frac, per_maze=per_maze, bf16=bf16)
+                  size_ramp=size_ramp, path_frac=path_frac, per_maze=per_maze, bf16=bf16,
+                  pull_frac=pull_frac)
     policy = ImpalaPolicy(scale)
     if init_from is not None and not out_path.exists():
         policy = from_state_dict(read_checkpoint(init_from)[0], str(init_from))
@@ -226,7 +245,8 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
             with open(curves_path) as f:
                 curves = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
     rng = np.random.default_rng([seed, step])  # a resumed run draws new mazes
-    sampler = Sampler(region, rng, size_power=size_power, path_frac=path_frac, per_maze=per_maze, autocast=bf16)
+    sampler = Sampler(region, rng, size_power=size_power, path_frac=path_frac, per_maze=per_maze, autocast=bf16,
+                      pull_frac=pull_frac)
     budget = minutes * 60.0
     t0 = time.monotonic() - elapsed0
     last_ckpt = time.monotonic()
@@ -319,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dagger-mazes", type=int, default=64, help="mazes rolled out per DAgger round")
     ap.add_argument("--dagger-steps", type=int, default=200, help="step limit of DAgger rollouts")
     ap.add_argument("--dagger-frac", type=float, default=0.5, help="fraction of each batch from the DAgger buffer")
+    ap.add_argument("--pull-frac", type=float, default=0.0,
+                    help="fraction of the other fresh states drawn where the cheese's move and the top-right's differ")
     ap.add_argument("--no-bf16", action="store_true", help="train in float32 (default: bfloat16 autocast)")
     args = ap.parse_args(argv)
     cmd = "avec maze train " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
@@ -328,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
                           init_from=args.init_from, size_power=args.size_power,
                           size_ramp=args.size_ramp, path_frac=args.path_frac,
                           per_maze=args.per_maze, dagger_every=args.dagger_every, dagger_mazes=args.dagger_mazes,
-                          dagger_steps=args.dagger_steps, dagger_frac=args.dagger_frac, bf16=not args.no_bf16)
+                          dagger_steps=args.dagger_steps, dagger_frac=args.dagger_frac, bf16=not args.no_bf16,
+                          pull_frac=args.pull_frac)
     print(report.get("eval", report))
     return 0
 

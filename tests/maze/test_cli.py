@@ -60,6 +60,15 @@ def test_retarget_command(runner, tmp_path):
     assert "moves" in out and png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_behaviour_command(runner, tmp_path):
+    png = tmp_path / "b.png"
+    out = _ok(runner, ["behaviour", "--n", "8", "--max-steps", "40", "--out", str(png)])
+    summary = json.loads(out[:out.index("\n}") + 2])
+    assert summary["mazes"] == 8 and summary["original_agent"]["got_cheese"] == 0.714
+    assert "coef_d_euclid_cheese_top_right" in summary and png.read_bytes()[:4] == b"\x89PNG"
+    _bad(runner, ["behaviour", "--max-steps", "0"], "--max-steps")
+
+
 def test_bad_input_lists_allowed_values(runner):
     _bad(runner, ["stats", "--experiment", "nope"], "choose from", "all_layers", "transfer")
     _bad(runner, ["sweep", "--kind", "sideways"], "choose from", "top_right")

@@ -13,6 +13,7 @@ def test_maze_tour_sections_run(tmp_path):
     assert failed == [] and "Maze: the shipped policies" in page and "cheese vector x -1" in page
     assert "Layer sweep" in page and "transferred cheese vector" in page and "at 6 layers" in page
     assert "Maze: channel retargeting" in page and "real cheese at target" in page
+    assert "Maze: behavioural statistics" in page and "regression_accuracy" in page
     assert page.count("data:image/png;base64,") >= 6
 
 

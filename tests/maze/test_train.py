@@ -8,7 +8,9 @@ from avec.maze.evaluate import off_region_mazes, rollout, training_mazes
 from avec.maze.policy import load_policy, read_checkpoint
 from avec.maze.env import GROUP_MATRIX
 from avec.maze.policy import ImpalaPolicy
-from avec.maze.train import Sampler, expert_labels, loss_fn, main, train_policy
+from avec.maze.train import (
+    Sampler, cheese_vs_corner_cells, expert_labels, first_moves, loss_fn, main, train_policy,
+)
 from avec.maze.world import Maze, top_right_region
 
 
@@ -174,3 +176,33 @@ def test_value_loss_trains_only_the_value_head():
             assert g is not None and g.abs().sum() > 0 and policy_only[name] is None
         else:
             torch.testing.assert_close(g, policy_only[name], rtol=1e-5, atol=1e-8)
+
+
+def test_first_moves_match_the_expert_everywhere():
+    for seed in range(4):
+        m = Maze.from_seed(seed)
+        for target in (m.cheese, m.top_right):
+            moves = first_moves(m, target)
+            at = m.with_cheese(target) if target != m.cheese else m
+            for r, c in m.open_cells():
+                assert ACTION_NAMES[moves[r, c]] == expert_move(at, (r, c))
+            assert (moves[~m.grid] == 4).all()  # walls: NOOP
+
+
+def test_cheese_vs_corner_cells_are_exactly_where_the_two_moves_differ():
+    m = Maze.from_seed(5, size=15, region=5)
+    corner = m.with_cheese(m.top_right)
+    got = {tuple(x) for x in cheese_vs_corner_cells(m)}
+    assert got  # the cheese is off the corner here
+    for r, c in m.open_cells():
+        cell = (int(r), int(c))
+        if cell in (m.cheese, m.top_right):
+            assert cell not in got
+        else:
+            assert (cell in got) == (expert_move(m, cell) != expert_move(corner, cell))
+    # pull_frac=1 draws every non-path fresh state from those cells
+    s = Sampler(5, np.random.default_rng(0), size_power=1.0, pull_frac=1.0)
+    mazes, idx, cells = s.random_states(60)
+    for i, cell in zip(idx, cells):
+        pull = cheese_vs_corner_cells(mazes[i])
+        assert not len(pull) or (pull == cell).all(1).any()
