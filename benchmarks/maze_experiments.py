@@ -4,7 +4,7 @@
 
 For each policy: its training report (<name>.json, written by `avec maze train`), then the steering
 experiments on 100 off-region test mazes with decision squares, the channel-retargeting experiment,
-and timings. Figures go to /tmp/maze_figures/ (not shipped)."""
+the original study's behavioural statistics on 1000 decision-square mazes, and timings. Figures go to /tmp/maze_figures/ (not shipped)."""
 
 import json
 import sys
@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from avec.io import atomic_write_json
+from avec.maze.behaviour import ORIGINAL_AGENT, behaviour_statistics
 from avec.maze.evaluate import off_region_mazes
 from avec.maze.experiments import cheese_vector, full_report
 from avec.maze.fields import vector_field
@@ -44,7 +45,15 @@ def measure(name: str) -> dict:
     exps["retarget_naive_fixed_5"] = retarget_experiment(policy, mazes, channels=rt.channels, value=5.0,
                                                          use_offsets=False, remove_cheese=False,
                                                          reference=False).summary()
+    # the original study's protocol: decision-square mazes, cheese anywhere, sampled rollouts
+    t = time.perf_counter()
+    bs = behaviour_statistics(policy, 1000)
+    exps["behaviour"] = bs.summary() | {"seconds": round(time.perf_counter() - t, 1),
+                                        "original_agent": ORIGINAL_AGENT,
+                                        "by_d_euclid_cheese_top_right": bs.by_bins("d_euclid_cheese_top_right")
+                                        .reset_index().astype({"bin": str}).round(4).to_dict("records")}
     FIGS.mkdir(exist_ok=True)
+    bs.plot().savefig(FIGS / f"{name}_behaviour.png", dpi=80)
     m = mazes[0]
     f0 = vector_field(policy, m)
     f1 = vector_field(policy, m, steer=-1 * cheese_vector(policy, m), label="cheese vector x -1")

@@ -7,6 +7,7 @@ the cheese / top-right steering experiments. Conventions: see :mod:`avec.maze.wo
     avec.maze.vector_field(policy, maze, steer=-1 * cheese).plot(compare_to=avec.maze.vector_field(policy, maze))
 """
 
+from .behaviour import BehaviourStats, behaviour_statistics, decision_square_mazes
 from .env import ACTION_NAMES, MazeEnv, expert_move, five_way, step
 from .evaluate import evaluate, off_region_mazes, rollout, training_mazes
 from .experiments import (
@@ -19,9 +20,9 @@ from .render import human_view, obs_tensor, render, to_tensor
 from .world import WORLD, Maze
 
 __all__ = [
-    "ACTION_NAMES", "DEFAULT_HOOK", "FieldDiff", "ImpalaPolicy", "Maze", "MazeEnv", "MazeVector", "PolicyOutput",
+    "ACTION_NAMES", "BehaviourStats", "DEFAULT_HOOK", "FieldDiff", "ImpalaPolicy", "Maze", "MazeEnv", "MazeVector", "PolicyOutput",
     "VectorField", "WORLD", "averaged_vector", "cheese_vector", "cheese_vector_stats", "coefficient_sweep",
-    "composition_stats", "evaluate", "expert_move", "five_way", "human_view", "load_policy", "load_procgen_tools",
+    "behaviour_statistics", "composition_stats", "decision_square_mazes", "evaluate", "expert_move", "five_way", "human_view", "load_policy", "load_procgen_tools",
     "obs_tensor", "off_region_mazes", "random_baseline_stats", "random_like", "render", "rollout", "save_policy",
     "step", "to_tensor", "top_right_stats", "top_right_vector", "training_mazes", "transfer_stats", "vector_field",
 ]
