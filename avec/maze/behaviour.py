@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from .evaluate import EVAL_SEED_BASE, decision_probs, rollout
-from .fields import new_figure, png_base64
+from .fields import new_figure, summary_html
 from .world import Maze
 
 FEATURES = ("d_euclid_cheese_top_right", "d_steps_decision_cheese", "d_euclid_decision_cheese")
@@ -119,9 +119,7 @@ class BehaviourStats:
         return fig
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td>{k}</td><td>{v:.3f}</td></tr>" if isinstance(v, float) else
-                       f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in self.summary().items())
-        return f"<table>{rows}</table><img src='data:image/png;base64,{png_base64(self.plot())}'/>"
+        return summary_html(self.summary(), self.plot())
 
 
 def _cv_accuracy(x: np.ndarray, y: np.ndarray, folds: int, seed: int) -> float:

@@ -21,7 +21,7 @@ from avec.core import AddVector, Apply
 
 from .env import five_way
 from .evaluate import Batch, decision_targets, motivation, off_region_mazes
-from .fields import as_model, new_figure, png_base64
+from .fields import as_model, new_figure, png_base64, summary_html
 from .world import Maze
 
 DEFAULT_HOOK = "embedder.block2.res1.resadd_out"
@@ -184,9 +184,7 @@ class SteeringStats:
         return fig
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td>{k}</td><td>{v:.3f}</td></tr>" if isinstance(v, float) else
-                       f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in self.summary().items())
-        return f"<table>{rows}</table><img src='data:image/png;base64,{png_base64(self.plot())}'/>"
+        return summary_html(self.summary(), self.plot())
 
 
 def compare_plot(stats: Sequence[SteeringStats], figsize=(11, 4)):

@@ -82,6 +82,13 @@ def png_base64(fig) -> str:
     return base64.b64encode(figure_png(fig, dpi=80)).decode()
 
 
+def summary_html(summary: dict, fig) -> str:
+    """A result's notebook view: its summary as a two-column table, then its figure."""
+    rows = "".join(f"<tr><td>{k}</td><td>{v:.3f}</td></tr>" if isinstance(v, float) else
+                   f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in summary.items())
+    return f"<table>{rows}</table><img src='data:image/png;base64,{png_base64(fig)}'/>"
+
+
 def _draw(ax, maze: Maze, cells: np.ndarray, dx: np.ndarray, dy: np.ndarray, title: str, color: str):
     # the mouse is not drawn: the field shows it everywhere. Cell (r, c) spans [c, c+1] x [r, r+1].
     ax.imshow(renderer(400, 2).render(maze, mouse=False), extent=(0, WORLD, WORLD, 0))
