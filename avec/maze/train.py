@@ -10,8 +10,12 @@ Which states: ``path_frac`` of the fresh states lie on the shortest path from th
 evaluation begins) to the cheese, the rest are uniform over open cells; maze sizes are drawn with
 P(n) proportional to n**p (p = 0: procgen's uniform sizes; large mazes hold the hard, long-range
 states), p ramping linearly from 0 to ``size_power`` over the first ``size_ramp`` steps: small mazes
-early get the network past its first plateau (it must learn to find the mouse). Speed: the network runs in channels_last layout under bfloat16 autocast
-(``bf16``; weights, optimiser and the shipped checkpoint stay float32), and a batch of observations
+early get the network past its first plateau (it must learn to find the mouse). ``pull_frac``
+of the other fresh states come from the cells where the move toward the cheese differs from the move
+toward the maze's top-right cell: only ~6 % of uniform states do, and every other state teaches just
+"go top-right" (``cheese_vs_corner_cells``).
+
+Speed: the network runs in channels_last layout under bfloat16 autocast (``bf16``; weights, optimiser and the shipped checkpoint stay float32), and a batch of observations
 is drawn with numpy fancy indexing (``evaluate.Batch``).
 
 Loss: -log P(expert's move), where P(move) sums the 15 procgen actions mapping to it
@@ -54,7 +58,9 @@ def first_moves(maze: Maze, target) -> np.ndarray:
     around = np.full((WORLD + 2, WORLD + 2), -1)
     around[1:-1, 1:-1] = dist
     out = np.full((WORLD, WORLD), 4)
-    for i, name in enumerate(ACTION_NAMES[:4]):  # a perfect maze has one downhill neighbour
+    # a perfect maze has one downhill neighbour; in an edited maze with loops the first in
+    # ACTION_NAMES order wins (as in env.expert_move), hence the reversed loop
+    for i, name in reversed(list(enumerate(ACTION_NAMES[:4]))):
         dr, dc = MOVES[name]
         out[(dist > 0) & (around[1 + dr:1 + dr + WORLD, 1 + dc:1 + dc + WORLD] == dist - 1)] = i
     return out
@@ -215,6 +221,9 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
 
     if isinstance(region, bool) or not isinstance(region, int) or not 1 <= region <= WORLD:
         raise ValueError(f"region must be an int in 1..{WORLD}, got {region!r}")
+    for name, frac in (("path_frac", path_frac), ("pull_frac", pull_frac), ("dagger_frac", dagger_frac)):
+        if not 0.0 <= frac <= 1.0:
+            raise ValueError(f"{name} must be a fraction in [0, 1], got {frac!r}")
     torch.set_num_threads(threads)  # leave the other core free
     out_path = Path(out_path)
     curves_path = out_path.with_suffix(".curves.csv")

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from avec.maze.env import ACTION_NAMES, expert_move
@@ -206,3 +207,24 @@ def test_cheese_vs_corner_cells_are_exactly_where_the_two_moves_differ():
     for i, cell in zip(idx, cells):
         pull = cheese_vs_corner_cells(mazes[i])
         assert not len(pull) or (pull == cell).all(1).any()
+
+
+def test_first_moves_in_a_maze_with_a_loop_prefer_action_order_like_the_expert():
+    m = Maze.from_seed(9, size=9)
+    walls = [tuple(int(v) for v in x) for x in np.argwhere(~m.grid) if m.in_maze(tuple(x))
+             and (x[0] - m.pad) % 2 != (x[1] - m.pad) % 2]  # openable walls between two cells
+    loopy = m
+    for w in walls:  # every wall between two cells opened: an open lattice, ties everywhere
+        loopy = loopy.with_cell(w, True)
+    dist = loopy.distances(loopy.cheese)
+    ties = sum(sum(0 <= r + dr < 25 and 0 <= c + dc < 25 and dist[r + dr, c + dc] == dist[r, c] - 1 >= 0
+                   for dr, dc in ((0, -1), (1, 0), (-1, 0), (0, 1))) > 1 for r, c in loopy.open_cells())
+    assert ties > 5
+    moves = first_moves(loopy, loopy.cheese)
+    for r, c in loopy.open_cells():
+        assert ACTION_NAMES[moves[r, c]] == expert_move(loopy, (r, c))
+
+
+def test_fractions_out_of_range_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"pull_frac must be a fraction in \[0, 1\], got 1.5"):
+        train_policy(5, tmp_path / "p.safetensors", max_steps=1, pull_frac=1.5, progress=False)
