@@ -152,7 +152,7 @@ def behaviour_section(ctx, s) -> None:
         stats.append((name, st))
     s.table(pd.DataFrame(rows))
     for name, st in stats:
-        s.text(f"{name}: cheese-getting by cheese-to-top-right distance")
+        s.text(f"{name}: how often it gets the cheese against each distance (binned; dashed: overall)")
         s.figure(st.plot())
 
 
