@@ -94,11 +94,16 @@ class BehaviourStats:
             **{f"coef_{k}": v for k, v in self.coefficients.items()},
         }
 
-    def by_bins(self, feature: str, bins=(0, 2, 4, 6, 8, 12, 16, 40)) -> pd.DataFrame:
-        """Cheese-getting rate (and count) per bin of one feature."""
+    def by_bins(self, feature: str, bins=(0, 2, 4, 6, 8, 12, 16, 24, 32)) -> pd.DataFrame:
+        """Cheese-getting rate (and count) per bin of one feature; a last bin up to the largest value
+        is added when needed, so every maze is counted."""
         if feature not in FEATURES:
             raise ValueError(f"unknown feature {feature!r}; choose one of {', '.join(FEATURES)}")
-        f = self.frame.assign(bin=pd.cut(self.frame[feature], list(bins)))
+        edges = list(bins)
+        top = float(self.frame[feature].max())
+        if top > edges[-1]:
+            edges.append(top)
+        f = self.frame.assign(bin=pd.cut(self.frame[feature], edges))
         return f.groupby("bin", observed=True)["got_cheese"].agg(["mean", "count"]).rename(
             columns={"mean": "got_cheese", "count": "mazes"})
 

@@ -45,5 +45,7 @@ def test_behaviour_statistics_on_a_small_policy():
     assert ((f.p_cheese >= 0) & (f.p_cheese + f.p_top_right <= 1 + 1e-9)).all()
     assert b.summary()["mazes"] == 16 and 0 <= b.got_cheese <= 1
     assert b.plot() is not None and "<table>" in b._repr_html_()
+    for feat in FEATURES:  # every maze lands in a bin, however far
+        assert b.by_bins(feat, bins=(0, 1, 2))["mazes"].sum() == 16
     with pytest.raises(ValueError, match="d_euclid_cheese_top_right"):
         b.by_bins("nope")
