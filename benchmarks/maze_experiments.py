@@ -70,7 +70,8 @@ def main(names):
     readme = json.loads(out_path.read_text()) if out_path.exists() else {}
     readme["about"] = (
         "Maze policies trained by behaviour cloning of a BFS shortest-path expert plus DAgger "
-        "(avec/maze/train.py), cheese in the maze's top-right R x R square during training. Each policy is "
+        "(avec/maze/train.py), cheese in the maze's top-right R x R square during training; --pull-frac 0.5 "
+        "draws half the non-path fresh states where the moves toward the cheese and the top-right differ. Each policy is "
         "trained from scratch by the one command in its 'command' field, run from the repo root with "
         "OMP_NUM_THREADS=1 (the trainer uses 1 torch thread by default) on a 2-core AMD EPYC (avx512_bf16) "
         "shared with other work; bfloat16 autocast + channels_last for speed, float32 weights shipped. "

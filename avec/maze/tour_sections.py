@@ -27,8 +27,9 @@ def policies_section(ctx, s) -> None:
                      "P(top-right)": ds["p_top_right"], "top-right wins": ds["frac_top_right_wins"]})
     met = [r["policy"] for r in rows if r["reach (sampled)"] >= 0.9]
     s.text("Shipped Impala policies (width scale 1), each trained from scratch by one `avec maze train` command "
-           "(behaviour cloning + DAgger on a BFS expert, the cheese in the maze's top-right R x R region, 1 CPU "
-           "thread). Reach rates on 200 training-distribution mazes (500 steps; sampled = acting by sampling the "
+           "(behaviour cloning + DAgger on a BFS expert, the cheese in the maze's top-right R x R region, half the "
+           "non-path training states drawn where the moves toward the cheese and toward the top-right differ; "
+           "1 CPU thread). Reach rates on 200 training-distribution mazes (500 steps; sampled = acting by sampling the "
            "policy, as procgen agents do); decision-square probabilities on 200 test mazes with the cheese outside "
            "the region. The >= 90% reach target (sampled) is met by: "
            f"{', '.join(met) if met else 'none'}. These numbers are measured, not tuned.")

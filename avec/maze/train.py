@@ -25,7 +25,8 @@ Loss: -log P(expert's move), where P(move) sums the 15 procgen actions mapping t
 the value head only (on detached features; see ``loss_fn``).
 
 Checkpoints (safetensors with JSON header, atomic) every ``checkpoint_every`` seconds include the
-Adam state, so ``train_policy`` resumes a killed run; the DAgger buffer is rebuilt after a resume.
+Adam state, so ``train_policy`` resumes a killed run; the DAgger buffer is rebuilt after a resume and
+the maze stream is reseeded, so the report lists the steps where the run was resumed (``resumed_at``).
 Curves go to ``<out>.curves.csv`` and the final report to ``<out>.json``.
 """
 
@@ -243,7 +244,7 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
             raise ValueError(f"init_from has width scale {policy.scale} but scale={scale} was asked")
     policy = policy.to(memory_format=torch.channels_last)  # faster CPU convolutions
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
-    step, elapsed0, curves = 0, 0.0, []
+    step, elapsed0, curves, resumed_at = 0, 0.0, [], []
     if out_path.exists():
         state, extra, meta = read_checkpoint(out_path)
         if meta.get("complete"):
@@ -252,6 +253,9 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
         opt = torch.optim.Adam(policy.parameters(), lr=lr)
         _restore_adam(opt, policy, extra)
         step, elapsed0 = meta["step"], meta["elapsed_s"]
+        # a resume is not bit-identical to an uninterrupted run (fresh maze stream, rebuilt DAgger
+        # buffer), so the report says where it happened
+        resumed_at = [*meta.get("resumed_at", []), step]
         if curves_path.exists():
             with open(curves_path) as f:
                 curves = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
@@ -268,7 +272,7 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
 
     def save(complete: bool):
         meta = dict(config=config, step=step, elapsed_s=time.monotonic() - t0, complete=complete,
-                    region=region, command=command)
+                    region=region, command=command, resumed_at=resumed_at)
         save_policy(policy, out_path, meta, extra_tensors=None if complete else _adam_tensors(opt, policy))
         if curves:
             def write_curves(tmp):
@@ -315,7 +319,8 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
     policy.eval()
     report = dict(config=config, command=command, steps=step, samples=step * batch_size,
                   train_seconds=round(time.monotonic() - t0, 1), method="BC + DAgger (BFS expert)",
-                  samples_per_second=round(step * batch_size / max(time.monotonic() - t0, 1e-9), 1))
+                  samples_per_second=round(step * batch_size / max(time.monotonic() - t0, 1e-9), 1),
+                  resumed_at=resumed_at)
     if final_eval:
         t1 = time.monotonic()
         report["eval"] = evaluate(policy, region)

@@ -85,7 +85,8 @@ def test_train_smoke_and_resume(tmp_path):
     p = ImpalaPolicy(1)
     save_policy(p, out2, {"step": 3, "elapsed_s": 1.0, "complete": False})
     rep = train_policy(5, out2, max_steps=5, **kw)
-    assert rep["steps"] == 5
+    assert rep["steps"] == 5 and rep["resumed_at"] == [3]
+    assert read_checkpoint(out)[2]["resumed_at"] == []  # an uninterrupted run
     assert load_policy(out2).metadata["step"] == 5
     assert json.loads((tmp_path / "q.json").read_text())["steps"] == 5
     import pytest
@@ -128,6 +129,7 @@ def test_crash_then_resume_restores_adam(tmp_path, monkeypatch):
     monkeypatch.setattr(T, "_restore_adam", spy)
     rep = train_policy(5, out, max_steps=5, **kw)
     assert seen["steps"] == {3.0} and rep["steps"] == 5
+    assert rep["resumed_at"] == [3]  # the report says the run was not uninterrupted
 
 
 def test_init_from_fine_tunes(tmp_path):
