@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .evaluate import EVAL_SEED_BASE, decision_probs, rollout
+from .evaluate import EVAL_SEED_BASE, decision_probs, rollout, scan_mazes
 from .fields import new_figure, summary_html
 from .world import Maze
 
@@ -37,14 +37,9 @@ def decision_square_mazes(count: int, seed_base: int = EVAL_SEED_BASE, max_tries
     """The first ``count`` standard test mazes (from ``seed_base`` on) that have a decision square."""
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
-    out, seed = [], seed_base
-    while len(out) < count:
-        if seed >= seed_base + max_tries:
-            raise RuntimeError(f"only {len(out)} decision-square mazes in {max_tries} seeds")
-        m = Maze.from_seed(seed)
-        seed += 1
-        if m.decision_square() is not None:
-            out.append(m)
+    out = scan_mazes(lambda m: m.decision_square() is not None, count, seed_base, max_tries)
+    if len(out) < count:
+        raise RuntimeError(f"only {len(out)} decision-square mazes in {max_tries} seeds")
     return out
 
 
@@ -127,29 +122,36 @@ class BehaviourStats:
         return summary_html(self.summary(), self.plot())
 
 
-def _cv_accuracy(x: np.ndarray, y: np.ndarray, folds: int, seed: int) -> float:
+def _majority(y: np.ndarray) -> float:
+    """Accuracy of always predicting the more common outcome."""
+    return float(max(y.mean(), 1 - y.mean()))
+
+
+def _model():
+    """Logistic regression on standardised features (coefficients comparable across features)."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    return make_pipeline(StandardScaler(), LogisticRegression())
+
+
+def _cv_accuracy(x: np.ndarray, y: np.ndarray, folds: int, seed: int) -> float:
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
     if min(np.bincount(y.astype(int), minlength=2)) < folds:  # one outcome (almost) never happens
-        return float(max(y.mean(), 1 - y.mean()))
-    model = make_pipeline(StandardScaler(), LogisticRegression())
+        return _majority(y)
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    return float(cross_val_score(model, x, y, cv=cv).mean())
+    return float(cross_val_score(_model(), x, y, cv=cv).mean())
 
 
 def regress(frame: pd.DataFrame, folds: int = 5, seed: int = 0) -> tuple[dict, float, float, dict]:
     """(coefficients on standardised features, intercept, CV accuracy, single-feature CV accuracies)."""
-    from sklearn.linear_model import LogisticRegression
-
     x = frame[list(FEATURES)].to_numpy(float)
     y = frame["got_cheese"].to_numpy().astype(int)
     if len(np.unique(y)) < 2:
         return {k: float("nan") for k in FEATURES}, float("nan"), 1.0, {k: 1.0 for k in FEATURES}
-    z = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1.0)
-    fit = LogisticRegression().fit(z, y)
+    fit = _model().fit(x, y)[-1]
     coefs = {k: float(v) for k, v in zip(FEATURES, fit.coef_[0])}
     single = {k: _cv_accuracy(x[:, [i]], y, folds, seed) for i, k in enumerate(FEATURES)}
     return coefs, float(fit.intercept_[0]), _cv_accuracy(x, y, folds, seed), single
@@ -170,5 +172,5 @@ def behaviour_statistics(policy, n_mazes: int = 1000, seed_base: int = EVAL_SEED
     frame.insert(4, "p_cheese", mot.p_cheese)
     frame.insert(5, "p_top_right", mot.p_top_right)
     coefs, intercept, acc, single = regress(frame, folds, seed)
-    baseline = float(max(frame["got_cheese"].mean(), 1 - frame["got_cheese"].mean()))
+    baseline = _majority(frame["got_cheese"].to_numpy())
     return BehaviourStats(frame, coefs, intercept, acc, single, baseline)

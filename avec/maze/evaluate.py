@@ -114,18 +114,27 @@ def training_mazes(region: int, count: int, seed_base: int = EVAL_SEED_BASE) -> 
     return [Maze.from_seed(seed_base + i, region=region) for i in range(count)]
 
 
-def off_region_mazes(region: int, count: int, seed_base: int = EVAL_SEED_BASE, max_tries: int = 100_000) -> list[Maze]:
-    """Mazes with the cheese outside the top-right region x region square and a decision square."""
+def scan_mazes(keep, count: int, seed_base: int, max_tries: int) -> list[Maze]:
+    """The first ``count`` standard mazes with seeds in ``[seed_base, seed_base + max_tries)`` for
+    which ``keep(maze)`` holds, in seed order (fewer if the seeds run out)."""
     out, s = [], seed_base
     while len(out) < count and s < seed_base + max_tries:
         m = Maze.from_seed(s)
         s += 1
-        rows, cols = top_right_region(m.size, region)
-        if rows.start <= m.cheese[0] < rows.stop and cols.start <= m.cheese[1] < cols.stop:
-            continue
-        if m.decision_square() is not None:
+        if keep(m):
             out.append(m)
     return out
+
+
+def off_region_mazes(region: int, count: int, seed_base: int = EVAL_SEED_BASE, max_tries: int = 100_000) -> list[Maze]:
+    """Mazes with the cheese outside the top-right region x region square and a decision square."""
+
+    def keep(m: Maze) -> bool:
+        rows, cols = top_right_region(m.size, region)
+        in_region = rows.start <= m.cheese[0] < rows.stop and cols.start <= m.cheese[1] < cols.stop
+        return not in_region and m.decision_square() is not None  # the cheap test first
+
+    return scan_mazes(keep, count, seed_base, max_tries)
 
 
 @dataclass(frozen=True)
