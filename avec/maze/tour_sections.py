@@ -24,12 +24,14 @@ def policies_section(ctx, s) -> None:
         rows.append({"policy": name, "method": report.get("method", ""), "train minutes": report["train_seconds"] / 60,
                      "reach (greedy)": ev["reach_rate_greedy"], "reach (sampled)": ev["reach_rate_sampled"],
                      "test reach (greedy)": ev["test_reach_rate_greedy"], "P(cheese)": ds["p_cheese"],
-                     "P(top-right)": ds["p_top_right"], "top-right wins": ds["frac_top_right_wins"]})
+                     "P(top-right)": ds["p_top_right"], "top-right wins": ds["frac_top_right_wins"],
+                     # a killed-and-resumed run lists its resume steps; [] means one uninterrupted run
+                     "resumed at": report.get("resumed_at", [])})
     met = [r["policy"] for r in rows if r["reach (sampled)"] >= 0.9]
     s.text("Shipped Impala policies (width scale 1), each trained from scratch by one `avec maze train` command "
            "(behaviour cloning + DAgger on a BFS expert, the cheese in the maze's top-right R x R region, half the "
-           "non-path training states drawn where the moves toward the cheese and toward the top-right differ; "
-           "1 CPU thread). Reach rates on 200 training-distribution mazes (500 steps; sampled = acting by sampling the "
+           "non-path training states drawn where the moves toward the cheese and toward the top-right differ; the "
+           "commands, with their thread counts, are in avec/maze/checkpoints/README.json). Reach rates on 200 training-distribution mazes (500 steps; sampled = acting by sampling the "
            "policy, as procgen agents do); decision-square probabilities on 200 test mazes with the cheese outside "
            "the region. The >= 90% reach target (sampled) is met by: "
            f"{', '.join(met) if met else 'none'}. These numbers are measured, not tuned.")

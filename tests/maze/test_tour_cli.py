@@ -11,6 +11,7 @@ def test_maze_tour_sections_run(tmp_path):
     path, failed = tour.run_tour(tmp_path / "t.html", quick=True, only=["Maze"])
     page = path.read_text()
     assert failed == [] and "Maze: the shipped policies" in page and "cheese vector x -1" in page
+    assert "resumed at" in page  # the policy table says whether each shipped run was interrupted
     assert "Layer sweep" in page and "transferred cheese vector" in page and "at 6 layers" in page
     assert "Maze: channel retargeting" in page and "real cheese at target" in page
     assert "Maze: behavioural statistics" in page and "regression_accuracy" in page
