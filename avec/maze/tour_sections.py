@@ -31,8 +31,9 @@ def policies_section(ctx, s) -> None:
     s.text("Shipped Impala policies (width scale 1), each trained from scratch by one `avec maze train` command "
            "(behaviour cloning + DAgger on a BFS expert, the cheese in the maze's top-right R x R region, half the "
            "non-path training states drawn where the moves toward the cheese and toward the top-right differ; the "
-           "commands, with their thread counts, are in avec/maze/checkpoints/README.json). Reach rates on 200 training-distribution mazes (500 steps; sampled = acting by sampling the "
-           "policy, as procgen agents do); decision-square probabilities on 200 test mazes with the cheese outside "
+           "commands, with their thread counts, are in avec/maze/checkpoints/README.json). Reach rates on 200 "
+           "training-distribution mazes (500 steps; sampled = acting by sampling the policy, as procgen agents do); "
+           "decision-square probabilities on 200 test mazes with the cheese outside "
            "the region. The >= 90% reach target (sampled) is met by: "
            f"{', '.join(met) if met else 'none'}. These numbers are measured, not tuned.")
     s.table(pd.DataFrame(rows))
