@@ -105,7 +105,7 @@ def _where(iv: Intervention, site: Site, value: torch.Tensor, ctx: TokenContext)
     """The bool mask broadcastable to ``value`` that an intervention's positions and heads select."""
     where = None
     if site.pos_axis is not None:
-        cols = iv.positions.mask(ctx)  # [batch, seq] or None
+        cols = iv.selected(ctx, site)  # [batch, seq] or None
         if cols is not None:
             shape = [1] * value.dim()
             shape[0], shape[site.pos_axis] = cols.shape[0], cols.shape[1]
@@ -120,10 +120,67 @@ def _where(iv: Intervention, site: Site, value: torch.Tensor, ctx: TokenContext)
     return where
 
 
+_CACHE_NAMES = ("past_key_values", "cache", "past_key_value", "layer_past")  # spellings across versions
+
+
+def _cache_length(kwargs: dict) -> int | None:
+    """Tokens held by the KV cache passed under any argument name, or None when there is none."""
+    for key, value in kwargs.items():
+        if value is None:
+            continue
+        if hasattr(value, "get_seq_length"):
+            return int(value.get_seq_length())
+        if key in _CACHE_NAMES:
+            try:  # legacy tuple cache: ((k, v), ...) with k [batch, heads, seq, d_head]
+                return int(value[0][0].shape[-2])
+            except (TypeError, IndexError, AttributeError):
+                raise RuntimeError(
+                    f"cannot read how many tokens the KV cache {key}={type(value).__name__} holds; avec needs it "
+                    "to place token positions. Pass an attention_mask covering the cached tokens too."
+                ) from None
+    return None
+
+
+def pass_offset(kwargs: dict, seq: int) -> int:
+    """Absolute column of this forward pass's first column: how many tokens came before it.
+
+    Read from what every transformers version passes rather than one argument's name: the attention
+    mask's width minus the pass's length (generate extends the mask over cached tokens), else the
+    cache positions, else the KV cache under whatever name it is passed, else the position ids.
+    With none of these (no mask, no cache) the pass starts at column 0. Disagreeing sources raise.
+    """
+    mask = kwargs.get("attention_mask")
+    cached = _cache_length(kwargs)
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        offset = int(mask.shape[1]) - seq
+        if offset < 0:
+            raise ValueError(f"the attention mask covers {mask.shape[1]} columns but the input has {seq}")
+        # a sliding-window cache may hold fewer tokens than came before, never more
+        if cached is not None and cached > offset:
+            raise ValueError(
+                f"the KV cache holds {cached} tokens but the attention mask covers only {mask.shape[1]} columns for "
+                f"{seq} new ones; pass an attention mask over the cached tokens and the new ones"
+            )
+        positions = kwargs.get("cache_position")
+        if isinstance(positions, torch.Tensor) and positions.numel() and int(positions.reshape(-1)[0]) != offset:
+            raise ValueError(f"cache_position starts at {int(positions.reshape(-1)[0])} but the attention mask "
+                             f"puts this pass at column {offset}; avec cannot tell where its tokens are")
+        return offset
+    positions = kwargs.get("cache_position")
+    if isinstance(positions, torch.Tensor) and positions.numel():
+        return int(positions.reshape(-1)[0])
+    if cached is not None:
+        return cached
+    ids = kwargs.get("position_ids")
+    if isinstance(ids, torch.Tensor) and ids.numel():
+        return int(ids[..., 0].min())  # no mask: no padding, so every row starts at the same column
+    return 0
+
+
 def token_context(args: tuple, kwargs: dict, prompt_ctx: TokenContext | None) -> TokenContext:
     """Where this forward pass's columns sit in each prompt, from a transformer's forward arguments.
 
-    Left padding is read from the attention mask's leading zeros; the offset from the KV cache.
+    Left padding is read from the attention mask's leading zeros; the offset from ``pass_offset``.
     """
     x = kwargs.get("input_ids")
     if x is None:
@@ -131,8 +188,7 @@ def token_context(args: tuple, kwargs: dict, prompt_ctx: TokenContext | None) ->
     if x is None:
         x = next(a for a in args if isinstance(a, torch.Tensor))
     batch, seq = int(x.shape[0]), int(x.shape[1])
-    past = kwargs.get("past_key_values")
-    offset = int(past.get_seq_length()) if past is not None and hasattr(past, "get_seq_length") else 0
+    offset = pass_offset(kwargs, seq)
     mask = kwargs.get("attention_mask")
     if isinstance(mask, torch.Tensor) and mask.dim() == 2:
         pad_left = (mask.long().cumsum(1) == 0).sum(1)

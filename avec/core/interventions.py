@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .hookpoints import Site
-from .positions import ALL, Positions, TokenContext, as_positions
+from .positions import ALL, Positions, TokenContext, as_positions, rows_of
 
 
 def _site_width(site: Site, value: torch.Tensor) -> tuple[int, ...]:
@@ -75,6 +75,13 @@ class Intervention:
     def edit(self, value: torch.Tensor, where: torch.Tensor | None, ctx: TokenContext, site: Site) -> torch.Tensor:
         raise NotImplementedError
 
+    def selected(self, ctx: TokenContext, site: Site) -> torch.Tensor | None:
+        """bool ``[batch, seq]``: the columns of a pass this intervention edits (None = every column).
+
+        The one rule, used by the hooks and by code that reads a run's tensors afterwards.
+        """
+        return self.positions.mask(ctx)
+
     def with_hook(self, hook: str) -> "Intervention":
         from dataclasses import replace
 
@@ -101,45 +108,42 @@ def _check_width(tensor: torch.Tensor, site: Site, what: str) -> None:
         )
 
 
-def _place(tensor: torch.Tensor, value: torch.Tensor, site: Site, ctx: TokenContext, start: int, what: str):
-    """Broadcast a site-shaped tensor, or one per position ``[k, *width]``, against ``value``.
+def _per_position(tensor: torch.Tensor, site: Site, width: tuple[int, ...] | None = None) -> bool:
+    """Whether ``tensor`` is one row per prompt position ``[k, *width]`` rather than ``[*width]``."""
+    width = tuple(site.width) if width is None and site.width is not None else width
+    if site.pos_axis is None or width is None:
+        return False
+    bases = [width] + ([width[1:]] if site.heads is not None else [])
+    shape = tuple(tensor.shape)
+    return shape not in bases and len(shape) >= 2 and shape[1:] in bases
 
-    Returns ``(placed, valid)``: ``placed`` broadcasts to ``value``; ``valid`` is a bool mask
-    ``[batch, seq]`` of the columns a per-position tensor covers (prompt positions
-    ``start .. start+k-1``), or None when the tensor applies everywhere.
-    """
+
+def _covered(tensor: torch.Tensor, start: int, ctx: TokenContext, site: Site, base: torch.Tensor | None):
+    """``base`` restricted to the columns a per-position tensor covers (unchanged otherwise)."""
+    if not _per_position(tensor, site):
+        return base
+    covered = rows_of(ctx, start, tensor.shape[0])[1]
+    return covered if base is None else base & covered.to(base.device)
+
+
+def _place(tensor: torch.Tensor, value: torch.Tensor, site: Site, ctx: TokenContext, start: int, what: str):
+    """Broadcast a site-shaped tensor, or one per prompt position ``[k, *width]`` (row i at
+    position ``start + i``), against ``value``. Which columns it covers is decided by
+    ``positions.rows_of`` (through ``selected``), not here."""
     tensor = tensor.to(device=value.device, dtype=value.dtype)
     width = _site_width(site, value)
     heads_view = site.heads is not None
     if tuple(tensor.shape) == width or (heads_view and tuple(tensor.shape) == width[1:]):
-        return tensor, None
-    if site.pos_axis is not None and tensor.dim() >= 2 and (
-        tuple(tensor.shape[1:]) == width or (heads_view and tuple(tensor.shape[1:]) == width[1:])
-    ):
-        k = tensor.shape[0]
-        idx = ctx.positions() - start  # [batch, seq]
-        valid = (idx >= 0) & (idx < k) & (ctx.positions() < ctx.prompt_len[:, None])
-        placed = tensor[idx.clamp(0, k - 1)]  # [batch, seq, *width]
-        return placed, valid
+        return tensor
+    if _per_position(tensor, site, width):
+        row, _ = rows_of(ctx, start, tensor.shape[0])
+        placed = tensor[row.to(tensor.device)]  # [batch, seq, *width] (or [batch, seq, d_head])
+        return placed.unsqueeze(-2) if placed.dim() < value.dim() else placed  # one d_head row for every head
     raise ValueError(
         f"{what} has shape {_fmt(tensor.shape)} but hook point {site.name!r} carries values of width "
         f"{_fmt(width)}; give {_fmt(width)}"
         + (f" or [k, {', '.join(map(str, width))}] for k positions" if site.pos_axis is not None else "")
     )
-
-
-def _expand_valid(valid: torch.Tensor | None, value: torch.Tensor, site: Site) -> torch.Tensor | None:
-    if valid is None:
-        return None
-    return valid.reshape(valid.shape + (1,) * (value.dim() - 2))
-
-
-def _and(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return a & b
 
 
 @dataclass(frozen=True)
@@ -167,9 +171,11 @@ class AddVector(Intervention):
     def check(self, site: Site, model: Any) -> None:
         _check_width(self.vector, site, "the vector")
 
+    def selected(self, ctx, site):
+        return _covered(self.vector, self.start, ctx, site, self.positions.mask(ctx))
+
     def edit(self, value, where, ctx, site):
-        placed, valid = _place(self.vector, value, site, ctx, self.start, "the vector")
-        delta = placed
+        delta = _place(self.vector, value, site, ctx, self.start, "the vector")
         coeff = self.coeff
         if isinstance(coeff, torch.Tensor):
             if coeff.shape[0] != value.shape[0]:
@@ -178,7 +184,6 @@ class AddVector(Intervention):
                     f"has {value.shape[0]} rows"
                 )
             coeff = coeff.to(device=value.device, dtype=value.dtype).reshape((-1,) + (1,) * (value.dim() - 1))
-        where = _and(where, _expand_valid(valid, value, site))
         delta = coeff * delta
         if where is None:
             return value + delta
@@ -200,9 +205,11 @@ class SetValue(Intervention):
     def check(self, site, model):
         _check_width(self.value, site, "the value")
 
+    def selected(self, ctx, site):
+        return _covered(self.value, self.start, ctx, site, self.positions.mask(ctx))
+
     def edit(self, value, where, ctx, site):
-        placed, valid = _place(self.value, value, site, ctx, self.start, "the value")
-        return _blend(value, placed.expand_as(value) if valid is None else placed, _and(where, _expand_valid(valid, value, site)))
+        return _blend(value, _place(self.value, value, site, ctx, self.start, "the value").expand_as(value), where)
 
 
 def MeanAblate(hook: str, mean: torch.Tensor, **kw) -> SetValue:

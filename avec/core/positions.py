@@ -59,6 +59,21 @@ class TokenContext:
         zeros = torch.zeros(batch, dtype=torch.long, device=device)
         return TokenContext(zeros, zeros + seq_len, 0, seq_len)
 
+    @staticmethod
+    def for_prompts(lengths: torch.Tensor | Sequence[int], seq_len: int | None = None, *,
+                    padding: str = "right") -> "TokenContext":
+        """The prompt pass over prompts of ``lengths`` [batch] padded to ``seq_len`` columns
+        (default: the longest), on the ``padding`` side: for code that works on a run's tensors
+        outside the hooks and must pick the same columns the hooks did."""
+        lengths = torch.as_tensor(lengths, dtype=torch.long).cpu()
+        seq_len = int(lengths.max()) if seq_len is None else int(seq_len)
+        if int(lengths.max()) > seq_len:
+            raise ValueError(f"prompt lengths {lengths.tolist()} exceed the {seq_len} columns")
+        if padding not in ("left", "right"):
+            raise ValueError(f"padding is 'left' or 'right', got {padding!r}")
+        pad_left = seq_len - lengths if padding == "left" else torch.zeros_like(lengths)
+        return TokenContext(pad_left, lengths, 0, seq_len)
+
 
 class Positions:
     """Base class of position selectors. ``mask(ctx)`` -> bool ``[batch, seq]`` or None for all."""
@@ -204,6 +219,53 @@ class Mask(Positions):
 
     def describe(self) -> str:
         return f"mask {tuple(self.columns.shape)}"
+
+
+def rows_of(ctx: TokenContext, start: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where a per-position tensor ``[k, *width]`` (row i for prompt position ``start + i``) lands.
+
+    Returns ``(row, covered)``, both ``[batch, seq]``: ``row`` the tensor row for each column
+    (clamped into 0..k-1), ``covered`` True where the column is prompt position start..start+k-1.
+    Per-position tensors describe prompts (the ActAdd layout), so generated tokens are never covered.
+    """
+    pos = ctx.positions()
+    idx = pos - start
+    covered = (idx >= 0) & (idx < k) & (pos < ctx.prompt_len[:, None])
+    return idx.clamp(0, k - 1), covered
+
+
+def columns(selector: "PositionsLike", lengths: torch.Tensor | Sequence[int], seq_len: int | None = None, *,
+            padding: str = "right") -> torch.Tensor:
+    """bool ``[batch, seq]``: the columns ``selector`` picks in a prompt pass over prompts of
+    ``lengths`` padded on the ``padding`` side, exactly as the hooks pick them. "all" covers every
+    column (padding included, as in the hooks)."""
+    ctx = TokenContext.for_prompts(lengths, seq_len, padding=padding)
+    sel = as_positions(selector).mask(ctx)
+    return torch.ones(ctx.batch, ctx.seq_len, dtype=torch.bool) if sel is None else sel.cpu()
+
+
+def column_of(position: int, lengths: torch.Tensor | Sequence[int], *, padding: str = "right",
+              seq_len: int | None = None) -> torch.Tensor:
+    """``[batch]`` absolute column of one prompt-relative ``position`` in each prompt (``-1`` = each
+    prompt's last token), raising when a prompt has no such position."""
+    if isinstance(position, bool) or not isinstance(position, int):
+        raise TypeError(f"a position is one int (e.g. -1 for each prompt's last token), got {position!r}")
+    lengths = torch.as_tensor(lengths, dtype=torch.long).cpu()
+    sel = columns(At((position,)), lengths, seq_len, padding=padding)
+    missing = (sel.sum(1) == 0).nonzero().flatten().tolist()
+    if missing:
+        raise ValueError(
+            f"position {position} is outside prompt(s) {missing[:8]} (lengths {lengths[missing[:8]].tolist()}): "
+            f"a prompt of n tokens has positions 0..n-1 and -n..-1; use -1 for each prompt's last token"
+        )
+    return sel.int().argmax(1)
+
+
+def uncovered_rows(selected: torch.Tensor | None) -> list[int]:
+    """Rows of a ``[batch, seq]`` selection with no column selected (None selects everything)."""
+    if selected is None:
+        return []
+    return (~selected.any(1)).nonzero().flatten().tolist()
 
 
 ALL = AllPositions()
