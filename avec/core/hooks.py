@@ -31,6 +31,7 @@ class HookState:
     store: dict[str, torch.Tensor] = field(default_factory=dict)
     ctx: TokenContext | None = None  # context of the latest forward pass
     prompt_ctx: TokenContext | None = None  # context of the prompt pass (offset 0)
+    prompt_ids: torch.Tensor | None = None  # its token ids: a later pass that extends them continues it
     deltas: dict[str, torch.Tensor] = field(default_factory=dict)
     calls: int = 0
 
@@ -177,10 +178,14 @@ def pass_offset(kwargs: dict, seq: int) -> int:
     return 0
 
 
-def token_context(args: tuple, kwargs: dict, prompt_ctx: TokenContext | None) -> TokenContext:
+def token_context(args: tuple, kwargs: dict, prompt_ctx: TokenContext | None,
+                  prompt_ids: torch.Tensor | None = None) -> TokenContext:
     """Where this forward pass's columns sit in each prompt, from a transformer's forward arguments.
 
     Left padding is read from the attention mask's leading zeros; the offset from ``pass_offset``.
+    A pass from column 0 whose token ids extend ``prompt_ids`` (generation without the KV cache
+    re-reads the prompt and what it generated) keeps the prompt's lengths: its later columns are
+    generated tokens, so ``-1`` still means the prompt's last token.
     """
     x = kwargs.get("input_ids")
     if x is None:
@@ -196,6 +201,12 @@ def token_context(args: tuple, kwargs: dict, prompt_ctx: TokenContext | None) ->
     else:
         pad_left = torch.zeros(batch, dtype=torch.long, device=x.device)
         real = torch.full((batch,), offset + seq, dtype=torch.long, device=x.device)
+    ids = kwargs.get("input_ids")
+    if (offset == 0 and prompt_ctx is not None and prompt_ids is not None and isinstance(ids, torch.Tensor)
+            and ids.shape[0] == prompt_ids.shape[0] and ids.shape[1] > prompt_ids.shape[1]
+            and torch.equal(ids[:, : prompt_ids.shape[1]], prompt_ids.to(ids.device))
+            and torch.equal(pad_left.cpu(), prompt_ctx.pad_left.cpu())):
+        return TokenContext(pad_left.to(x.device), prompt_ctx.prompt_len.to(x.device), 0, seq, continues=True)
     if offset > 0 and prompt_ctx is not None and prompt_ctx.batch == batch:
         prompt_len = prompt_ctx.prompt_len.to(pad_left.device)
     elif offset > 0:
@@ -288,9 +299,11 @@ def attach(
         if tracker is not None:
 
             def track(module, args, kwargs):
-                state.ctx = token_context(args, kwargs, state.prompt_ctx)
-                if state.ctx.offset == 0:
+                state.ctx = token_context(args, kwargs, state.prompt_ctx, state.prompt_ids)
+                if state.ctx.offset == 0 and not state.ctx.continues:
                     state.prompt_ctx = state.ctx
+                    ids = kwargs.get("input_ids")
+                    state.prompt_ids = ids.detach() if isinstance(ids, torch.Tensor) else None
                 state.calls += 1
                 state.deltas.clear()
 

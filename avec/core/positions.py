@@ -27,12 +27,15 @@ class TokenContext:
     prompt_len: [batch] number of real prompt tokens of each row
     offset:     absolute column of this pass's first column (tokens already in the KV cache)
     seq_len:    number of columns in this pass
+    continues:  the columns past the prompt are generated tokens, not right padding (set for passes
+                that re-read the prompt plus what was generated, i.e. generation without the KV cache)
     """
 
     pad_left: torch.Tensor
     prompt_len: torch.Tensor
     offset: int
     seq_len: int
+    continues: bool = False  # a pass over the prompt plus generated tokens (generation without KV cache)
 
     @property
     def batch(self) -> int:
@@ -47,10 +50,10 @@ class TokenContext:
         """[batch, seq] True where a column holds a real token, not padding.
 
         Left padding has negative positions; right padding exists only in a prompt pass (offset 0):
-        in later (cached generation) passes every column past the prompt is a generated token.
+        in later passes (cached or not) every column past the prompt is a generated token.
         """
         pos = self.positions()
-        if self.offset > 0:
+        if self.offset > 0 or self.continues:
             return pos >= 0
         return (pos >= 0) & (pos < self.prompt_len[:, None])
 
