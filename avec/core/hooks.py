@@ -196,8 +196,8 @@ def token_context(args: tuple, kwargs: dict, prompt_ctx: TokenContext | None,
     offset = pass_offset(kwargs, seq)
     mask = kwargs.get("attention_mask")
     if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-        pad_left = (mask.long().cumsum(1) == 0).sum(1)
-        real = mask.long().sum(1)
+        whole = TokenContext.from_mask(mask)
+        pad_left, real = whole.pad_left, whole.prompt_len
     else:
         pad_left = torch.zeros(batch, dtype=torch.long, device=x.device)
         real = torch.full((batch,), offset + seq, dtype=torch.long, device=x.device)

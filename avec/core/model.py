@@ -18,7 +18,7 @@ from torch import nn
 from .hookpoints import HookPointTable, Site
 from .hooks import attach, check_intervention
 from .interventions import Intervention
-from .positions import AllPositions, PositionsLike, TokenContext, as_positions
+from .positions import AllPositions, PositionsLike, TokenContext, as_positions, column_of
 
 
 class Cache(Mapping):
@@ -128,10 +128,13 @@ class Run:
         return self.attention_mask.sum(1)
 
     def last_logits(self) -> torch.Tensor:
-        """``[batch, vocab]`` logits at each prompt's last real token (right padding aware; with
+        """``[batch, vocab]`` logits at each prompt's last real token (left or right padding; with
         ``logits_to_keep=k`` the logits cover the batch's last k columns)."""
         logits = self.logits
-        idx = (self.lengths - 1).to(logits.device)
+        if self.attention_mask is not None:
+            idx = column_of(-1, TokenContext.from_mask(self.attention_mask.cpu())).to(logits.device)
+        else:
+            idx = (self.lengths - 1).to(logits.device)
         if self.tokens is not None and logits.shape[1] != self.tokens.shape[1]:
             idx = idx - (self.tokens.shape[1] - logits.shape[1])
             if (idx < 0).any():

@@ -63,6 +63,14 @@ class TokenContext:
         return TokenContext(zeros, zeros + seq_len, 0, seq_len)
 
     @staticmethod
+    def from_mask(mask: torch.Tensor) -> "TokenContext":
+        """The prompt pass of a batch with attention ``mask`` ``[batch, seq]`` (1 = real token):
+        left padding = the leading zeros of each row, prompt length = its number of ones."""
+        mask = mask.long()
+        pad_left = (mask.cumsum(1) == 0).sum(1)
+        return TokenContext(pad_left, mask.sum(1), 0, int(mask.shape[1]))
+
+    @staticmethod
     def for_prompts(lengths: torch.Tensor | Sequence[int], seq_len: int | None = None, *,
                     padding: str = "right") -> "TokenContext":
         """The prompt pass over prompts of ``lengths`` [batch] padded to ``seq_len`` columns
@@ -247,14 +255,20 @@ def columns(selector: "PositionsLike", lengths: torch.Tensor | Sequence[int], se
     return torch.ones(ctx.batch, ctx.seq_len, dtype=torch.bool) if sel is None else sel.cpu()
 
 
-def column_of(position: int, lengths: torch.Tensor | Sequence[int], *, padding: str = "right",
+def column_of(position: int, lengths: "torch.Tensor | Sequence[int] | TokenContext", *, padding: str = "right",
               seq_len: int | None = None) -> torch.Tensor:
     """``[batch]`` absolute column of one prompt-relative ``position`` in each prompt (``-1`` = each
-    prompt's last token), raising when a prompt has no such position."""
+    prompt's last token), raising when a prompt has no such position. ``lengths`` may instead be a
+    ``TokenContext`` (e.g. ``TokenContext.from_mask(run.attention_mask)``)."""
     if isinstance(position, bool) or not isinstance(position, int):
         raise TypeError(f"a position is one int (e.g. -1 for each prompt's last token), got {position!r}")
-    lengths = torch.as_tensor(lengths, dtype=torch.long).cpu()
-    sel = columns(At((position,)), lengths, seq_len, padding=padding)
+    if isinstance(lengths, TokenContext):
+        ctx = lengths
+        lengths = ctx.prompt_len.cpu()
+        sel = At((position,)).mask(ctx).cpu()
+    else:
+        lengths = torch.as_tensor(lengths, dtype=torch.long).cpu()
+        sel = columns(At((position,)), lengths, seq_len, padding=padding)
     missing = (sel.sum(1) == 0).nonzero().flatten().tolist()
     if missing:
         raise ValueError(

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import torch
 
 from ..core.model import Run
+from ..core.positions import TokenContext, column_of
 from ..models.lm import LanguageModel
 
 
@@ -30,16 +31,12 @@ def ensure_run(lm: LanguageModel, inputs: Any, points: Sequence[str]) -> Run:
 
 
 def columns(run: Run, position: int) -> torch.Tensor:
-    """``[batch]`` absolute column of a prompt-relative position in each row (right padding)."""
-    lengths = run.lengths.to(run.logits.device)
-    col = lengths + position if position < 0 else torch.full_like(lengths, position)
-    bad = (col < 0) | (col >= lengths)
-    if bad.any():
-        raise ValueError(
-            f"position {position} is outside prompt(s) {bad.nonzero().flatten().tolist()} "
-            f"(lengths {lengths.tolist()}); use -1 for each prompt's last token"
-        )
-    return col
+    """``[batch]`` absolute column of a prompt-relative position in each row (whatever the padding)."""
+    if run.attention_mask is not None:
+        ctx = TokenContext.from_mask(run.attention_mask.cpu())
+    else:
+        ctx = TokenContext.for_prompts(run.lengths, int(run.tokens.shape[1]))
+    return column_of(position, ctx).to(run.logits.device)
 
 
 def at(t: torch.Tensor, col: torch.Tensor) -> torch.Tensor:

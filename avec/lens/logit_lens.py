@@ -164,7 +164,7 @@ def logit_lens(lm: LanguageModel, inputs: Any, tokens: Sequence[Any] | Any = Non
     batch, seq = run.tokens.shape
     if position is None:
         cols = torch.arange(seq)[None].expand(batch, -1)
-        valid = cols < run.lengths.cpu()[:, None]
+        valid = run.attention_mask.bool().cpu() if run.attention_mask is not None else torch.ones(batch, seq, dtype=torch.bool)
     else:
         cols = columns(run, position).cpu()[:, None]
         valid = torch.ones(batch, 1, dtype=torch.bool)

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 
 import torch
 
+from ..core.positions import At, columns
+
 
 @dataclass(frozen=True)
 class Activations:
@@ -60,9 +62,10 @@ def _texts(inputs: Any) -> Any:
 
 
 def _check_position(position: int, lengths: torch.Tensor, texts: Sequence[str] | None) -> None:
-    bad = (lengths <= position) if position >= 0 else (lengths < -position)
-    if bad.any():
-        i = int(bad.nonzero()[0, 0])
+    sel = columns(At((position,)), lengths)  # the rule the hooks use when caching this position
+    missing = (~sel.any(1)).nonzero().flatten().tolist()
+    if missing:
+        i = missing[0]
         what = f"prompt {i} ({texts[i]!r})" if texts is not None else f"row {i}"
         raise ValueError(f"position {position} is beyond {what}, which has {int(lengths[i])} tokens; "
                          f"use a position every prompt has (e.g. -1, the last token)")

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..core.positions import From, PositionsLike, as_positions
+from ..core.positions import At, From, PositionsLike, as_positions, columns
 from .vector import SteeringVector, Term, resolve_hooks
 
 Pair = tuple[str, str]
@@ -45,9 +45,11 @@ def activations(lm: Any, texts: Sequence[str], hooks: Sequence[str], read_at: in
     out: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
     for i in range(0, len(texts), batch_size):
         chunk = texts[i:i + batch_size]
-        short = [t for t in chunk if len(lm.to_tokens(t)) < abs(read_at) + (0 if read_at < 0 else 1)]
-        if short:
-            raise ValueError(f"read_at={read_at} is outside text {short[0]!r} (too few tokens)")
+        _, mask = lm.tokenize(chunk)  # lengths as the model sees them (special tokens included)
+        missing = (~columns(At((read_at,)), mask.sum(1).cpu()).any(1)).nonzero().flatten().tolist()
+        if missing:
+            raise ValueError(f"read_at={read_at} is outside text {chunk[missing[0]]!r} "
+                             f"({int(mask[missing[0]].sum())} tokens); use -1 for each text's last token")
         run = lm.run(chunk, cache=list(hooks), positions=read_at, logits_to_keep=1)  # logits unused
         for h in hooks:
             out[h].append(run.cache[h][:, 0].float().cpu())

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..core.hookpoints import Site
 from ..core.positions import TokenContext
 from ..results import Result
 from .caa import ABItem, ab_prompt
@@ -34,18 +35,21 @@ def _interventions(steer: Any, positions: Any = None) -> list:
     return list(steer) if isinstance(steer, (list, tuple)) else [steer]
 
 
-def injected_mask(interventions: Sequence[Any], lengths: torch.Tensor, seq: int) -> torch.Tensor:
-    """[batch, seq] True where any intervention adds something (right-padded prompts of ``lengths``)."""
-    ctx = TokenContext(torch.zeros_like(lengths), lengths, 0, seq)
-    out = torch.zeros(len(lengths), seq, dtype=torch.bool)
+def injected_mask(interventions: Sequence[Any], lengths: torch.Tensor, seq: int, lm: Any = None) -> torch.Tensor:
+    """[batch, seq] True where any intervention edits a run of right-padded prompts of ``lengths``:
+    exactly the columns the hooks edit (``Intervention.selected``). ``lm`` gives each hook point's
+    site; without it a hook is taken for a residual point of the vector's width."""
+    ctx = TokenContext.for_prompts(lengths, seq)
+    out = torch.zeros(ctx.batch, seq, dtype=torch.bool)
     for iv in interventions:
-        sel = iv.positions.mask(ctx)
-        sel = torch.ones(len(lengths), seq, dtype=torch.bool) if sel is None else sel.cpu()
-        vec = getattr(iv, "vector", None)
-        if vec is not None and vec.dim() == 2:  # per-position layout: rows start..start+k-1 of the prompt
-            pos = ctx.positions().cpu()
-            sel = sel & (pos >= iv.start) & (pos < iv.start + vec.shape[0]) & (pos < lengths[:, None])
-        out |= sel
+        if lm is not None:
+            site = lm.site(iv.hook)
+        else:
+            tensor = getattr(iv, "vector", getattr(iv, "value", None))
+            width = None if not isinstance(tensor, torch.Tensor) else (int(tensor.shape[-1]),)
+            site = Site(name=iv.hook, module="", pos_axis=1, width=width)
+        sel = iv.selected(ctx, site)
+        out |= True if sel is None else sel.cpu()
     return out
 
 
@@ -117,7 +121,7 @@ def effectiveness(lm: Any, texts: Sequence[str], steer: Any, targets: Sequence[s
         steered = lm.run(texts, interventions=ivs)
     keep = base.attention_mask.bool().cpu()
     if exclude_injected:
-        keep &= ~injected_mask(ivs, base.lengths.cpu(), keep.shape[1])
+        keep &= ~injected_mask(ivs, base.lengths.cpu(), keep.shape[1], lm)
     lb = torch.log_softmax(base.logits.float().cpu(), -1)[keep]  # [n, V]
     ls = torch.log_softmax(steered.logits.float().cpu(), -1)[keep]
     in_t = torch.zeros(lb.shape[-1], dtype=torch.bool)
@@ -176,7 +180,7 @@ def perplexity_ratio(lm: Any, texts: Sequence[str], steer: Any, *, positions: An
         steered = lm.run(texts, interventions=ivs)
     tok = base.tokens.cpu()
     keep = base.attention_mask.bool().cpu()[:, 1:].clone()  # prediction at i of token i+1
-    injected = injected_mask(ivs, base.lengths.cpu(), tok.shape[1])[:, :-1]
+    injected = injected_mask(ivs, base.lengths.cpu(), tok.shape[1], lm)[:, :-1]
     masked = int((keep & injected).sum()) if mask_injected else 0
     if mask_injected:
         keep &= ~injected

@@ -199,16 +199,14 @@ def coefficient_scan(
     ctx = TokenContext.plain(N, T)
     injected = torch.zeros(N, lm.d_model)
     for iv in ivs:
-        if not _RESID.match(lm.resolve(iv.hook)[0]):
+        site = lm.site(iv.hook)
+        if not _RESID.match(site.name):
             continue
-        sel = iv.positions.mask(ctx)
+        sel = iv.selected(ctx, site)  # the columns the hooks edited
         on = torch.ones(N, dtype=torch.bool) if sel is None else sel[:, pos].cpu()
         vec = iv.vector
-        if vec.dim() == 2:
-            i = pos - iv.start
-            if not 0 <= i < vec.shape[0]:
-                continue
-            vec = vec[i]
+        if vec.dim() == 2:  # one row per prompt position (row i at position start + i)
+            vec = vec[min(max(pos - iv.start, 0), vec.shape[0] - 1)]
         injected += (c * on)[:, None] * vec.float()[None]
 
     comps: dict[str, torch.Tensor] = {"embed": get("embed")}
