@@ -62,13 +62,15 @@ def test_positions_are_prompt_relative_with_padding():
         (At((0, -2)), [[0, 4], [0, 2]]),
         (Front(2), [[0, 1], [0, 1]]),
         (From(-2), [[4, 5], [2, 3]]),  # never the padding; generated tokens count (see test_token_context)
-        (5, [[5], []]),
         ("prompt", [[0, 1, 2, 3, 4, 5], [0, 1, 2, 3]]),
     ]:
         got = lm.run(inputs, cache=["blocks.0.resid_pre"],
                      interventions=[AddVector("blocks.0.resid_pre", vec, positions=positions)]).cache["blocks.0.resid_pre"]
         changed = [(got[r] - base[r]).abs().sum(-1).nonzero().flatten().tolist() for r in range(2)]
         assert changed == expected, (positions, changed)
+    # a position that one prompt lacks is refused, as caching it is, rather than skipped in that row
+    with pytest.raises(ValueError, match=r"positions \[5\] selects no token of prompt\(s\) \[1\] \(prompt lengths \[6, 4\]\)"):
+        lm.run(inputs, interventions=[AddVector("blocks.0.resid_pre", vec, positions=5)])
 
 
 def test_per_position_vector_lands_on_prompt_positions():

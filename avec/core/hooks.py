@@ -21,7 +21,7 @@ from torch import nn
 
 from .hookpoints import Site
 from .interventions import Intervention
-from .positions import AllPositions, TokenContext
+from .positions import AllPositions, Mask, TokenContext
 
 
 @dataclass
@@ -52,6 +52,42 @@ def check_intervention(site: Site, iv: Intervention, model: Any = None) -> None:
         if bad:
             raise ValueError(f"head(s) {bad} out of range at {site.name!r}: the layer has {site.heads} heads (0..{site.heads - 1})")
     iv.check(site, model)
+
+
+def check_selection(edits: Sequence[tuple[Site, Intervention]], contexts: Sequence[TokenContext], *,
+                    lengths_hint: str = "") -> None:
+    """Refuse interventions that would edit nothing, before any forward pass runs.
+
+    contexts: the passes that will run (a prompt pass; for generation also one covering the new
+    tokens). An intervention whose positions pick no column of some prompt in any of them (position
+    50 of a 9-token prompt, ``From(100)`` without generation, "generated" in a single run) is an
+    error, as a cache at that position is. An explicit ``Mask`` may leave rows empty on purpose
+    (batched patching sweeps); it must select something somewhere.
+    """
+    for site, iv in edits:
+        if site.pos_axis is None:
+            continue
+        hit = None
+        for ctx in contexts:
+            sel = iv.selected(ctx, site)
+            if sel is None:
+                hit = None
+                break
+            rows = sel.any(1).cpu()
+            hit = rows if hit is None else hit | rows
+        else:
+            if hit is None:
+                continue
+            explicit = isinstance(iv.positions, Mask)
+            empty = (~hit).nonzero().flatten().tolist()
+            if (explicit and not hit.any()) or (empty and not explicit):
+                lengths = contexts[0].prompt_len.tolist()
+                where = "any prompt" if len(empty) == len(hit) else f"prompt(s) {empty[:8]}"
+                raise ValueError(
+                    f"{type(iv).__name__} at {site.name!r} with positions {iv.positions.describe()} selects no token of "
+                    f"{where} (prompt lengths {lengths[:16]}{lengths_hint}): it would change nothing. A prompt of n "
+                    "tokens has positions 0..n-1 (or -n..-1); generated tokens continue from n"
+                )
 
 
 def _get(obj: Any, site: Site) -> torch.Tensor:

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from .hookpoints import HookPointTable, Site
-from .hooks import attach, check_intervention
-from .interventions import Intervention
+from .hooks import attach, check_intervention, check_selection
+from .interventions import Intervention, Patch, _source_tensor
 from .positions import AllPositions, PositionsLike, TokenContext, as_positions, column_of
 
 
@@ -251,6 +251,24 @@ class Model:
             return (lambda: self.module(*inputs, **kw)), {}
         raise TypeError(f"cannot run {type(self.module).__name__} on {type(inputs).__name__}")
 
+    def _check_edits(self, edits: Sequence[tuple[Site, Intervention]], extra: dict[str, Any]) -> None:
+        """Checks of a single run's interventions against its inputs, before it runs: each must
+        select some token, and a patch source must cover exactly the run's positions."""
+        mask = extra.get("attention_mask")
+        if mask is None:
+            return
+        ctx = TokenContext.from_mask(mask.cpu())
+        check_selection(edits, [ctx])
+        for site, iv in edits:
+            if isinstance(iv, Patch) and site.pos_axis is not None:
+                src = _source_tensor(iv.source, site, self)
+                if src.dim() > site.pos_axis and src.shape[site.pos_axis] != ctx.seq_len:
+                    raise ValueError(
+                        f"the patch source at {site.name!r} covers {src.shape[site.pos_axis]} positions but this run has "
+                        f"{ctx.seq_len}; clean and corrupted inputs must have the same token length (a longer source "
+                        "is not cut to fit)"
+                    )
+
     def _runtime(self, sites: Sequence[Site]):
         """Context needed for some hook points (e.g. eager attention for patterns)."""
         return nullcontext()
@@ -289,6 +307,7 @@ class Model:
             raise ValueError("grad=True needs cached hook points to take gradients with respect to")
         selector = as_positions(positions)
         call, extra = self._prepare(inputs, **forward_kwargs)
+        self._check_edits(edits, extra)
         sites = reads + [s for s, _ in edits]
         with self._runtime(sites), attach(self.module, edits, reads, tracker=self.tracker, grad=grad) as state:
             with torch.set_grad_enabled(grad):
