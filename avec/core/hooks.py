@@ -34,6 +34,7 @@ class HookState:
     prompt_ids: torch.Tensor | None = None  # its token ids: a later pass that extends them continues it
     deltas: dict[str, torch.Tensor] = field(default_factory=dict)
     calls: int = 0
+    used: set[int] = field(default_factory=set)  # indices (into ``edits``) of interventions that edited something
 
 
 def check_intervention(site: Site, iv: Intervention, model: Any = None) -> None:
@@ -255,7 +256,7 @@ def token_context(args: tuple, kwargs: dict, prompt_ctx: TokenContext | None,
 @dataclass
 class _Entry:
     site: Site
-    edits: list[Intervention]
+    edits: list[tuple[int, Intervention]]  # (index in the edits given to attach, intervention)
     read: bool
     sink: bool = False  # adds pending residual deltas to this module's output
 
@@ -268,6 +269,7 @@ def attach(
     *,
     tracker: str | None = None,
     grad: bool = False,
+    track_use: bool = False,
 ) -> Iterator[HookState]:
     """Attach interventions and caches to ``root``'s modules for the length of the block.
 
@@ -275,6 +277,7 @@ def attach(
     reads:   sites whose (post-intervention) value is recorded in ``state.store``
     tracker: module path whose forward arguments tell token positions (a transformer's base model)
     grad:    make recorded values part of the autograd graph, so gradients can be taken w.r.t. them
+    track_use: record in ``state.used`` which edits selected at least one column (one sync a pass)
     """
     state = HookState()
     modules = dict(root.named_modules())
@@ -287,8 +290,8 @@ def attach(
             groups.setdefault((site.module, site.kind), []).append(by_site[site.name])
         return by_site[site.name]
 
-    for site, iv in edits:
-        entry(site).edits.append(iv)
+    for i, (site, iv) in enumerate(edits):
+        entry(site).edits.append((i, iv))
     for site in reads:
         entry(site).read = True
     for e in list(by_site.values()):
@@ -312,8 +315,11 @@ def attach(
                 if ctx is None or site.pos_axis is None:
                     ctx = TokenContext.plain(int(value.shape[0]), 1, value.device)
                 new = view
-                for iv in e.edits:
-                    new = iv.edit(new, _where(iv, site, new, ctx), ctx, site)
+                for i, iv in e.edits:
+                    where = _where(iv, site, new, ctx)
+                    if track_use and i not in state.used and (where is None or bool(where.any())):
+                        state.used.add(i)
+                    new = iv.edit(new, where, ctx, site)
                 if e.read:
                     if grad and not new.requires_grad:
                         new = new.detach().requires_grad_(True)

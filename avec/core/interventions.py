@@ -31,30 +31,52 @@ def _fmt(shape: Sequence[int]) -> str:
     return "[" + ", ".join(str(s) for s in shape) + "]"
 
 
-def _as_coeff(coeff: Any) -> float | torch.Tensor:
+def _as_coeff(coeff: Any, what: str = "coefficient") -> float | torch.Tensor:
     if isinstance(coeff, torch.Tensor):
         if coeff.dim() > 1:
-            raise ValueError(f"a coefficient is a scalar or one value per batch row [batch], got {_fmt(coeff.shape)}")
-        if torch.isnan(coeff).any():
-            raise ValueError("the coefficient tensor contains NaN")
-        return coeff if coeff.dim() == 1 else float(coeff)
+            raise ValueError(f"a {what} is a scalar or one value per batch row [batch], got {_fmt(coeff.shape)}")
+        if not coeff.is_floating_point() and coeff.dtype not in (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8):
+            raise TypeError(f"a {what} tensor must hold numbers, got dtype {coeff.dtype}")
+        bad = (~torch.isfinite(coeff.float())).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(f"the {what} tensor holds NaN or inf at row(s) {bad[:8]}; every value must be finite")
+        return coeff.float() if coeff.dim() == 1 else float(coeff)
     if isinstance(coeff, (list, tuple)):
-        return _as_coeff(torch.tensor(coeff, dtype=torch.float32))
+        return _as_coeff(torch.tensor(coeff, dtype=torch.float32), what)
+    if isinstance(coeff, bool) or not isinstance(coeff, (int, float)) and not hasattr(coeff, "__float__"):
+        raise TypeError(f"a {what} is a number, got {coeff!r}")
     value = float(coeff)
-    if math.isnan(value):
-        raise ValueError("the coefficient is NaN")
+    if not math.isfinite(value):
+        raise ValueError(f"the {what} is {value}: NaN and inf are not allowed, give a finite number")
     return value
+
+
+def _check_finite(tensor: torch.Tensor, what: str) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        return
+    if tensor.dtype == torch.bool or not (tensor.is_floating_point() or tensor.is_complex()):
+        if tensor.dtype == torch.bool:
+            raise TypeError(f"{what} is a bool tensor; give floating-point values")
+        return
+    if not torch.isfinite(tensor).all():
+        n = int((~torch.isfinite(tensor)).sum())
+        raise ValueError(f"{what} holds {n} NaN or inf value(s) of {tensor.numel()}; every value must be finite")
 
 
 def _as_heads(heads: Any) -> tuple[int, ...] | None:
     if heads is None:
         return None
-    if isinstance(heads, int):
-        return (heads,)
-    out = tuple(int(h) for h in heads)
+    if isinstance(heads, torch.Tensor):
+        heads = heads.tolist()
+    items = [heads] if not isinstance(heads, (list, tuple, range, set, frozenset)) else list(heads)
+    out = []
+    for h in items:
+        if isinstance(h, bool) or not (isinstance(h, int) or (hasattr(h, "__index__") and not isinstance(h, float))):
+            raise TypeError(f"heads are integer indices, got {h!r} in heads={heads!r}")
+        out.append(int(h.__index__()))
     if not out:
         raise ValueError("an empty list of heads selects nothing")
-    return out
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -164,8 +186,7 @@ class AddVector(Intervention):
         super().__post_init__()
         if not isinstance(self.vector, torch.Tensor):
             raise TypeError(f"AddVector needs a tensor vector, got {type(self.vector).__name__}")
-        if not torch.isfinite(self.vector).all():
-            raise ValueError(f"the vector added at {self.hook!r} contains NaN or inf")
+        _check_finite(self.vector, f"the vector added at {self.hook!r}")
         object.__setattr__(self, "coeff", _as_coeff(self.coeff))
 
     def check(self, site: Site, model: Any) -> None:
@@ -201,6 +222,7 @@ class SetValue(Intervention):
         super().__post_init__()
         if not isinstance(self.value, torch.Tensor):
             raise TypeError(f"SetValue needs a tensor, got {type(self.value).__name__}")
+        _check_finite(self.value, f"the value set at {self.hook!r}")
 
     def check(self, site, model):
         _check_width(self.value, site, "the value")
@@ -231,8 +253,18 @@ class Scale(Intervention):
 
     factor: float = 1.0
 
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "factor", _as_coeff(self.factor, "scale factor"))
+
     def edit(self, value, where, ctx, site):
-        return _blend(value, value * self.factor, where)
+        factor = self.factor
+        if isinstance(factor, torch.Tensor):  # one factor per batch row
+            if factor.shape[0] != value.shape[0]:
+                raise ValueError(f"{factor.shape[0]} scale factors (one per batch row) but the batch at {site.name!r} "
+                                 f"has {value.shape[0]} rows")
+            factor = factor.to(device=value.device, dtype=value.dtype).reshape((-1,) + (1,) * (value.dim() - 1))
+        return _blend(value, value * factor, where)
 
 
 @dataclass(frozen=True)
@@ -305,7 +337,7 @@ class Patch(Intervention):
     def check(self, site, model):
         if self.source is None:
             raise ValueError("Patch needs a source run, cache or tensor")
-        _source_tensor(self.source, site, model)
+        _check_finite(_source_tensor(self.source, site, model), f"the patch source at {site.name!r}")
 
     def edit(self, value, where, ctx, site):
         src = _source_tensor(self.source, site, None).to(device=value.device, dtype=value.dtype)

@@ -7,6 +7,8 @@ an architecture adapter that names transformer hook points the TransformerLens w
 
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 from .hookpoints import HookPointTable, Site
+from .notices import NonFiniteWarning, UnusedInterventionWarning
 from .hooks import attach, check_intervention, check_selection
 from .interventions import Intervention, Patch, _source_tensor
 from .positions import AllPositions, PositionsLike, TokenContext, as_positions, column_of
@@ -314,6 +317,7 @@ class Model:
                 output = call()
             live = dict(state.store)
         run = Run(output=output, cache=Cache(live, self.model_id, self.table), model_id=self.model_id, **extra)
+        _warn_if_non_finite(run, edits)
         grads = None
         if grad:
             with torch.enable_grad():
@@ -354,14 +358,39 @@ class Model:
         Every hook is removed when the block ends, also on an exception.
         """
         edits = self._bind(interventions)
-        with self._runtime([s for s, _ in edits]), attach(self.module, edits, (), tracker=self.tracker):
+        with self._runtime([s for s, _ in edits]), attach(self.module, edits, (), tracker=self.tracker,
+                                                         track_use=True) as state:
             yield
+        unused = [f"{type(iv).__name__} at {s.name} (positions {iv.positions.describe()})"
+                  for i, (s, iv) in enumerate(edits) if state.calls and s.pos_axis is not None and i not in state.used]
+        if unused:
+            warnings.warn(f"{'; '.join(unused)} edited no token in any of the {state.calls} forward pass(es) of this "
+                          "block", UnusedInterventionWarning, stacklevel=3)
 
     def __call__(self, *args, **kwargs):
         return self.module(*args, **kwargs)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {len(self.table.names)} hook points)"
+
+
+def _warn_if_non_finite(run: Run, edits: Sequence[tuple[Site, Intervention]]) -> None:
+    """Say so when a run's logits are not all finite (the values would poison every metric)."""
+    try:
+        logits = run.logits
+    except (AttributeError, IndexError, TypeError):
+        return
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        return
+    finite = torch.isfinite(logits)
+    if bool(finite.all()):
+        return
+    bad = int((~finite).sum())
+    rows = (~finite).reshape(finite.shape[0], -1).any(1).nonzero().flatten().tolist()
+    cause = (f"; interventions: {', '.join(f'{type(iv).__name__} at {s.name}' for s, iv in edits[:6])}"
+             if edits else "")
+    warnings.warn(f"the run's logits hold {bad} NaN or inf value(s) in batch row(s) {rows[:8]}{cause}",
+                  NonFiniteWarning, stacklevel=3)
 
 
 def _detach(output: Any) -> Any:

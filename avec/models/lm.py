@@ -9,7 +9,9 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
+from ..core.hooks import check_selection
 from ..core.interventions import Patch
+from ..core.positions import TokenContext
 from ..core.model import Model, Run
 from .architectures import Architecture, architecture_for, dims_of, hook_table
 
@@ -96,9 +98,29 @@ class LanguageModel(Model):
         empty = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p]
         if empty:
             raise ValueError(f"empty input: prompt(s) {empty} are empty strings or not strings")
+        before = self.tokenizer.padding_side
         self.tokenizer.padding_side = padding_side
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True)
-        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        try:
+            enc = self.tokenizer(prompts, return_tensors="pt", padding=True)
+        finally:  # the tokenizer is the user's object too: leave it as it was
+            self.tokenizer.padding_side = before
+        ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        self.check_context(ids.shape[1])
+        return ids, mask
+
+    @property
+    def context_length(self) -> int | None:
+        """The longest sequence the model was trained on (``max_position_embeddings``), if it says."""
+        n = getattr(self.config, "max_position_embeddings", None)
+        return int(n) if isinstance(n, int) and n > 0 else None
+
+    def check_context(self, n_tokens: int, what: str = "the input") -> None:
+        """Refuse sequences longer than the model's context: positions past it are untrained and the
+        run would take minutes (attention is quadratic) to produce meaningless values."""
+        limit = self.context_length
+        if limit is not None and n_tokens > limit:
+            raise ValueError(f"{what} is {n_tokens} tokens long but {self.name!r} has a context of {limit} tokens; "
+                             f"shorten it (or split it into pieces of at most {limit} tokens)")
 
     def to_tokens(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -141,6 +163,9 @@ class LanguageModel(Model):
             raise TypeError(f"token ids must be integers, got {ids.dtype}")
         if int(ids.max()) >= self.dims.vocab or int(ids.min()) < 0:
             raise ValueError(f"token ids must lie in 0..{self.dims.vocab - 1}")
+        if mask.shape != ids.shape:
+            raise ValueError(f"attention_mask has shape {list(mask.shape)} but input_ids has {list(ids.shape)}")
+        self.check_context(ids.shape[1])
         return ids, mask, prompts
 
     def _prepare(self, inputs: Any, **forward_kwargs: Any):
@@ -248,7 +273,14 @@ class LanguageModel(Model):
                 self.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
                 for p in prompts
             ]
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
         ids, mask = self.tokenize(prompts, padding_side="left")
+        self.check_context(ids.shape[1] + max_new_tokens, f"the longest prompt plus max_new_tokens={max_new_tokens}")
+        edits = [x for x in ([steer] if steer is not None else []) + list(interventions)]
+        prompt_pass = TokenContext.from_mask(mask.cpu())
+        new_tokens = TokenContext(prompt_pass.pad_left, prompt_pass.prompt_len, ids.shape[1], max_new_tokens)
+        check_selection(self._bind(edits), [prompt_pass, new_tokens], lengths_hint=f", + {max_new_tokens} generated")
         kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=use_cache,
                                       pad_token_id=self.tokenizer.pad_token_id)
         if do_sample:
@@ -272,7 +304,6 @@ class LanguageModel(Model):
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if seed is not None:
             torch.manual_seed(seed)
-        edits = [x for x in ([steer] if steer is not None else []) + list(interventions)]
         with torch.no_grad(), self.intervene(*edits):
             out = self.hf.generate(input_ids=ids, attention_mask=mask, **kwargs)
         texts = self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
