@@ -54,10 +54,10 @@ def tour(out: str = typer.Option("avec-tour.html", help="where to write the HTML
     """Run every technique on the bundled models and write one self-contained HTML report."""
     import torch
 
-    from .io import check_writable
+    from .io import check_out_option
     from .report.tour import run_tour
 
-    check_writable(out, (".html", ".htm"), what="--out")
+    check_out_option(out, (".html", ".htm"))
     if threads is not None and threads < 1:
         raise typer.BadParameter(f"--threads must be >= 1, got {threads}")
     if threads:

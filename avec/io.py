@@ -77,10 +77,10 @@ def check_writable(path: str | os.PathLike, suffixes: tuple[str, ...] | None = N
     if path is None or str(path).strip() == "":
         raise ValueError(f"{what} is empty; give a file path")
     p = Path(path).expanduser()
-    if suffixes is not None and p.suffix.lower() not in tuple(s.lower() for s in suffixes):
-        raise ValueError(f"{what} {str(path)!r} has suffix {p.suffix or '(none)'!r}; allowed: {', '.join(suffixes)}")
     if p.is_dir():
         raise ValueError(f"{what} {str(path)!r} is an existing folder; give a file path inside it")
+    if suffixes is not None and p.suffix.lower() not in tuple(s.lower() for s in suffixes):
+        raise ValueError(f"{what} {str(path)!r} has suffix {p.suffix or '(none)'!r}; allowed: {', '.join(suffixes)}")
     _check_folder_reachable(p.parent, what, path)
     return p
 
@@ -101,3 +101,17 @@ def atomic_savefig(fig: Any, path: str | os.PathLike, **kwargs: Any) -> Path:
     """``fig.savefig(path, **kwargs)`` written atomically (the format is taken from the suffix)."""
     fmt = Path(path).suffix.lstrip(".").lower() or "png"
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, **kwargs))
+
+
+def check_out_option(path: str | os.PathLike | None, suffixes: tuple[str, ...] | None = None, *,
+                     what: str = "--out", folder: bool = False):
+    """For CLI commands: ``check_writable`` (or ``check_writable_dir`` with ``folder``) of an optional
+    output option, its ValueError turned into a ``typer.BadParameter`` (exit status 2). None passes."""
+    if path is None:
+        return None
+    import typer
+
+    try:
+        return check_writable_dir(path, what=what) if folder else check_writable(path, suffixes, what=what)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None

@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import typer
 
-from ..io import FIGURE_SUFFIXES, atomic_savefig, check_writable, check_writable_dir
+from ..io import FIGURE_SUFFIXES, atomic_savefig, check_out_option
 from .world import WORLD
 
 STATS = ("cheese", "top_right", "both", "random", "averaged", "transfer", "all_layers")
@@ -66,10 +66,7 @@ def _n(n: int) -> int:
 
 def _out(out: str) -> str:
     """--out must be writable with a figure suffix: checked before any work."""
-    try:
-        check_writable(out, FIGURE_SUFFIXES, what="--out")
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
+    check_out_option(out, FIGURE_SUFFIXES)
     return out
 
 
@@ -133,11 +130,7 @@ def register(app: typer.Typer) -> None:
 
         chosen = [_choice(e, STATS, "experiment") for e in (experiment or STATS)]
         n = _n(n)
-        if plot_dir is not None:
-            try:
-                check_writable_dir(plot_dir, what="--plot-dir")
-            except ValueError as e:
-                raise typer.BadParameter(str(e)) from None
+        check_out_option(plot_dir, what="--plot-dir", folder=True)
         p, region = _load(policy, region)
         hook = _hook(p, hook)
         mazes = off_region_mazes(region, n)
