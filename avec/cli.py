@@ -100,18 +100,35 @@ def error_line(e: BaseException) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    """The `avec` console script: the typer app, with every error a command raises printed as one line
-    (``error: ...``) on stderr and exit status 2 for bad input (``BAD_INPUT``), 1 for other failures.
-    ``AVEC_DEBUG=1`` re-raises instead, for the full traceback. Usage errors that click itself detects
-    (unknown option, missing argument, ``typer.BadParameter``) keep click's message and exit status 2."""
+    """The `avec` console script: the typer app, with every error printed as one line on stderr,
+    ``error: <what was wrong, what is allowed>``, and exit status 2 for bad input (usage errors,
+    ``typer.BadParameter`` and the ``BAD_INPUT`` exceptions), 1 for other failures.
+    ``AVEC_DEBUG=1`` re-raises instead, for the full traceback."""
+    # typer raises its own (vendored) click's exceptions: take them from where BadParameter lives
+    click = sys.modules[typer.BadParameter.__module__]
     try:
-        app(args=argv, prog_name="avec")
-    except Exception as e:  # SystemExit / KeyboardInterrupt are not Exceptions: click's exits pass through
+        rv = app(args=argv, prog_name="avec", standalone_mode=False)
+    except click.NoArgsIsHelpError as e:  # `avec` / `avec maze` alone: the help
+        e.show()
+        sys.exit(e.exit_code)
+    except click.ClickException as e:  # usage errors, BadParameter raised by the commands
+        if _debug():
+            raise
+        sys.stdout.flush()
+        hint = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) is not None and \
+            isinstance(e, click.UsageError) else ""
+        print(f"error: {' '.join(e.format_message().split())}{hint}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
+    except typer.Abort:  # Ctrl-C / EOF at a prompt
+        print("Aborted!", file=sys.stderr, flush=True)
+        sys.exit(EXIT_FAILURE)
+    except Exception as e:  # SystemExit / KeyboardInterrupt are not Exceptions
         if _debug():
             raise
         sys.stdout.flush()
         print(error_line(e), file=sys.stderr, flush=True)
         sys.exit(EXIT_BAD_INPUT if isinstance(e, BAD_INPUT) else EXIT_FAILURE)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover
