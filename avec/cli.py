@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import List, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="avec: algebraic value editing and interpretability")
+# pretty_exceptions_enable=False: no rich traceback box; `main` turns errors into one line
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="avec: algebraic value editing and interpretability "
+                       "(errors are one line; set AVEC_DEBUG=1 for the full traceback)")
+
+EXIT_FAILURE, EXIT_BAD_INPUT = 1, 2
+# what avec's own validation raises for bad arguments, options, files and names
+BAD_INPUT = (ValueError, KeyError, TypeError, IndexError, FileNotFoundError, FileExistsError,
+             IsADirectoryError, NotADirectoryError, PermissionError)
 
 
 @app.command()
@@ -45,8 +54,12 @@ def tour(out: str = typer.Option("avec-tour.html", help="where to write the HTML
     """Run every technique on the bundled models and write one self-contained HTML report."""
     import torch
 
+    from .io import check_out_option
     from .report.tour import run_tour
 
+    check_out_option(out, (".html", ".htm"))
+    if threads is not None and threads < 1:
+        raise typer.BadParameter(f"--threads must be >= 1, got {threads}")
     if threads:
         torch.set_num_threads(threads)
 
@@ -72,9 +85,51 @@ def _register_techniques() -> None:
 _register_techniques()
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def _debug() -> bool:
+    return os.environ.get("AVEC_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def error_line(e: BaseException) -> str:
+    """``error: <message>`` for an exception: its message on one line (a KeyError without its quotes);
+    exceptions that are not bad input also name their type and how to see the traceback."""
+    msg = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 else e
+    msg = " ".join(str(msg).split()) or type(e).__name__
+    if isinstance(e, BAD_INPUT):
+        return f"error: {msg}"
+    return f"error: {type(e).__name__}: {msg} (set AVEC_DEBUG=1 for the traceback)"
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """The `avec` console script: the typer app, with every error printed as one line on stderr,
+    ``error: <what was wrong, what is allowed>``, and exit status 2 for bad input (usage errors,
+    ``typer.BadParameter`` and the ``BAD_INPUT`` exceptions), 1 for other failures.
+    ``AVEC_DEBUG=1`` re-raises instead, for the full traceback."""
+    # typer raises its own (vendored) click's exceptions: take them from where BadParameter lives
+    click = sys.modules[typer.BadParameter.__module__]
+    try:
+        rv = app(args=argv, prog_name="avec", standalone_mode=False)
+    except click.NoArgsIsHelpError as e:  # `avec` / `avec maze` alone: the help
+        e.show()
+        sys.exit(e.exit_code)
+    except click.ClickException as e:  # usage errors, BadParameter raised by the commands
+        if _debug():
+            raise
+        sys.stdout.flush()
+        hint = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) is not None and \
+            isinstance(e, click.UsageError) else ""
+        print(f"error: {' '.join(e.format_message().split())}{hint}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
+    except typer.Abort:  # Ctrl-C / EOF at a prompt
+        print("Aborted!", file=sys.stderr, flush=True)
+        sys.exit(EXIT_FAILURE)
+    except Exception as e:  # SystemExit / KeyboardInterrupt are not Exceptions
+        if _debug():
+            raise
+        sys.stdout.flush()
+        print(error_line(e), file=sys.stderr, flush=True)
+        sys.exit(EXIT_BAD_INPUT if isinstance(e, BAD_INPUT) else EXIT_FAILURE)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    main()

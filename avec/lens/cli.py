@@ -6,10 +6,12 @@ from typing import List, Optional
 
 import typer
 
+from ..io import FIGURE_SUFFIXES, atomic_savefig, check_out_option
+
 
 def _save(fig, out: Optional[str]) -> None:
     if out:
-        fig.savefig(out, dpi=120, bbox_inches="tight")
+        atomic_savefig(fig, out, dpi=120, bbox_inches="tight")
         typer.echo(f"wrote {out}")
 
 
@@ -24,6 +26,7 @@ def register(app: typer.Typer) -> None:
         from ..models import load
         from .logit_lens import logit_lens
 
+        check_out_option(out, FIGURE_SUFFIXES)
         lm = load(model)
         ll = logit_lens(lm, prompt, tokens=token or None, points=points)
         frame = ll.to_frame()
@@ -44,6 +47,7 @@ def register(app: typer.Typer) -> None:
         from ..models import load
         from .dla import dla
 
+        check_out_option(out, FIGURE_SUFFIXES)
         lm = load(model)
         res = dla(lm, prompt, target=target, against=against, heads=heads)
         typer.echo(f"{res.label} = {res.logit.item():.4f}; contributions sum to {res.total.item():.4f}")
@@ -69,6 +73,12 @@ def register(app: typer.Typer) -> None:
         from ..models import load
         from .tuned_lens import compare_lenses, train_tuned_lens
 
+        check_out_option(out_dir, what="OUT_DIR", folder=True)
+        check_out_option(out, FIGURE_SUFFIXES)
+        for name, value, lo in (("--steps", steps, 0), ("--batch-tokens", batch_tokens, 1),
+                                ("--score-tokens", score_tokens, 1)):
+            if value < lo:
+                raise typer.BadParameter(f"{name} must be >= {lo}, got {value}")
         if text:
             paras = [p.strip() for f in text for p in Path(f).read_text().split("\n\n") if p.strip()]
             if len(paras) < 2:
@@ -92,6 +102,7 @@ def register(app: typer.Typer) -> None:
         from ..models import load
         from .norms import growth_rate, residual_norms, weight_norms
 
+        check_out_option(out, FIGURE_SUFFIXES)
         lm = load(model)
         prompts = prompt or ["The Eiffel Tower is in the city of Paris.", "I hate you because you never listen."]
         norms = residual_norms(lm, prompts)

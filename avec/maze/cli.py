@@ -7,11 +7,13 @@ sweep), ``retarget`` (channel retargeting), ``field`` (one maze's vector field),
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
+from ..io import FIGURE_SUFFIXES, atomic_savefig, check_out_option
 from .world import WORLD
 
 STATS = ("cheese", "top_right", "both", "random", "averaged", "transfer", "all_layers")
@@ -62,6 +64,18 @@ def _n(n: int) -> int:
     return n
 
 
+def _out(out: str) -> str:
+    """--out must be writable with a figure suffix: checked before any work."""
+    check_out_option(out, FIGURE_SUFFIXES)
+    return out
+
+
+def _finite(value: Optional[float], option: str) -> Optional[float]:
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{option} must be a finite number, got {value}")
+    return value
+
+
 def _table(frame) -> str:
     return frame.to_string(index=False, float_format=lambda x: f"{x:.3f}")
 
@@ -89,12 +103,13 @@ def register(app: typer.Typer) -> None:
         from .fields import vector_field
         from .world import Maze
 
+        out, coeff = _out(out), _finite(coeff, "--coeff")
         p, _ = _load(policy, None)
         hook = _hook(p, hook)
         m = Maze.from_seed(seed)
         base = vector_field(p, m)
         steered = vector_field(p, m, steer=coeff * cheese_vector(p, m, hook), label=f"cheese vector x {coeff:g}")
-        steered.plot(compare_to=base).savefig(out, dpi=90, bbox_inches="tight")
+        atomic_savefig(steered.plot(compare_to=base), out, dpi=90, bbox_inches="tight")
         typer.echo(f"wrote {out}")
 
     @maze.command("stats")
@@ -114,8 +129,10 @@ def register(app: typer.Typer) -> None:
         from .evaluate import off_region_mazes
 
         chosen = [_choice(e, STATS, "experiment") for e in (experiment or STATS)]
+        n = _n(n)
+        check_out_option(plot_dir, what="--plot-dir", folder=True)
         p, region = _load(policy, region)
-        hook, n = _hook(p, hook), _n(n)
+        hook = _hook(p, hook)
         mazes = off_region_mazes(region, n)
         runs = {"cheese": lambda: ex.cheese_vector_stats(p, mazes=mazes, at=hook),
                 "top_right": lambda: ex.top_right_stats(p, mazes=mazes, at=hook),
@@ -129,8 +146,7 @@ def register(app: typer.Typer) -> None:
             st = runs[e]()
             rows.append(st.summary())
             if plot_dir is not None:
-                plot_dir.mkdir(parents=True, exist_ok=True)
-                st.plot().savefig(plot_dir / f"maze-stats-{e}.png", dpi=90, bbox_inches="tight")
+                atomic_savefig(st.plot(), plot_dir / f"maze-stats-{e}.png", dpi=90, bbox_inches="tight")
         typer.echo(_table(pd.DataFrame(rows)))
         if plot_dir is not None:
             typer.echo(f"wrote {len(chosen)} plot(s) to {plot_dir}")
@@ -152,14 +168,15 @@ def register(app: typer.Typer) -> None:
         from .evaluate import off_region_mazes
         from .experiments import coefficient_sweep
 
-        kind = _choice(kind, KINDS, "kind")
+        kind, out, n = _choice(kind, KINDS, "kind"), _out(out), _n(n)
+        _finite(lo, "--min"), _finite(hi, "--max")
         if steps < 2 or not hi > lo:
             raise typer.BadParameter(f"need --steps >= 2 and --max > --min, got {steps}, [{lo}, {hi}]")
         p, region = _load(policy, region)
-        hook, n = _hook(p, hook), _n(n)
+        hook = _hook(p, hook)
         res = coefficient_sweep(p, off_region_mazes(region, n), kind, np.linspace(lo, hi, steps), at=hook)
         typer.echo(_table(res.to_frame()))
-        res.plot().savefig(out, dpi=90, bbox_inches="tight")
+        atomic_savefig(res.plot(), out, dpi=90, bbox_inches="tight")
         typer.echo(f"wrote {out}")
 
     @maze.command("layers")
@@ -173,9 +190,10 @@ def register(app: typer.Typer) -> None:
         from .evaluate import off_region_mazes
         from .experiments import layer_sweep
 
+        n, coeff = _n(n), _finite(coeff, "--coeff")
         p, region = _load(policy, region)
         hooks = [_hook(p, h) for h in hook] if hook else None
-        frame = layer_sweep(p, off_region_mazes(region, _n(n)), hooks, coeff)
+        frame = layer_sweep(p, off_region_mazes(region, n), hooks, coeff)
         cols = ["hook"] + [c for c in frame.columns if c not in ("hook", "experiment")]
         typer.echo(_table(frame[cols]))
 
@@ -201,20 +219,22 @@ def register(app: typer.Typer) -> None:
         from .evaluate import off_region_mazes
         from .retarget import retarget_experiment
 
+        out, n, value = _out(out), _n(n), _finite(value, "--value")
         if scale != "auto":
             try:
                 scale = float(scale)
             except ValueError:
                 raise typer.BadParameter(f"--scale must be a number or 'auto', got {scale!r}") from None
+            _finite(scale, "--scale")
         if k < 1 or calibration < 2:
             raise typer.BadParameter(f"need --k >= 1 and --calibration >= 2, got {k}, {calibration}")
         p, region = _load(policy, region)
-        hook, n = _hook(p, hook), _n(n)
+        hook = _hook(p, hook)
         res = retarget_experiment(p, off_region_mazes(region, n), scale=scale, value=value, k=k,
                                   calibration=calibration, remove_cheese=remove_cheese, use_offsets=offsets, at=hook)
         typer.echo(json.dumps(res.summary(), indent=1))
         typer.echo(_table(res.by_distance()))
-        res.plot().savefig(out, dpi=90, bbox_inches="tight")
+        atomic_savefig(res.plot(), out, dpi=90, bbox_inches="tight")
         typer.echo(f"wrote {out}")
 
     @maze.command("behaviour")
@@ -232,11 +252,12 @@ def register(app: typer.Typer) -> None:
 
         if max_steps < 1:
             raise typer.BadParameter(f"--max-steps must be >= 1, got {max_steps}")
+        out, n = _out(out), _n(n)
         p, _ = _load(policy, None)
-        res = behaviour_statistics(p, _n(n), max_steps=max_steps, seed=seed)
+        res = behaviour_statistics(p, n, max_steps=max_steps, seed=seed)
         typer.echo(json.dumps({**res.summary(), "original_agent": ORIGINAL_AGENT}, indent=1))
         typer.echo(_table(res.by_bins("d_euclid_cheese_top_right").reset_index().astype({"bin": str})))
-        res.plot().savefig(out, dpi=90, bbox_inches="tight")
+        atomic_savefig(res.plot(), out, dpi=90, bbox_inches="tight")
         typer.echo(f"wrote {out}")
 
     app.add_typer(maze, name="maze")

@@ -14,6 +14,7 @@ Width scale s = 4 is the original agents' size (block2.res1.resadd: 128 x 16 x 1
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -27,6 +28,7 @@ from safetensors.torch import save_file
 from ..io import atomic_write, atomic_write_json  # noqa: F401  (atomic_write_json: re-exported)
 
 FORMAT = "avec-maze-policy/1"
+CHECKSUM_KEY = "avec.tensors_sha256"  # safetensors header key of ``tensors_digest`` (files since this key)
 
 
 class PolicyOutput(NamedTuple):
@@ -152,11 +154,36 @@ def from_state_dict(state: dict, source: str = "<state dict>") -> ImpalaPolicy:
 def load_procgen_tools(path: str | os.PathLike) -> ImpalaPolicy:
     """Load a procgen-tools / Langosco et al. ``.pth`` checkpoint (``{'model_state_dict': ...}``)
     safely (``weights_only=True``); the width scale is read off the first conv."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling / zip errors of a damaged or foreign file
+        raise ValueError(f"checkpoint {path} cannot be read as a torch .pth file (corrupt?): "
+                         f"{type(e).__name__}: {' '.join(str(e).split())}") from None
     state = ckpt.get("model_state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a dict with 'model_state_dict', got {type(ckpt).__name__}")
+    _check_finite({k: v for k, v in state.items() if isinstance(v, torch.Tensor)}, path)
     return from_state_dict(state, str(path))
+
+
+def tensors_digest(tensors: dict) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order: what ``save_policy`` stores
+    under ``CHECKSUM_KEY`` and ``read_checkpoint`` checks (flipped bits anywhere in the data change it)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _check_finite(tensors: dict, source) -> None:
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"checkpoint {source} is corrupt: non-finite (NaN/inf) values in {len(bad)} tensor(s), "
+                         f"e.g. {bad[:3]}; re-download or retrain it")
 
 
 def save_policy(policy: ImpalaPolicy, path: str | os.PathLike, metadata: dict | None = None,
@@ -168,22 +195,44 @@ def save_policy(policy: ImpalaPolicy, path: str | os.PathLike, metadata: dict | 
     tensors = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
     for k, v in (extra_tensors or {}).items():
         tensors["extra." + k] = v.detach().cpu().contiguous()
-    header = {"avec": json.dumps(meta)}
+    header = {"avec": json.dumps(meta), CHECKSUM_KEY: tensors_digest(tensors)}
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict, dict]:
-    """(policy state, extra tensors, metadata) of one of our safetensors checkpoints."""
+    """(policy state, extra tensors, metadata) of one of our safetensors checkpoints.
+
+    Corruption is a ``ValueError`` naming the file: an unreadable header, tensors whose sha256 differs
+    from the one stored at save time (``CHECKSUM_KEY``), and, for every file (older ones have no
+    checksum), non-finite weights."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint path {path} is a folder; give a .safetensors file")
+    tensors = {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            for k in f.keys():
+                tensors[k] = f.get_tensor(k)
+    except Exception as e:  # safetensors raises its own SafetensorError (and OSError) on a bad file
+        raise ValueError(f"checkpoint {path} is not a readable safetensors file (corrupt or truncated?): {e}") from None
+    try:
+        meta = json.loads(header.get("avec", "{}"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"checkpoint {path} is corrupt: its 'avec' metadata is not JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise ValueError(f"{path} is not an avec maze policy checkpoint (format={fmt!r})")
+    stored = header.get(CHECKSUM_KEY)
+    if stored is not None and tensors_digest(tensors) != stored:
+        raise ValueError(f"checkpoint {path} is corrupt: its tensors' sha256 differs from the one stored when it "
+                         "was saved; re-download or retrain it")
+    _check_finite(tensors, path)
     state, extra = {}, {}
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("avec", "{}"))
-        for k in f.keys():
-            (extra if k.startswith("extra.") else state)[k.removeprefix("extra.")] = f.get_tensor(k)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an avec maze policy checkpoint (format={meta.get('format')!r})")
+    for k, v in tensors.items():
+        (extra if k.startswith("extra.") else state)[k.removeprefix("extra.")] = v
     return state, extra, meta
 
 

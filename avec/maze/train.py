@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..io import atomic_write, atomic_write_json
+from ..io import atomic_write, atomic_write_json, check_writable
 from .env import ACTION_NAMES, GROUP_MATRIX
 from .evaluate import Batch, evaluate, rollout
 from .policy import ImpalaPolicy, PolicyOutput, from_state_dict, read_checkpoint, save_policy
@@ -214,6 +214,51 @@ def _restore_adam(opt, policy, extra: dict) -> None:
             }
 
 
+CHECKPOINT_SUFFIX = ".safetensors"
+
+
+def output_paths(out_path) -> tuple[Path, Path, Path]:
+    """(checkpoint, report ``<name>.json``, curves ``<name>.curves.csv``) of a training run. The
+    checkpoint must end in ``.safetensors``: with any other name one of the three files could be
+    another (``--out p.json`` would have the report overwrite the checkpoint)."""
+    out_path = Path(out_path)
+    if out_path.suffix != CHECKPOINT_SUFFIX:
+        raise ValueError(f"checkpoint path {str(out_path)!r} must end in {CHECKPOINT_SUFFIX} (got suffix "
+                         f"{out_path.suffix or '(none)'!r}): the run also writes <name>.json (report) and "
+                         "<name>.curves.csv (curves) beside it")
+    return out_path, out_path.with_suffix(".json"), out_path.with_suffix(".curves.csv")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _name(option: str) -> str:
+    """``batch_size (--batch-size)``: the argument and, if ``avec maze train`` has it, its flag."""
+    flag = "--" + option.replace("_", "-")
+    return option if option in ("warmup_steps", "checkpoint_every", "eval_every") else f"{option} ({flag})"
+
+
+def _check_options(opts: dict, init_from) -> None:
+    """ValueError naming the first option whose value makes no sense, and what is allowed."""
+    at_least = dict(scale=1, batch_size=1, threads=1, dagger_every=1, dagger_mazes=2, dagger_steps=1,
+                    per_maze=1, warmup_steps=0, size_ramp=0, eval_every=1, seed=0)
+    for name, lo in at_least.items():
+        v = opts[name]
+        if not _is_int(v) or v < lo:
+            raise ValueError(f"{_name(name)} must be an int >= {lo}, got {v!r}")
+    ms = opts["max_steps"]
+    if ms is not None and (not _is_int(ms) or ms < (0 if init_from is not None else 1)):
+        raise ValueError(f"{_name('max_steps')} must be None or an int >= 1 (0 only with init_from: a copy of its weights), "
+                         f"got {ms!r}")
+    for name, positive in (("minutes", True), ("lr", True), ("checkpoint_every", False), ("size_power", None)):
+        v = opts[name]
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if not ok or (positive and not v > 0) or (positive is False and v < 0):
+            need = {True: "> 0", False: ">= 0", None: "any value"}[positive]
+            raise ValueError(f"{_name(name)} must be a finite number {need}, got {v!r}")
+
+
 def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1, batch_size: int = 128,
                  lr: float = 1e-3, seed: int = 0, dagger_every: int = 150, dagger_mazes: int = 64,
                  dagger_steps: int = 200, dagger_frac: float = 0.5, warmup_steps: int = 300,
@@ -232,10 +277,15 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
     for name, frac in (("path_frac", path_frac), ("pull_frac", pull_frac), ("dagger_frac", dagger_frac)):
         if not 0.0 <= frac <= 1.0:
             raise ValueError(f"{name} must be a fraction in [0, 1], got {frac!r}")
+    _check_options(dict(minutes=minutes, scale=scale, batch_size=batch_size, lr=lr, seed=seed,
+                        dagger_every=dagger_every, dagger_mazes=dagger_mazes, dagger_steps=dagger_steps,
+                        warmup_steps=warmup_steps, checkpoint_every=checkpoint_every, eval_every=eval_every,
+                        max_steps=max_steps, threads=threads, size_power=size_power, size_ramp=size_ramp,
+                        per_maze=per_maze), init_from)
+    out_path, report_path, curves_path = output_paths(out_path)
+    for path, what in ((out_path, "checkpoint path"), (report_path, "report path"), (curves_path, "curves path")):
+        check_writable(path, what=what)  # before any work: not a folder, not below a file, writable
     torch.set_num_threads(threads)  # leave the other core free
-    out_path = Path(out_path)
-    curves_path = out_path.with_suffix(".curves.csv")
-    report_path = out_path.with_suffix(".json")
     config = dict(region=region, minutes=minutes, scale=scale, batch_size=batch_size, lr=lr, seed=seed,
                   dagger_every=dagger_every, dagger_mazes=dagger_mazes, dagger_steps=dagger_steps,
                   dagger_frac=dagger_frac, warmup_steps=warmup_steps, max_steps=max_steps,
@@ -339,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     """``avec maze train`` without a CLI framework: ``main(["--region", "5", "--out", "p.safetensors"])``."""
     ap = argparse.ArgumentParser(prog="avec maze train", description=__doc__.split("\n")[0])
     ap.add_argument("--region", type=int, required=True, help="top-right R x R cheese region (1..25)")
-    ap.add_argument("--out", required=True, help="checkpoint path (.safetensors); resumes if unfinished")
+    ap.add_argument("--out", required=True, help="checkpoint path, must end in .safetensors (the report goes to "
+                    "<name>.json, the curves to <name>.curves.csv); resumes if unfinished")
     ap.add_argument("--minutes", type=float, default=40.0, help="wall-clock training budget")
     ap.add_argument("--max-steps", type=int, default=None, help="stop after this many steps instead")
     ap.add_argument("--scale", type=int, default=1, help="Impala width scale s (16s/32s/32s channels)")
@@ -364,6 +415,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="fraction of the other fresh states drawn where the cheese's move and the top-right's differ")
     ap.add_argument("--no-bf16", action="store_true", help="train in float32 (default: bfloat16 autocast)")
     args = ap.parse_args(argv)
+    if not (math.isfinite(args.minutes) and args.minutes > 0):
+        raise ValueError(f"--minutes must be a finite number > 0, got {args.minutes}")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
     cmd = "avec maze train " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     report = train_policy(args.region, args.out, minutes=args.minutes, max_steps=args.max_steps,
                           scale=args.scale, batch_size=args.batch_size, lr=args.lr, seed=args.seed,

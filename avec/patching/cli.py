@@ -6,6 +6,8 @@ from typing import Optional
 
 import typer
 
+from ..io import FIGURE_SUFFIXES, atomic_savefig, check_out_option
+
 
 def register(app: typer.Typer) -> None:
     @app.command("patch")
@@ -25,6 +27,9 @@ def register(app: typer.Typer) -> None:
         from .activation import activation_patching
         from .attribution import attribution_patching
 
+        check_out_option(out, FIGURE_SUFFIXES)
+        if chunk_size < 1:
+            raise typer.BadParameter(f"--chunk-size must be >= 1, got {chunk_size}")
         lm = load(model)
         kw = dict(answer=answer, wrong=wrong, direction=direction)
         if attribution:
@@ -37,5 +42,5 @@ def register(app: typer.Typer) -> None:
         top = frame.reindex(frame["score"].abs().sort_values(ascending=False).index).head(15)
         typer.echo(top.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
         if out:
-            res.plot().savefig(out, dpi=120, bbox_inches="tight")
+            atomic_savefig(res.plot(), out, dpi=120, bbox_inches="tight")
             typer.echo(f"wrote {out}")

@@ -7,6 +7,26 @@ from typing import List, Optional
 
 import typer
 
+from ..io import FIGURE_SUFFIXES, atomic_savefig, atomic_write, check_out_option
+
+VECTOR_SUFFIXES = (".safetensors", ".gguf")
+
+
+def _threads(threads: Optional[int]) -> None:
+    if threads is not None and threads < 1:
+        raise typer.BadParameter(f"--threads must be >= 1, got {threads}")
+
+
+def _coeffs(coeffs: str) -> list[float]:
+    """--coeffs "-10,-5,5,10" as floats; a bad entry or an empty list is refused."""
+    try:
+        out = [float(x) for x in coeffs.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--coeffs must be comma-separated numbers (e.g. -10,-5,5,10), got {coeffs!r}") from None
+    if not out:
+        raise typer.BadParameter("--coeffs is empty; give comma-separated numbers (e.g. -10,-5,5,10)")
+    return out
+
 
 def steer(
     prompts: List[str] = typer.Argument(..., help="prompt(s) to complete"),
@@ -29,6 +49,7 @@ def steer(
     from .contrast import contrast
     from .generation import side_by_side
 
+    check_out_option(save, VECTOR_SUFFIXES, what="--save")
     lm = load(model)
     vector = contrast(lm, plus, minus, at=layer, pad=pad)
     typer.echo(vector.describe())
@@ -70,6 +91,10 @@ def scan(
     from .contrast import contrast
     from .scan import coefficient_scan
 
+    check_out_option(plot, FIGURE_SUFFIXES, what="--plot")
+    check_out_option(csv, (".csv",), what="--csv")
+    if n < 1:
+        raise typer.BadParameter(f"--n must be >= 1, got {n}")
     lm = load(model)
     vector = contrast(lm, plus, minus, at=layer)
     result = coefficient_scan(lm, prompt, vector, (target, against), n=n, lo=lo, hi=hi, heads=heads,
@@ -84,10 +109,10 @@ def scan(
         import matplotlib
 
         matplotlib.use("Agg")
-        result.plot().savefig(plot, dpi=110, bbox_inches="tight")
+        atomic_savefig(result.plot(), plot, dpi=110, bbox_inches="tight")
         typer.echo(f"wrote {plot}")
     if csv:
-        frame.to_csv(csv)
+        atomic_write(csv, frame.to_csv)
         typer.echo(f"wrote {csv}")
 
 
@@ -106,6 +131,8 @@ def caa(
     from .caa import ab_pairs, load_ab, mean_difference
     from .evaluate import ab_eval
 
+    check_out_option(save, VECTOR_SUFFIXES, what="--save")
+    values = _coeffs(coeffs)
     lm = load(model)
     train_items, test_items = load_ab(behaviour, "train")[:train], load_ab(behaviour, "test")[:test]
     vector = mean_difference(lm, ab_pairs(lm, train_items), at=layer, name=behaviour)
@@ -114,7 +141,7 @@ def caa(
     base = ab_eval(lm, test_items)
     typer.echo(f"{len(test_items)} test items; p(A)+p(B) = {float((base.p_a + base.p_b).mean()):.3f}")
     typer.echo(f"coeff   0: p(match)/(p(A)+p(B)) = {base.score:.3f}")
-    for c in [float(x) for x in coeffs.split(",") if x.strip()]:
+    for c in values:
         typer.echo(f"coeff {c:+g}: p(match)/(p(A)+p(B)) = {ab_eval(lm, test_items, c * vector, positions=positions).score:.3f}")
     if save:
         path = vector.to_gguf(save) if save.endswith(".gguf") else vector.save(save)
@@ -130,6 +157,8 @@ def _reproduction_command(name: str, title: str):
     ) -> None:
         from .reproduce import reproduce
 
+        check_out_option(out, (".html", ".htm"))
+        _threads(threads)
         if threads:
             import torch
 
