@@ -185,6 +185,8 @@ def _cache_problem(key: str) -> str | None:
     safetensors data as long as its header says, the config readable), then checksummed once."""
     d = cached_dir(key)
     marker = _marker(key)
+    if marker is None and (d / "avec-cache.json").exists():
+        return "its avec-cache.json is unreadable"
     if marker is None or marker.get("format") != CACHE_FORMAT:
         return "not cached"
     files = marker.get("files")
@@ -357,7 +359,7 @@ def check_gguf(path: str | os.PathLike, fix: str = "re-download or re-copy it") 
 
 # -- temporary files ---------------------------------------------------------------------------------
 
-_TMP = re.compile(r"^\.(?P<key>.+)\.(?:tmp|assemble\.tmp)-(?P<pid>\d+)-")
+_TMP = re.compile(r"^\.(?P<key>.+?)\.(?:tmp|assemble\.tmp)-(?P<pid>\d+)-")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -611,6 +613,9 @@ _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.
             "tf_model.h5", "flax_model.msgpack", "model.ckpt.index")
 
 
+_TOKENIZER = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt", "tokenizer.model.v3")
+
+
 def _check_model_dir(path: Path) -> None:
     """Raise a clear error if ``path`` cannot be a Hugging Face model directory."""
     names = sorted(p.name for p in path.iterdir())
@@ -622,10 +627,16 @@ def _check_model_dir(path: Path) -> None:
     has_config = "config.json" in names
     has_weights = any(n in _WEIGHTS or n.endswith(".safetensors") for n in names)
     ggufs = [n for n in names if n.endswith(".gguf")]
-    if has_config and has_weights:
+    has_tokenizer = any(n in _TOKENIZER for n in names)
+    if has_config and has_weights and has_tokenizer:
         return
     shown = ", ".join(names[:10]) + (f", ... ({len(names)} entries)" if len(names) > 10 else "")
-    lacks = " and ".join(x for x, ok in (("config.json", has_config), ("weights files", has_weights)) if not ok)
+    lacks = " and ".join(x for x, ok in (("config.json", has_config), ("weights files", has_weights),
+                                          ("tokenizer files (tokenizer.json, tokenizer.model or vocab.json)", has_tokenizer))
+                         if not ok)
+    if has_config and has_weights:
+        accepted = ("save the tokenizer beside the model (tokenizer.save_pretrained(dir)), or wrap a tokenizer-less "
+                    "model yourself: LanguageModel(AutoModelForCausalLM.from_pretrained(dir), tokenizer=None)")
     hint = f" (to load the GGUF here, pass the file itself: {path / ggufs[0]})" if ggufs else ""
     raise FileNotFoundError(f"{path} lacks {lacks}: it holds {shown}{hint}; {accepted}")
 
