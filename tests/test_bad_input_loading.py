@@ -176,6 +176,20 @@ def test_truncated_or_flipped_float_cache_is_rebuilt_with_a_warning(tiny_gguf, c
     assert torch.equal(lm.run(IDS).logits, reference_logits)
 
 
+def test_verify_cache_env_catches_damage_that_kept_the_mtime(tiny_gguf, cache, monkeypatch, reference_logits):
+    avec.load(str(tiny_gguf))
+    weights = _cache_of(tiny_gguf) / "model.safetensors"
+    st = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-40:-8] = b"\xff" * 32
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))  # bit rot: same size, same mtime
+    monkeypatch.setenv("AVEC_VERIFY_CACHE", "1")
+    with pytest.warns(UserWarning, match=r"model.safetensors was modified since the cache was written"):
+        lm = avec.load(str(tiny_gguf))
+    assert torch.equal(lm.run(IDS).logits, reference_logits)
+
+
 def test_unreadable_marker_or_missing_file_is_rebuilt(tiny_gguf, cache, reference_logits):
     avec.load(str(tiny_gguf))
     d = _cache_of(tiny_gguf)

@@ -9,8 +9,8 @@ the state dict with safetensors (tied weights once) and the config without its q
 Integrity: a GGUF's size is checked against what its header describes before it is converted, and
 bundled files against their pinned sha256 (checked once per file version: the result is remembered by
 size and mtime). The float cache records size, mtime and sha256 of each of its files: a load compares
-size and mtime (free) and hashes only a file whose mtime changed; a damaged cache is rebuilt from its
-source with a warning. Temporary files left by an interrupted conversion are removed by a later load.
+size and mtime (free) and hashes only a file whose mtime changed (``AVEC_VERIFY_CACHE=1``: every file, every
+load); a damaged cache is rebuilt from its source with a warning. Temporary files left by an interrupted conversion are removed by a later load.
 """
 
 from __future__ import annotations
@@ -182,7 +182,9 @@ def _cache_problem(key: str) -> str | None:
     Each file's size and mtime are compared with those recorded when the cache was written; a file whose
     mtime changed is hashed (sha256) and accepted only if the hash is unchanged (then its new mtime is
     recorded). A cache written before checksums existed is checked structurally (every file present, the
-    safetensors data as long as its header says, the config readable), then checksummed once."""
+    safetensors data as long as its header says, the config readable), then checksummed once.
+    ``AVEC_VERIFY_CACHE=1`` hashes every file on every load (~0.6 s for SmolLM2's 538 MB), which also
+    catches damage that kept the mtime (bit rot)."""
     d = cached_dir(key)
     marker = _marker(key)
     if marker is None and (d / "avec-cache.json").exists():
@@ -205,6 +207,7 @@ def _cache_problem(key: str) -> str | None:
         _rewrite_marker(d, marker)
         return None
     restamp = False
+    full = os.environ.get("AVEC_VERIFY_CACHE", "").strip().lower() not in ("", "0", "false", "no")
     for name, rec in files.items():
         p = d / name
         try:
@@ -213,7 +216,7 @@ def _cache_problem(key: str) -> str | None:
             return f"{name} is missing"
         if st.st_size != rec.get("size"):
             return f"{name} is {st.st_size} bytes, but was {rec.get('size')} bytes when the cache was written"
-        if st.st_mtime_ns != rec.get("mtime_ns"):
+        if st.st_mtime_ns != rec.get("mtime_ns") or full:
             if _sha256(p) != rec.get("sha256"):
                 return f"{name} was modified since the cache was written (its sha256 no longer matches)"
             rec["mtime_ns"] = st.st_mtime_ns
