@@ -22,6 +22,16 @@ import torch
 
 from ..core.positions import ALL
 from ..io import atomic_write
+from ..models.load import check_gguf
+
+_FLOAT_NAMES = ("F32", "F16", "BF16", "F64")
+_FLOAT_TYPES: tuple = ()
+try:
+    from gguf.constants import GGMLQuantizationType as _GT
+
+    _FLOAT_TYPES = tuple(getattr(_GT, n) for n in _FLOAT_NAMES if hasattr(_GT, n))
+except ImportError:  # gguf is optional until a GGUF is read
+    pass
 
 _RESID = re.compile(r"^blocks\.(\d+)\.(resid_pre|resid_post)$")
 
@@ -74,28 +84,59 @@ def read_control_vector(path: str | Path, lm: Any):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no GGUF file at {path}")
-    reader = gguf.GGUFReader(str(path))
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; a control vector is one .gguf file")
+    check_gguf(path)  # not a GGUF, or truncated: a clear error before any tensor is read
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as err:  # corrupt header values: the reader raises ValueError/KeyError/...
+        raise ValueError(f"{path} is not a readable GGUF file ({type(err).__name__}: {err})") from err
     arch = reader.fields.get("general.architecture")
-    arch_name = bytes(arch.parts[arch.data[0]]).decode() if arch is not None else None
+    arch_name = _string(arch)
     if arch_name != "controlvector":
         raise ValueError(f"{path} is a GGUF of architecture {arch_name!r}, not a control vector")
-    hint_field = reader.fields.get("controlvector.model_hint")
-    hint = bytes(hint_field.parts[hint_field.data[0]]).decode() if hint_field is not None else None
+    hint = _string(reader.fields.get("controlvector.model_hint"))
     terms = []
     for t in reader.tensors:
         m = re.match(r"^direction\.(\d+)$", t.name)
         if not m:
-            continue
+            raise ValueError(f"{path} holds a tensor {t.name!r}; a control vector holds only direction.N tensors "
+                             "(one [d_model] float vector per layer N >= 1)")
         layer = int(m.group(1))
         if not 1 <= layer < lm.n_layers:
             raise ValueError(f"{path} has direction.{layer} but the model has layers 0..{lm.n_layers - 1} "
                              "(control vectors steer layers 1..n-1)")
-        data = torch.tensor(np.array(t.data, dtype=np.float32)).reshape(-1)
-        if data.shape[0] != lm.d_model:
-            raise ValueError(f"direction.{layer} in {path} has width {data.shape[0]} but the model has d_model "
+        if t.tensor_type not in _FLOAT_TYPES:
+            raise ValueError(f"direction.{layer} in {path} has GGML type {t.tensor_type.name}; control-vector "
+                             "directions are float tensors (F32, or F16/BF16/F64)")
+        shape = [int(d) for d in t.shape]
+        if len(shape) != 1 and not all(d == 1 for d in shape[1:]):  # [d_model, 1, ...] is still one vector
+            raise ValueError(f"direction.{layer} in {path} has shape {shape[::-1]} (GGUF dims {shape}); a control-vector "
+                             f"direction is one vector of width d_model ({lm.d_model})")
+        if shape[0] != lm.d_model:
+            raise ValueError(f"direction.{layer} in {path} has width {shape[0]} but the model has d_model "
                              f"{lm.d_model}; the control vector was made for another model")
+        data = torch.from_numpy(np.array(_as_float32(t), dtype=np.float32))
+        if not torch.isfinite(data).all():
+            raise ValueError(f"direction.{layer} in {path} contains NaN or inf")
         terms.append(Term(f"blocks.{layer}.resid_post", data, ALL, 0))
     if not terms:
         raise ValueError(f"{path} holds no direction.N tensors")
     terms.sort(key=lambda t: int(t.hook.split(".")[1]))
     return SteeringVector(tuple(terms), lm.model_id, {"method": "gguf", "file": path.name, "model_hint": hint})
+
+
+def _string(field) -> str | None:
+    if field is None:
+        return None
+    try:
+        return bytes(field.parts[field.data[0]]).decode()
+    except (IndexError, UnicodeDecodeError, TypeError):
+        return None
+
+
+def _as_float32(t) -> np.ndarray:
+    if t.tensor_type.name == "BF16":  # stored as raw uint16 words (the reader returns bytes for BF16)
+        words = np.asarray(t.data).view(np.uint16).reshape(-1).astype(np.uint32) << 16
+        return words.view(np.float32)
+    return np.asarray(t.data).reshape(-1)

@@ -107,12 +107,18 @@ class SteeringVector:
     def __post_init__(self):
         if not self.terms:
             raise ValueError("a steering vector needs at least one term (hook point + tensor)")
+        for t in self.terms:
+            if not isinstance(t.tensor, torch.Tensor):
+                raise TypeError(f"the term at {t.hook!r} holds a {type(t.tensor).__name__}, not a torch.Tensor")
+            if t.tensor.dim() not in (1, 2) or t.tensor.shape[-1] == 0:
+                raise ValueError(f"a term at {t.hook!r} must be [d_model] or [k, d_model], got {list(t.tensor.shape)}")
+            if not t.tensor.is_floating_point():
+                raise TypeError(f"the term at {t.hook!r} has dtype {str(t.tensor.dtype).removeprefix('torch.')}; "
+                                "steering vectors hold floating-point tensors (float32, float16, bfloat16, float64)")
         widths = {t.tensor.shape[-1] for t in self.terms}
         if len(widths) != 1:
             raise ValueError(f"all terms of a steering vector must have one width, got {sorted(widths)}")
         for t in self.terms:
-            if t.tensor.dim() not in (1, 2):
-                raise ValueError(f"a term at {t.hook!r} must be [d_model] or [k, d_model], got {list(t.tensor.shape)}")
             if not torch.isfinite(t.tensor).all():
                 raise ValueError(f"the vector at {t.hook!r} contains NaN or inf")
 
@@ -255,22 +261,33 @@ class SteeringVector:
 
     @classmethod
     def load(cls, path: str | Path, lm: Any = None) -> "SteeringVector":
-        """Read a file written by ``save``; with ``lm``, also check it fits that model."""
+        """Read a file written by ``save``; with ``lm``, also check it fits that model.
+
+        Every tensor must be described by the metadata (shape, dtype) and every term must have its tensor;
+        anything else is an error naming the file and what was expected."""
         from safetensors import safe_open
 
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"no steering vector file at {path}")
-        with safe_open(str(path), framework="pt") as f:
-            meta = (f.metadata() or {}).get("avec.steering")
-            if meta is None:
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a directory; a steering vector is one .safetensors file written by "
+                                    "SteeringVector.save")
+        try:
+            f = safe_open(str(path), framework="pt")
+        except Exception as err:  # safetensors raises SafetensorError (truncated, not safetensors, ...)
+            raise ValueError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err}); a steering "
+                             "vector file is written by SteeringVector.save") from err
+        with f:
+            meta_text = (f.metadata() or {}).get("avec.steering")
+            if meta_text is None:
                 raise ValueError(f"{path} is a safetensors file but not an avec steering vector (no 'avec.steering' metadata)")
-            meta = json.loads(meta)
-            if meta.get("version", 0) > FORMAT_VERSION:
-                raise ValueError(f"{path} has format version {meta['version']}; this avec reads up to {FORMAT_VERSION}")
-            terms = tuple(Term(m["hook"], f.get_tensor(f"term.{i}"), _positions_from_json(m["positions"]), int(m["start"]))
-                          for i, m in enumerate(meta["terms"]))
-        vec = cls(terms, meta["model_id"], meta.get("recipe", {}))
+            meta = _parse_metadata(path, meta_text)
+            terms = _read_terms(path, f, meta["terms"])
+        try:
+            vec = cls(terms, meta["model_id"], meta["recipe"])
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path} holds an invalid steering vector: {err}") from err
         if lm is not None:
             vec.check(lm)
         return vec
@@ -285,6 +302,82 @@ class SteeringVector:
         from .gguf_io import read_control_vector
 
         return read_control_vector(path, lm)
+
+
+def _parse_metadata(path: Path, text: str) -> dict[str, Any]:
+    """The ``avec.steering`` metadata of a file, checked: a clear error naming the file for anything off."""
+    def bad(msg: str) -> ValueError:
+        return ValueError(f"{path} has invalid 'avec.steering' metadata: {msg}")
+
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise bad(f"not valid JSON ({err}); expected the JSON object SteeringVector.save writes") from None
+    if not isinstance(meta, dict):
+        raise bad(f"expected a JSON object, got {type(meta).__name__}")
+    if meta.get("format", "avec.steering") != "avec.steering":
+        raise bad(f"format is {meta.get('format')!r}, expected 'avec.steering'")
+    version = meta.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise bad(f"version is {version!r}, expected an integer")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{path} has format version {version}; this avec reads up to {FORMAT_VERSION}")
+    if not isinstance(meta.get("model_id"), str):
+        raise bad(f"'model_id' is {meta.get('model_id')!r}, expected a string (the model the vector was made on)")
+    recipe = meta.get("recipe", {})
+    if not isinstance(recipe, dict):
+        raise bad(f"'recipe' is a {type(recipe).__name__}, expected an object")
+    terms = meta.get("terms")
+    if not isinstance(terms, list) or not terms:
+        raise bad(f"'terms' is {terms!r}, expected a non-empty list of terms")
+    for i, m in enumerate(terms):
+        if not isinstance(m, dict):
+            raise bad(f"term {i} is {m!r}, expected an object with hook, positions, start, shape, dtype")
+        missing = [k for k in ("hook", "positions", "start", "shape") if k not in m]
+        if missing:
+            raise bad(f"term {i} lacks {', '.join(missing)} (each term has hook, positions, start, shape, dtype)")
+        if not isinstance(m["hook"], str):
+            raise bad(f"term {i} has hook {m['hook']!r}, expected a hook point name")
+        if not isinstance(m["start"], int) or isinstance(m["start"], bool):
+            raise bad(f"term {i} has start {m['start']!r}, expected an integer")
+        shape = m["shape"]
+        if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)):
+            raise bad(f"term {i} has shape {shape!r}, expected a list of integers")
+    return {"model_id": meta["model_id"], "recipe": recipe, "terms": terms}
+
+
+def _read_terms(path: Path, f: Any, metas: list[dict[str, Any]]) -> tuple[Term, ...]:
+    """Tensors ``term.{i}`` of an open safetensors file, each checked against its metadata."""
+    names = set(f.keys())
+    expected = [f"term.{i}" for i in range(len(metas))]
+    missing = [n for n in expected if n not in names]
+    if missing:
+        raise ValueError(f"{path}: its metadata describes {len(metas)} terms but the file lacks the tensor(s) "
+                         f"{', '.join(missing)}")
+    extra = sorted(names - set(expected))
+    if extra:
+        raise ValueError(f"{path} holds tensor(s) {', '.join(extra)} that its metadata does not describe "
+                         f"(expected exactly {', '.join(expected)})")
+    terms = []
+    for name, m in zip(expected, metas):
+        tensor = f.get_tensor(name)
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        if not tensor.is_floating_point():
+            raise ValueError(f"{path}: {name} (at {m['hook']!r}) has dtype {dtype}; steering vectors hold "
+                             "floating-point tensors (float32, float16, bfloat16, float64)")
+        if list(tensor.shape) != m["shape"]:
+            raise ValueError(f"{path}: {name} (at {m['hook']!r}) has shape {list(tensor.shape)} but the metadata "
+                             f"says {m['shape']}")
+        if "dtype" in m and m["dtype"] != dtype:
+            raise ValueError(f"{path}: {name} (at {m['hook']!r}) has dtype {dtype} but the metadata says {m['dtype']!r}")
+        try:
+            positions = _positions_from_json(m["positions"])
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ValueError(f"{path}: {name} (at {m['hook']!r}) has invalid positions {m['positions']!r} ({err}); "
+                             "expected e.g. {\"kind\": \"all\"}, {\"kind\": \"from\", \"start\": -1}, "
+                             "{\"kind\": \"front\", \"k\": 3}") from None
+        terms.append(Term(m["hook"], tensor, positions, m["start"]))
+    return tuple(terms)
 
 
 def _add_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
