@@ -91,6 +91,10 @@ def _label_array(labels: Any) -> np.ndarray:
                      f"{[arr[i] for i in bad[:3]]!r}; give one kind of label")
 
 
+def _show(v: Any) -> str:
+    return str(int(v)) if isinstance(v, float) and v == round(v) else repr(v)
+
+
 def check_labels(labels: Any, n: int, kind: str | None) -> tuple[torch.Tensor, str, tuple[str, ...]]:
     """(y ``[n]``, kind, class names): class indices (long) for binary/multiclass, float64 for continuous.
 
@@ -139,10 +143,11 @@ def check_labels(labels: Any, n: int, kind: str | None) -> tuple[torch.Tensor, s
         if float(y.std()) == 0:
             raise ValueError(f"every label is {float(y[0]):g}: nothing to regress")
         return y, kind, ()
+    shown = [_show(v) for v in values[:10].tolist()]
     if len(values) < 2:
-        raise ValueError(f"all {n} labels are {values[0]!r}: a probe needs at least two classes")
+        raise ValueError(f"all {n} labels are {shown[0]}: a probe needs at least two classes")
     if kind == "binary" and len(values) != 2:
-        raise ValueError(f"binary labels take two values, got {len(values)}: {values[:10].tolist()}; use kind='multiclass'")
+        raise ValueError(f"binary labels take two values, got {len(values)}: {shown}; use kind='multiclass'")
     if arr.dtype.kind == "f" and not whole:
         rows = np.nonzero(arr != np.round(arr))[0].tolist()
         raise ValueError(f"{kind} labels must be whole numbers, bools or names; row(s) {rows[:10]} are "
