@@ -193,7 +193,7 @@ def from_lists(texts: Sequence[str], labels: Sequence[Any], kind: str | None = N
           two values (e.g. -1/+1) -> binary, more (e.g. 0/1/2) -> multiclass, in numeric order with the values as
           class names; other numbers -> continuous; other strings -> multiclass (classes sorted).
           Force it with ``kind=`` (one of ``KINDS``). For multiclass, ``classes`` fixes the order (labels may then
-          be names or indices).
+          be names, or ints read as indices into ``classes``).
     Missing labels (None, NaN, ""), and texts that are None, not strings or empty, raise, naming the rows.
     """
     if kind is not None and kind not in KINDS:
@@ -247,10 +247,10 @@ def from_lists(texts: Sequence[str], labels: Sequence[Any], kind: str | None = N
         index = {c: i for i, c in enumerate(names)}
         conv = []
         for i, y in enumerate(labels):
-            if str(y) in index:
-                conv.append(index[str(y)])
-            elif isinstance(y, (int,)) and not isinstance(y, bool) and 0 <= y < len(names):
+            if isinstance(y, (int,)) and not isinstance(y, bool) and 0 <= y < len(names):
                 conv.append(int(y))
+            elif str(y) in index:
+                conv.append(index[str(y)])
             else:
                 raise ValueError(f"{name}: row {i} has label {y!r}, not one of the classes {names}")
         out = tuple(conv)

@@ -39,9 +39,10 @@ from .activations import Activations, collect
 KINDS = ("binary", "multiclass", "continuous")
 RIDGE_ALPHAS = tuple(10.0 ** k for k in range(-2, 6))
 MAX_CLASSES = 20  # whole-number labels with at most this many distinct values are classes, more are continuous
-LOGISTIC_TOL = 1e-7  # L-BFGS gradient tolerance (sklearn's default 1e-4 stops visibly short of the optimum)
+LOGISTIC_TOL = 1e-6  # L-BFGS gradient tolerance (sklearn's default 1e-4 stops short of the optimum by ~1e-5)
 LOGISTIC_MAX_ITER = 5000
 GROUP_COLUMNS = ("pair", "pair_id", "group", "subject")
+PAIR_MAX = 6  # detect_pairs: a shared stem joins at most this many statements
 
 
 # -- input checks ------------------------------------------------------------------------------------
@@ -172,7 +173,9 @@ def _words(text: str) -> list[str]:
 def detect_pairs(texts: Sequence[str], y: Sequence[Any]) -> tuple[list[int] | None, int]:
     """Group ids joining statements that differ only in their first or last 1-3 words and have different
     labels (a minimal pair: "The capital of France is Paris." / "... is Rome."); (None, 0) when none are found.
-    Each such key must be shared by exactly two texts and cover at least half of each text's words."""
+    The shared part must cover at least half of each text's words and be shared by at most ``PAIR_MAX`` texts
+    (so a template filled with many words, "The food was {adjective}.", is not one group); returns the number
+    of links made."""
     keys: dict[tuple, list[int]] = {}
     for i, t in enumerate(texts):
         w = _words(t)
@@ -191,9 +194,11 @@ def detect_pairs(texts: Sequence[str], y: Sequence[Any]) -> tuple[list[int] | No
     n_pairs = 0
     for members in keys.values():
         a = sorted(set(members))
-        if len(a) == 2 and y[a[0]] != y[a[1]] and find(a[0]) != find(a[1]):
-            parent[find(a[0])] = find(a[1])
-            n_pairs += 1
+        if 2 <= len(a) <= PAIR_MAX and len({y[i] for i in a}) > 1:
+            for i in a[1:]:
+                if find(i) != find(a[0]):
+                    parent[find(i)] = find(a[0])
+                    n_pairs += 1
     if not n_pairs:
         return None, 0
     return [find(i) for i in range(len(texts))], n_pairs
@@ -217,7 +222,7 @@ def find_groups(labels: Any, groups: Any = "auto", texts: Sequence[str] | None =
     if texts is not None and y is not None and y.dtype == torch.long and len(texts) == len(y):
         ids, n_pairs = detect_pairs(list(texts), y.tolist())
         if ids is not None:
-            return ids, f"detected ({n_pairs} minimal pairs in the texts)"
+            return ids, f"detected (minimal pairs in the texts: {n_pairs} links)"
     return None, "none (examples split independently)"
 
 
@@ -343,6 +348,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float = 1
     2 classes, else n_classes (classes absent from ``y`` get zero weights and a bias of -1e9).
     """
     from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
 
     if not l2 > 0:
         raise ValueError(f"l2 must be > 0, got {l2}")
@@ -356,7 +362,8 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float = 1
         b[:] = -1e9
     xs = x.numpy()
     for i in range(L):
-        m = LogisticRegression(C=1.0 / (n * l2), tol=tol, max_iter=max_iter).fit(xs[i], yy)
+        with threadpool_limits(1):  # small matrices: one BLAS thread is as fast, and far faster on a busy machine
+            m = LogisticRegression(C=1.0 / (n * l2), tol=tol, max_iter=max_iter).fit(xs[i], yy)
         coef, icpt = torch.from_numpy(m.coef_).double(), torch.from_numpy(m.intercept_).double()
         if K == 1:
             W[i, :, 0], b[i, 0] = coef[0], icpt[0]
@@ -372,12 +379,14 @@ def fit_ridge(x: torch.Tensor, y: torch.Tensor, alphas: Sequence[float] = RIDGE_
     """Ridge regression per layer on standardised ``x [L, n, d]``, ``y [n]`` with scikit-learn's ``RidgeCV``: the
     penalty picked per layer by exact leave-one-out error. Returns w ``[L, d]``, b ``[L]``, alpha ``[L]``."""
     from sklearn.linear_model import RidgeCV
+    from threadpoolctl import threadpool_limits
 
     L, n, d = x.shape
     w, b, a = torch.zeros(L, d, dtype=torch.float64), torch.zeros(L, dtype=torch.float64), torch.zeros(L, dtype=torch.float64)
     xs, yy = x.numpy(), y.double().numpy()
     for i in range(L):
-        m = RidgeCV(alphas=list(alphas)).fit(xs[i], yy)
+        with threadpool_limits(1):
+            m = RidgeCV(alphas=list(alphas)).fit(xs[i], yy)
         w[i], b[i], a[i] = torch.from_numpy(np.asarray(m.coef_)), float(m.intercept_), float(m.alpha_)
     return w.to(x.dtype), b.to(x.dtype), a.to(x.dtype)
 
