@@ -8,6 +8,14 @@ Reports, per layer: 5-fold CV accuracy grouped by pair (the default: pairs are d
 ungrouped (``groups=None``), the single 75/25 split both ways, and the previous hand-written L-BFGS fitter
 (200 iterations, copied below) vs scikit-learn on the same folds, with the objective each reaches and the
 time each takes.
+
+Measured (2026-11-30, SmolLM2-135M, last token, resid_post, 2 CPU cores shared with other jobs, load 5-6):
+collection 82 s. Pair detection found all 200 pairs (163 groups: some comparisons share a stem). Fitting
+5 folds x 30 layers: old torch L-BFGS 265 s, scikit-learn 20 s (one BLAS thread per fit); the old fitter
+stopped at most 1e-5 above the optimum here, so per-layer CV accuracy moves by at most 0.003. Grouped vs
+ungrouped 5-fold CV accuracy: block 0 0.505 vs 0.417 (below chance: a pair split across folds teaches
+"this subject -> true"); best layer 12 both ways, 0.831 +- 0.078 vs 0.782 +- 0.037; the ungrouped score is
+lower at every layer (by 0.015-0.095). Single 75/25 split at block 0: grouped 0.537, ungrouped 0.370.
 """
 
 from __future__ import annotations

@@ -131,6 +131,10 @@ def test_bundled_truth_sets_group_by_subject_and_cv_errors():
     assert source == "column 'subject'"
     for tr, te in cv_folds(y, 5, 0, groups):
         assert {groups[i] for i in tr}.isdisjoint(groups[i] for i in te)
+    keys = [i // 3 for i in range(60)]  # continuous targets: GroupKFold, groups shuffled by the seed
+    folds = cv_folds(torch.randn(60, dtype=torch.float64), 4, 0, keys)
+    assert sorted(np.concatenate([te for _, te in folds]).tolist()) == list(range(60))
+    assert all({keys[i] for i in tr}.isdisjoint(keys[i] for i in te) for tr, te in folds)
     with pytest.raises(ValueError, match="folds must be a whole number >= 2"):
         cv_folds(y, 1)
     with pytest.raises(ValueError, match="3 groups are too few for 5 folds"):

@@ -297,8 +297,11 @@ def cv_folds(y: torch.Tensor, folds: int, seed: int = 0, groups: Sequence[Any] |
         codes = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)[1]
         if codes.max() + 1 < folds:
             raise ValueError(f"{codes.max() + 1} groups are too few for {folds} folds (a group is never split)")
-        cv = StratifiedGroupKFold(folds, shuffle=True, random_state=seed) if classes else GroupKFold(folds, shuffle=True, random_state=seed)
-        out = list(cv.split(np.zeros(n), yy, codes))
+        if classes:
+            out = list(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(np.zeros(n), yy, codes))
+        else:  # GroupKFold only shuffles from sklearn 1.6 on: relabel the groups at random instead
+            codes = np.random.default_rng(seed).permutation(codes.max() + 1)[codes]
+            out = list(GroupKFold(folds).split(np.zeros(n), yy, codes))
     else:
         if folds > n:
             raise ValueError(f"{n} examples are too few for {folds} folds")
