@@ -24,7 +24,6 @@ import argparse
 import random
 import time
 
-import numpy as np
 import torch
 
 

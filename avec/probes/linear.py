@@ -26,7 +26,6 @@ two statements with different labels that differ only in their first or last (up
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
