@@ -83,8 +83,8 @@ def test_probe_errors_are_clear():
         fit_probes(x, bad)
     with pytest.raises(ValueError, match="400 activations but 10 labels"):
         fit_probes(x, y[:10])
-    with pytest.raises(ValueError, match="binary labels must be 0/1"):
-        fit_probes(x, y * 2 + 1, kind="binary")
+    with pytest.raises(ValueError, match="binary labels take two values, got 3"):
+        fit_probes(x, y + (torch.arange(N) % 3 == 0).long(), kind="binary")
 
 
 # -- CCS --------------------------------------------------------------------------------------------

@@ -23,8 +23,11 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from ..io import atomic_write
+
 HERE = Path(__file__).parent / "labelled"
 KINDS = ("binary", "multiclass", "continuous")
+MAX_CLASSES = 20  # whole-number labels with at most this many distinct values are classes (as in avec.probes.linear)
 
 # name -> (file, text column, label column, kind)
 BUNDLED: dict[str, tuple[str, str, str, str]] = {
@@ -155,6 +158,17 @@ def _is_number(y: Any) -> bool:
         return False
 
 
+def _plain(y: Any) -> Any:
+    """numpy / torch scalars -> Python scalars (np.True_ -> True, np.int64(2) -> 2)."""
+    if not isinstance(y, (str, bytes)) and hasattr(y, "item") and getattr(y, "ndim", 0) == 0:
+        return y.item()
+    return y
+
+
+def _is_whole(v: float) -> bool:
+    return math.isfinite(v) and v == round(v)
+
+
 def _as_bool_label(y: Any) -> int | None:
     if isinstance(y, bool):
         return int(y)
@@ -173,36 +187,62 @@ def from_lists(texts: Sequence[str], labels: Sequence[Any], kind: str | None = N
                extra: Mapping[str, Sequence[Any]] | None = None) -> Labelled:
     """A ``Labelled`` set from texts and raw labels.
 
-    kind: inferred when None: 0/1/true/false/yes/no -> binary; other strings -> multiclass (classes sorted);
-          other numbers -> continuous. For multiclass, ``classes`` fixes the order (labels may be names or indices).
-    Missing labels (None, NaN, "") raise, naming the rows.
+    kind: inferred when None (the same rule as ``avec.probes.linear.check_labels``):
+          bools, 0/1, true/false, yes/no -> binary;
+          numbers (or numeric strings) that are all whole and take at most ``MAX_CLASSES`` distinct values -> classes:
+          two values (e.g. -1/+1) -> binary, more (e.g. 0/1/2) -> multiclass, in numeric order with the values as
+          class names; other numbers -> continuous; other strings -> multiclass (classes sorted).
+          Force it with ``kind=`` (one of ``KINDS``). For multiclass, ``classes`` fixes the order (labels may then
+          be names, or ints read as indices into ``classes``).
+    Missing labels (None, NaN, ""), and texts that are None, not strings or empty, raise, naming the rows.
     """
-    texts, labels = list(texts), list(labels)
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)} (or None to infer it), got {kind!r}")
+    texts, labels = list(texts), [_plain(y) for y in labels]
     if len(texts) != len(labels):
         raise ValueError(f"{name}: {len(texts)} texts but {len(labels)} labels; give one label per text")
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    if bad:
+        raise ValueError(f"{name}: text(s) at row(s) {bad[:10]}{' ...' if len(bad) > 10 else ''} are None, not strings, "
+                         f"or empty: {[texts[i] for i in bad[:3]]!r}")
     missing = [i for i, y in enumerate(labels) if _is_missing(y)]
     if missing:
         raise ValueError(f"{name}: label(s) missing or NaN at row(s) {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+    numbers = all(_is_number(y) for y in labels)
+    values = sorted({float(y) for y in labels}) if numbers else []
+    whole = numbers and all(_is_whole(v) for v in values)
     if kind is None:
         if classes is None and all(_as_bool_label(y) is not None for y in labels):
             kind = "binary"
-        elif classes is not None or not all(_is_number(y) for y in labels):
+        elif classes is None and whole and len(values) == 2:
+            kind = "binary"
+        elif classes is not None or not numbers or (whole and len(values) <= MAX_CLASSES):
             kind = "multiclass"
         else:
             kind = "continuous"
+    if kind != "continuous" and classes is None and whole and not all(_as_bool_label(y) is not None for y in labels):
+        # numeric classes (-1/+1, 1/2/3, 0/1/2 as floats...): index by numeric order, named by value
+        classes = [str(int(v)) for v in values]
+        labels = [str(int(float(y))) for y in labels]
     if kind == "binary":
         conv = [_as_bool_label(y) for y in labels]
         if classes is not None and any(c is None for c in conv):
             conv = [list(classes).index(y) if y in classes else None for y in labels]
         bad = [i for i, y in enumerate(conv) if y is None]
         if bad:
-            raise ValueError(f"{name}: binary labels must be 0/1, true/false or yes/no; row(s) {bad[:10]} are "
+            raise ValueError(f"{name}: binary labels must be two values (0/1, -1/+1, true/false, yes/no or two "
+                             f"given classes); row(s) {bad[:10]} are "
                              f"{[labels[i] for i in bad[:3]]}")
         out = tuple(conv)
         names = tuple(classes) if classes is not None else ("0", "1")
+        if len(names) != 2 or not set(out) <= {0, 1}:
+            raise ValueError(f"{name}: binary labels take two values, got {len(names)}: {list(names)[:10]}; "
+                             "use kind='multiclass'")
     elif kind == "multiclass":
         if classes is None:
             classes = sorted({str(y) for y in labels})
+        elif len(classes) != len(set(str(c) for c in classes)):
+            raise ValueError(f"{name}: classes repeat a name: {list(classes)}")
         names = tuple(str(c) for c in classes)
         index = {c: i for i, c in enumerate(names)}
         conv = []
@@ -223,9 +263,7 @@ def from_lists(texts: Sequence[str], labels: Sequence[Any], kind: str | None = N
         if bad:
             raise ValueError(f"{name}: label(s) NaN or infinite at row(s) {bad[:10]}")
         names = ()
-    else:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    return Labelled(tuple(str(t) if not isinstance(t, str) else t for t in texts), out, kind, names, name,
+    return Labelled(tuple(texts), out, kind, names, name,
                     {k: tuple(v) for k, v in (extra or {}).items()})
 
 
@@ -325,23 +363,33 @@ def load(name: str) -> Labelled:
 
 
 def to_csv(data: Labelled, path: str | Path) -> Path:
-    """Write a set as CSV (text, label, extra columns; multi-class labels as class names); ``from_csv`` reads it back."""
+    """Write a set as CSV (text, label, extra columns; multi-class labels as class names); ``from_csv`` reads it back.
+    Atomic: a failure part-way leaves an existing file untouched."""
     path = Path(path)
     frame = data.to_frame()
     if data.kind == "multiclass":  # class names, so the file reads back without knowing the order
         frame["label"] = frame["class"]
-    frame.drop(columns=["class"], errors="ignore").to_csv(path, index=False)
-    return path
+    frame = frame.drop(columns=["class"], errors="ignore")
+    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
 def to_jsonl(data: Labelled, path: str | Path) -> Path:
+    """Write a set as JSON lines (text, label, extra columns; multi-class labels as class names). Atomic: a
+    failure part-way (e.g. a value JSON cannot encode) leaves an existing file untouched."""
     path = Path(path)
-    with open(path, "w", encoding="utf-8") as f:
-        for i, (t, y) in enumerate(zip(data.texts, data.labels)):
-            label = data.classes[y] if data.kind == "multiclass" else y
-            row = {"text": t, "label": label, **{k: v[i] for k, v in data.extra.items()}}
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for i, (t, y) in enumerate(zip(data.texts, data.labels)):
+                label = data.classes[y] if data.kind == "multiclass" else y
+                row = {"text": t, "label": label, **{k: v[i] for k, v in data.extra.items()}}
+                try:
+                    line = json.dumps(row, ensure_ascii=False)
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"{data.name}: row {i} cannot be written as JSON ({e}); {path} is unchanged") from None
+                f.write(line + "\n")
+
+    return atomic_write(path, write)
 
 
 __all__ = ["Labelled", "available", "from_csv", "from_hf", "from_jsonl", "from_lists", "load", "to_csv", "to_jsonl"]

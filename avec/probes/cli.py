@@ -41,19 +41,37 @@ def register(app: typer.Typer) -> None:
                   text: str = typer.Option("text", help="text column of a user file"),
                   label: str = typer.Option("label", help="label column of a user file"),
                   kind: Optional[str] = typer.Option(None, help="binary | multiclass | continuous (default: inferred)"),
+                  folds: int = typer.Option(5, help="k-fold cross-validation: mean and std of the held-out score per "
+                                            "layer (0 = only the single 75/25 split)"),
+                  groups: str = typer.Option("auto", help="keep related examples on one side of every split: 'auto' "
+                                             "(a pair/pair_id/group/subject column, else detected minimal pairs), "
+                                             "'none', or a column name of the data"),
                   position: int = typer.Option(-1, help="token position read (-1 = last)"),
                   save_vector: Optional[str] = typer.Option(None, help="save the best layer's direction as a steering "
                                                             "vector (.safetensors)"),
                   out: Optional[str] = typer.Option(None, help="save the accuracy-by-layer plot (.png)")) -> None:
         """Linear probes at every layer: test accuracy (or R^2), best layer, mean-difference baseline."""
         from ..models import load
-        from .linear import probe
+        from .linear import KINDS, probe
 
-        lm = load(model)
+        if kind is not None and kind not in KINDS:
+            raise typer.BadParameter(f"{kind!r} is not a kind; use one of {', '.join(KINDS)} (or leave it out to "
+                                     "infer it from the labels)", param_hint="--kind")
+        if folds < 0 or folds == 1:
+            raise typer.BadParameter(f"folds must be 0 (no cross-validation) or at least 2, got {folds}",
+                                     param_hint="--folds")
         ds = _data(data, text, label, kind, limit)
-        res = probe(lm, ds, _layers(layers, lm.n_layers), position=position, progress=True)
-        typer.echo(f"{ds!r}: best layer {res.best_layer}, test {res.metric} {float(res.test_score.max()):.3f} "
-                   f"(chance {res.chance:.3f}, n_test={res.n_test})")
+        if groups not in ("auto", "none") and groups not in ds.extra:
+            raise typer.BadParameter(f"{data} has no column {groups!r}; columns: {sorted(ds.extra)} (or 'auto', 'none')",
+                                     param_hint="--groups")
+        keys = None if groups == "none" else "auto" if groups == "auto" else ds.extra[groups]
+        lm = load(model)
+        res = probe(lm, ds, _layers(layers, lm.n_layers), position=position, progress=True, folds=folds or None,
+                    groups=keys, kind=kind)
+        i = res.layers.index(res.best_layer)
+        cv = f", {folds}-fold CV {res.metric} {float(res.cv_mean[i]):.3f} +- {float(res.cv_std[i]):.3f}" if folds else ""
+        typer.echo(f"{ds!r}: best layer {res.best_layer}{cv}, test {res.metric} {float(res.test_score[i]):.3f} "
+                   f"(chance {res.chance:.3f}, n_test={res.n_test}); groups: {res.groups}")
         typer.echo(res.to_frame().to_string(index=False, float_format=lambda x: f"{x:.3f}"))
         if save_vector:
             typer.echo(f"wrote {res.to_steering_vector(lm).save(save_vector)}")
