@@ -166,6 +166,9 @@ COMMANDS = [
     (["norms"], "--out", "n.png"),
     (["tuned-lens", "OUTDIR"], "--out", "t.png"),
     (["patch", "a b", "a c", "--answer", " b", "--wrong", " c"], "--out", "p.png"),
+    (["probe", "truth/capitals"], "--out", "p.png"),
+    (["probe", "truth/capitals"], "--save-vector", "v.safetensors"),
+    (["ccs", "truth/capitals"], "--out", "c.png"),
 ]
 
 

@@ -34,7 +34,7 @@ def test_python_snippet_runs(index, smollm2, monkeypatch):
 def test_make_targets_exist():
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     targets = set(re.findall(r"^([\w-]+):", makefile, flags=re.M))
-    named = set(re.findall(r"make ([\w-]+)", README))
+    named = set(re.findall(r"(?:^|`)make ([\w-]+)", README, flags=re.M))
     assert named and named <= targets, named - targets
 
 

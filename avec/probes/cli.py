@@ -6,6 +6,8 @@ from typing import Optional
 
 import typer
 
+from ..io import FIGURE_SUFFIXES, atomic_savefig, check_out_option
+
 
 def _data(name: str, text: str, label: str, kind: Optional[str], limit: Optional[int]):
     """A bundled set by name, or a user CSV / JSONL file."""
@@ -57,6 +59,8 @@ def register(app: typer.Typer) -> None:
         if kind is not None and kind not in KINDS:
             raise typer.BadParameter(f"{kind!r} is not a kind; use one of {', '.join(KINDS)} (or leave it out to "
                                      "infer it from the labels)", param_hint="--kind")
+        check_out_option(out, FIGURE_SUFFIXES)
+        check_out_option(save_vector, (".safetensors",), what="--save-vector")
         if folds < 0 or folds == 1:
             raise typer.BadParameter(f"folds must be 0 (no cross-validation) or at least 2, got {folds}",
                                      param_hint="--folds")
@@ -76,7 +80,7 @@ def register(app: typer.Typer) -> None:
         if save_vector:
             typer.echo(f"wrote {res.to_steering_vector(lm).save(save_vector)}")
         if out:
-            res.plot().savefig(out, dpi=120, bbox_inches="tight")
+            atomic_savefig(res.plot(), out, dpi=120, bbox_inches="tight")
             typer.echo(f"wrote {out}")
 
     @app.command("ccs")
@@ -92,6 +96,7 @@ def register(app: typer.Typer) -> None:
         from ..models import load
         from .ccs import ccs, confound_experiment
 
+        check_out_option(out, FIGURE_SUFFIXES)
         lm = load(model)
         ds = _data(data, "text", "label", "binary", limit)
         kw = dict(pca=pca or None, n_restarts=restarts)
@@ -104,5 +109,5 @@ def register(app: typer.Typer) -> None:
             res = ccs(lm, ds, layers=_layers(layers, lm.n_layers), **kw)
         typer.echo(res.to_frame().to_string(index=False, float_format=lambda x: f"{x:.3f}"))
         if out:
-            res.plot().savefig(out, dpi=120, bbox_inches="tight")
+            atomic_savefig(res.plot(), out, dpi=120, bbox_inches="tight")
             typer.echo(f"wrote {out}")
