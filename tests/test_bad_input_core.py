@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from _tiny import tiny_lm, tokens
-from avec import AddVector, Apply, At, From, Patch, Scale, SetValue, Zero
+from avec import AddVector, Apply, At, From, Front, Patch, Scale, SetValue, Span, Zero
 from avec.core import Mask
 from avec.core.notices import NonFiniteWarning, UnusedInterventionWarning
 
@@ -115,3 +115,10 @@ def test_generate_checks_selection_and_leaves_padding_side_alone(smollm2):
     assert lm.tokenizer.padding_side == side
     with pytest.raises(ValueError, match="max_new_tokens must be a whole number"):
         lm.generate("Hi", max_new_tokens=0)
+
+
+@pytest.mark.parametrize("make", [lambda: At((1.7,)), lambda: From(1.5), lambda: Front(2.0), lambda: Span(0, 2.5),
+                                  lambda: AddVector(H, torch.ones(4), positions=[0, 1.7])])
+def test_positions_must_be_integers(make):
+    with pytest.raises(TypeError, match="integer index"):
+        make()

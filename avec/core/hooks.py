@@ -21,7 +21,7 @@ from torch import nn
 
 from .hookpoints import Site
 from .interventions import Intervention
-from .positions import AllPositions, Mask, TokenContext
+from .positions import AllPositions, Mask, TokenContext, uncovered_rows
 
 
 @dataclass
@@ -68,27 +68,20 @@ def check_selection(edits: Sequence[tuple[Site, Intervention]], contexts: Sequen
     for site, iv in edits:
         if site.pos_axis is None:
             continue
-        hit = None
-        for ctx in contexts:
-            sel = iv.selected(ctx, site)
-            if sel is None:
-                hit = None
-                break
-            rows = sel.any(1).cpu()
-            hit = rows if hit is None else hit | rows
-        else:
-            if hit is None:
-                continue
-            explicit = isinstance(iv.positions, Mask)
-            empty = (~hit).nonzero().flatten().tolist()
-            if (explicit and not hit.any()) or (empty and not explicit):
-                lengths = contexts[0].prompt_len.tolist()
-                where = "any prompt" if len(empty) == len(hit) else f"prompt(s) {empty[:8]}"
-                raise ValueError(
-                    f"{type(iv).__name__} at {site.name!r} with positions {iv.positions.describe()} selects no token of "
-                    f"{where} (prompt lengths {lengths[:16]}{lengths_hint}): it would change nothing. A prompt of n "
-                    "tokens has positions 0..n-1 (or -n..-1); generated tokens continue from n"
-                )
+        passes = [iv.selected(ctx, site) for ctx in contexts]
+        if any(sel is None for sel in passes):
+            continue  # every column
+        empty = uncovered_rows(torch.cat([sel.cpu() for sel in passes], dim=1))
+        batch = contexts[0].batch
+        if not empty or (isinstance(iv.positions, Mask) and len(empty) < batch):
+            continue
+        lengths = contexts[0].prompt_len.tolist()
+        where = "any prompt" if len(empty) == batch else f"prompt(s) {empty[:8]}"
+        raise ValueError(
+            f"{type(iv).__name__} at {site.name!r} with positions {iv.positions.describe()} selects no token of "
+            f"{where} (prompt lengths {lengths[:16]}{lengths_hint}): it would change nothing. A prompt of n "
+            "tokens has positions 0..n-1 (or -n..-1); generated tokens continue from n"
+        )
 
 
 def _get(obj: Any, site: Site) -> torch.Tensor:

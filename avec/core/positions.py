@@ -133,6 +133,13 @@ class GeneratedPositions(Positions):
         return "generated"
 
 
+def _index(value: object, what: str) -> int:
+    """An integer index, refusing floats and bools (1.7 must not quietly become 1)."""
+    if isinstance(value, bool) or isinstance(value, float) or not hasattr(value, "__index__"):
+        raise TypeError(f"{what} is an integer index, got {value!r}")
+    return int(value.__index__())
+
+
 def _absolute(index: int, prompt_len: torch.Tensor) -> torch.Tensor:
     """[batch] prompt-relative index; negative counts back from each prompt's end."""
     if index >= 0:
@@ -150,6 +157,9 @@ class From(Positions):
 
     start: int
 
+    def __post_init__(self):
+        object.__setattr__(self, "start", _index(self.start, "From(start)"))
+
     def mask(self, ctx: TokenContext) -> torch.Tensor:
         start = _absolute(self.start, ctx.prompt_len)
         return (ctx.positions() >= start[:, None]) & ctx.real()
@@ -165,6 +175,7 @@ class Front(Positions):
     k: int
 
     def __post_init__(self):
+        object.__setattr__(self, "k", _index(self.k, "Front(k)"))
         if self.k < 1:
             raise ValueError(f"Front(k) needs k >= 1, got {self.k}")
 
@@ -181,6 +192,15 @@ class At(Positions):
     """Explicit prompt-relative indices (negative counts back from each prompt's end)."""
 
     indices: tuple[int, ...]
+
+    def __post_init__(self):
+        indices = self.indices.tolist() if isinstance(self.indices, torch.Tensor) else self.indices
+        indices = (indices,) if isinstance(indices, int) else tuple(indices)
+        for i in indices:  # 1.7 must not quietly become position 1
+            _index(i, f"each of the positions {list(indices)}")
+        if not indices:
+            raise ValueError("an empty list of positions selects nothing")
+        object.__setattr__(self, "indices", tuple(_index(i, "a position") for i in indices))
 
     def mask(self, ctx: TokenContext) -> torch.Tensor:
         pos = ctx.positions()
@@ -200,6 +220,11 @@ class Span(Positions):
 
     start: int
     stop: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "start", _index(self.start, "Span(start)"))
+        if self.stop is not None:
+            object.__setattr__(self, "stop", _index(self.stop, "Span(stop)"))
 
     def mask(self, ctx: TokenContext) -> torch.Tensor:
         pos = ctx.positions()
@@ -320,9 +345,9 @@ def as_positions(spec: PositionsLike) -> Positions:
             raise TypeError(f"a positions tensor must be a bool mask [batch, seq], got dtype {spec.dtype}")
         return Mask(spec)
     try:
-        indices = tuple(int(i) for i in spec)
+        items = list(spec)
     except TypeError:
         raise TypeError(f"cannot read positions from {spec!r}") from None
-    if not indices:
+    if not items:
         raise ValueError("an empty list of positions selects nothing")
-    return At(indices)
+    return At(tuple(items))

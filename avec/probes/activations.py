@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..core.positions import At, columns
+from ..core.positions import At, columns, uncovered_rows
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,7 @@ def _texts(inputs: Any) -> Any:
 
 
 def _check_position(position: int, lengths: torch.Tensor, texts: Sequence[str] | None) -> None:
-    sel = columns(At((position,)), lengths)  # the rule the hooks use when caching this position
-    missing = (~sel.any(1)).nonzero().flatten().tolist()
+    missing = uncovered_rows(columns(At((position,)), lengths))  # the rule the hooks use when caching there
     if missing:
         i = missing[0]
         what = f"prompt {i} ({texts[i]!r})" if texts is not None else f"row {i}"

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..core.positions import At, From, PositionsLike, as_positions, columns
+from ..core.positions import At, From, PositionsLike, as_positions, columns, uncovered_rows
 from .vector import SteeringVector, Term, resolve_hooks
 
 Pair = tuple[str, str]
@@ -46,7 +46,7 @@ def activations(lm: Any, texts: Sequence[str], hooks: Sequence[str], read_at: in
     for i in range(0, len(texts), batch_size):
         chunk = texts[i:i + batch_size]
         _, mask = lm.tokenize(chunk)  # lengths as the model sees them (special tokens included)
-        missing = (~columns(At((read_at,)), mask.sum(1).cpu()).any(1)).nonzero().flatten().tolist()
+        missing = uncovered_rows(columns(At((read_at,)), mask.sum(1).cpu()))
         if missing:
             raise ValueError(f"read_at={read_at} is outside text {chunk[missing[0]]!r} "
                              f"({int(mask[missing[0]].sum())} tokens); use -1 for each text's last token")
