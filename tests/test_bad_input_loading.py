@@ -19,6 +19,7 @@ import torch
 import avec
 
 L = importlib.import_module("avec.models.load")
+FC = importlib.import_module("avec.models.float_cache")  # where the cache checks look up _sha256
 
 
 def _byte_tokens() -> list[str]:
@@ -206,8 +207,8 @@ def test_intact_cache_is_not_hashed_again_and_a_touched_file_is_accepted(tiny_gg
     avec.load(str(tiny_gguf))
     d = _cache_of(tiny_gguf)
     calls = []
-    real = L._sha256
-    monkeypatch.setattr(L, "_sha256", lambda p: calls.append(Path(p).name) or real(p))
+    real = FC._sha256
+    monkeypatch.setattr(FC, "_sha256", lambda p: calls.append(Path(p).name) or real(p))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         avec.load(str(tiny_gguf))
@@ -389,8 +390,8 @@ def test_bundled_gguf_hash_is_checked_once_per_file_version(tiny_gguf, tmp_path,
     lm = avec.load(name)
     assert torch.equal(lm.run(IDS).logits, reference_logits)
     calls = []
-    real = L._sha256
-    monkeypatch.setattr(L, "_sha256", lambda p: calls.append(Path(p).name) or real(p))
+    real = FC._sha256
+    monkeypatch.setattr(FC, "_sha256", lambda p: calls.append(Path(p).name) or real(p))
     import shutil
 
     shutil.rmtree(L.cached_dir(name))  # forces a second conversion of the same, unchanged file
