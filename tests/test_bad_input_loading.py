@@ -346,6 +346,25 @@ def test_stale_temps_are_removed_by_the_next_load_but_live_ones_kept(tiny_gguf, 
     assert not live.exists() and not locked.exists() and unrelated.exists()
 
 
+def test_stale_temp_is_kept_while_its_key_is_locked_by_a_load(cache):
+    # the lock a conversion holds (filelock, flock on Unix) is seen by the cleanup, in this process too;
+    # a legacy `.assemble-*` temp is left alone while there is no models/ folder to lock in
+    ggufs = cache / "gguf"
+    ggufs.mkdir(parents=True)
+    legacy = ggufs / ".assemble-k3j4h5g6"
+    legacy.write_bytes(b"\0")
+    assert FC.clean_stale_temps("gemma3-270m") == [] and legacy.exists() and not (cache / "models").exists()
+    stale = cache / "models" / f".k.tmp-{_dead_pid()}-x"
+    with FC._lock("k"):  # creates models/: the legacy temp's key can now be locked
+        stale.mkdir()
+        with pytest.warns(UserWarning, match="removed 1 temporary file"):
+            assert FC.clean_stale_temps("gemma3-270m") == [legacy]
+        assert stale.exists()
+    with pytest.warns(UserWarning, match="removed 1 temporary file"):
+        assert FC.clean_stale_temps("gemma3-270m") == [stale]
+    assert (cache / "models" / ".k.lock").exists()  # the lock file stays: the cleanup finds keys by it
+
+
 def test_interrupted_assembly_leaves_no_temp(tmp_path, cache, monkeypatch):
     parts = [tmp_path / "p0", tmp_path / "p1"]
     for p in parts:

@@ -5,7 +5,7 @@ transformers refuses ``save_pretrained`` on a GGUF-loaded model, so the cache is
 dict with safetensors (tied weights once) and the config without its quantization entry. The marker
 ``avec-cache.json`` records size, mtime and sha256 of each file: a load compares size and mtime (free) and
 hashes only a file whose mtime changed (``AVEC_VERIFY_CACHE=1``: every file, every load). Writers of a key
-hold its lock (``models/.{key}.lock``, ``flock``); temporary files left by an
+hold its lock (``models/.{key}.lock``, a ``filelock`` lock: ``flock`` on Unix); temporary files left by an
 interrupted writer are removed by a later load once their owner process is gone and the key's lock is free.
 The cache also remembers which pinned files matched their sha256 (``gguf/verified.json``).
 """
@@ -188,16 +188,14 @@ def _lock_path(key: str) -> Path:
 
 @contextmanager
 def _lock(key: str):
-    import fcntl
+    """Hold ``key``'s lock, waiting for it: every writer of the key's cache (or of its temporary files) holds
+    it, so concurrent first loads (e.g. parallel test workers) convert once. The lock file stays in place."""
+    from filelock import FileLock
 
     path = _lock_path(key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with FileLock(path):
+        yield
 
 
 # -- temporary files ---------------------------------------------------------------------------------
@@ -247,7 +245,7 @@ def clean_stale_temps(assembly_key: str | None = None) -> list[Path]:
     """Remove temporary files left by interrupted conversions or assemblies, i.e. those whose owner
     process is gone and whose key's lock is free (every writer holds that lock). Returns what was removed.
     ``assembly_key``: see ``_stale_temps`` (``load`` passes the multi-part bundled model's name)."""
-    import fcntl
+    from filelock import FileLock, Timeout
 
     removed = []
     try:
@@ -260,20 +258,17 @@ def clean_stale_temps(assembly_key: str | None = None) -> list[Path]:
         if pid == os.getpid():
             continue
         lock = _lock_path(key)
+        if not lock.parent.is_dir():  # no lock can be taken there (FileLock would create the folder)
+            continue
         try:
-            with open(lock, "a") as f:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a conversion of this key is running
-                try:
-                    if path.is_dir():
-                        shutil.rmtree(path)
-                    else:
-                        path.unlink()
-                    removed.append(path)
-                finally:
-                    fcntl.flock(f, fcntl.LOCK_UN)
+            with FileLock(lock, timeout=0):  # try once: a writer of this key holds it while it runs
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                removed.append(path)
+        except Timeout:
+            continue  # a conversion of this key is running
         except OSError:
             continue
     if removed:
