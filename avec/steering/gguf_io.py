@@ -22,7 +22,7 @@ import torch
 
 from ..core.positions import ALL
 from ..io import atomic_write
-from ..models.load import check_gguf
+from ..models.gguf_file import check_gguf
 
 _FLOAT_NAMES = ("F32", "F16", "BF16", "F64")
 _FLOAT_TYPES: tuple = ()
