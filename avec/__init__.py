@@ -7,7 +7,7 @@
 
 from .core import (
     ALL, GENERATED, PROMPT, AddVector, Apply, At, Cache, From, Front, Intervention, MeanAblate, Model, Patch,
-    Mask, ProjectOut, Run, Scale, SetValue, Span, UnknownHookPoint, Zero,
+    Mask, ProjectOut, Run, Scale, SetValue, Span, StopGradient, UnknownHookPoint, Zero,
 )
 from .core.notices import NonFiniteWarning, UnusedInterventionWarning
 from . import lens, patching, probes, steering
@@ -21,6 +21,7 @@ __all__ = [
     "LanguageModel", "MeanAblate", "Model", "Patch", "ProjectOut", "Run", "Scale", "SetValue", "Span",
     "UnknownHookPoint", "Zero", "load", "lens", "patching", "probes", "steering", "SteeringVector",
     "coefficient_scan", "contrast", "mean_difference", "Mask", "NonFiniteWarning", "UnusedInterventionWarning",
+    "StopGradient",
     "maze", "data",
 ]
 

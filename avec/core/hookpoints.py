@@ -31,6 +31,8 @@ class Site:
     read_only:   interventions are refused here (the value is not on the forward path)
     width:       the value's trailing shape after the position axis, when known statically
     layer:       transformer layer index, or None
+    parent:      for a dictionary's points (``<at>.sae.latents``): the hook point the dictionary reads
+    part:        which of the dictionary's values: "latents", "recon" or "error"
     """
 
     name: str
@@ -44,6 +46,8 @@ class Site:
     read_only: bool = False
     width: tuple[int, ...] | None = None
     layer: int | None = None
+    parent: str | None = None
+    part: str | None = None
 
     @property
     def layout(self) -> str:
@@ -83,6 +87,23 @@ class HookPointTable:
         self.names = [s.name for s in sites]
         self._aliases = aliases
         self.n_layers = n_layers
+
+    def insert_after(self, anchor: str, sites: Sequence[Site]) -> None:
+        """Add ``sites`` right after ``anchor`` (and anything already inserted after it) in forward order."""
+        clash = [s.name for s in sites if s.name in self.sites]
+        if clash:
+            raise ValueError(f"hook point(s) {clash} exist already")
+        i = self.names.index(anchor) + 1
+        while i < len(self.names) and self.sites[self.names[i]].parent == anchor:
+            i += 1
+        self.names[i:i] = [s.name for s in sites]
+        self.sites.update({s.name: s for s in sites})
+
+    def remove(self, names: Iterable[str]) -> None:
+        for name in list(names):
+            self.sites.pop(name, None)
+            if name in self.names:
+                self.names.remove(name)
 
     def __contains__(self, name: str) -> bool:
         try:

@@ -19,6 +19,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
+from .dictionary import PARTS, AttachedDictionary
 from .hookpoints import Site
 from .interventions import Intervention
 from .positions import AllPositions, Mask, TokenContext, uncovered_rows
@@ -252,6 +253,48 @@ class _Entry:
     edits: list[tuple[int, Intervention]]  # (index in the edits given to attach, intervention)
     read: bool
     sink: bool = False  # adds pending residual deltas to this module's output
+    dictionaries: list[AttachedDictionary] = field(default_factory=list)  # run on this point's value
+
+
+def _apply(e: _Entry, value: torch.Tensor, ctx: TokenContext, state: HookState, track_use: bool) -> torch.Tensor:
+    """An entry's interventions, in order, on its (viewed) value."""
+    for i, iv in e.edits:
+        where = _where(iv, e.site, value, ctx)
+        if track_use and i not in state.used and (where is None or bool(where.any())):
+            state.used.add(i)
+        value = iv.edit(value, where, ctx, e.site)
+    return value
+
+
+def _run_dictionary(d: AttachedDictionary, x: torch.Tensor, ctx: TokenContext, parts: dict[str, _Entry],
+                    state: HookState, grad: bool, track_use: bool) -> torch.Tensor:
+    """What flows on from a hook point with dictionary ``d`` attached (see ``dictionary.py``)."""
+
+    def point(part: str, value: torch.Tensor) -> torch.Tensor:
+        e = parts.get(d.point(part))
+        if e is None:
+            return value
+        value = _apply(e, value, ctx, state, track_use)
+        if e.read:
+            if grad and not value.requires_grad:
+                value = value.detach().requires_grad_(True)
+            state.store[e.site.name] = value
+        return value
+
+    latents = d.module.encode(x)
+    edited = point("latents", latents)
+    recon = d.module.decode(latents)
+    new_recon = point("recon", recon if edited is latents else d.module.decode(edited))
+    error = (x - recon).detach()  # a constant: upstream gradients flow through the latents only
+    new_error = point("error", error)
+    if d.splice == "recon":
+        return new_recon.to(x.dtype)
+    # recon + error, written so that unedited values give back x bit for bit
+    exact = x if (new_recon is recon and new_error is error) else x + (new_recon - recon) + (new_error - error)
+    if torch.is_grad_enabled() and (new_recon.requires_grad or new_error.requires_grad):
+        live = new_recon + new_error  # the same value; carries d out / d recon = d out / d error = 1
+        exact = exact.detach() + (live - live.detach())
+    return exact.to(x.dtype)
 
 
 @contextmanager
@@ -263,6 +306,7 @@ def attach(
     tracker: str | None = None,
     grad: bool = False,
     track_use: bool = False,
+    dictionaries: Sequence[tuple[Site, AttachedDictionary]] = (),
 ) -> Iterator[HookState]:
     """Attach interventions and caches to ``root``'s modules for the length of the block.
 
@@ -271,13 +315,18 @@ def attach(
     tracker: module path whose forward arguments tell token positions (a transformer's base model)
     grad:    make recorded values part of the autograd graph, so gradients can be taken w.r.t. them
     track_use: record in ``state.used`` which edits selected at least one column (one sync a pass)
+    dictionaries: (hook point site, dictionary) pairs attached to the model (see ``dictionary.py``);
+             a dictionary runs when it splices its reconstruction in or one of its points is asked for
     """
     state = HookState()
     modules = dict(root.named_modules())
     groups: dict[tuple[str, str], list[_Entry]] = {}
     by_site: dict[str, _Entry] = {}
+    parts: dict[str, _Entry] = {}  # a dictionary's points: handled inside their parent's entry
 
     def entry(site: Site) -> _Entry:
+        if site.parent is not None:
+            return parts.setdefault(site.name, _Entry(site, [], False))
         if site.name not in by_site:
             by_site[site.name] = _Entry(site, [], False)
             groups.setdefault((site.module, site.kind), []).append(by_site[site.name])
@@ -287,6 +336,9 @@ def attach(
         entry(site).edits.append((i, iv))
     for site in reads:
         entry(site).read = True
+    for parent, d in dictionaries:
+        if d.splice == "recon" or any(d.point(p) in parts for p in PARTS):
+            entry(parent).dictionaries.append(d)
     for e in list(by_site.values()):
         if e.site.delta_to is not None:
             sinks = groups.setdefault((e.site.delta_to, "output"), [])
@@ -308,15 +360,13 @@ def attach(
                 if ctx is None or site.pos_axis is None:
                     ctx = TokenContext.plain(int(value.shape[0]), 1, value.device)
                 new = view
-                for i, iv in e.edits:
-                    where = _where(iv, site, new, ctx)
-                    if track_use and i not in state.used and (where is None or bool(where.any())):
-                        state.used.add(i)
-                    new = iv.edit(new, where, ctx, site)
+                new = _apply(e, new, ctx, state, track_use)
                 if e.read:
                     if grad and not new.requires_grad:
                         new = new.detach().requires_grad_(True)
                     state.store[site.name] = new
+                for d in e.dictionaries:
+                    new = _run_dictionary(d, new, ctx, parts, state, grad, track_use)
                 if new is not view or (grad and e.read and site.heads is not None):
                     # (a per-head view must itself flow on, or gradients w.r.t. it would be zero)
                     new_value = _unview(new, site)

@@ -373,3 +373,12 @@ class Apply(Intervention):
                 f"got {getattr(new, 'shape', type(new).__name__)}"
             )
         return _blend(value, new, where)
+
+
+@dataclass(frozen=True)
+class StopGradient(Intervention):
+    """The value is unchanged, but no gradient flows back through it at the selected positions / heads:
+    what is upstream is held fixed for attribution (e.g. freeze a layer's input)."""
+
+    def edit(self, value, where, ctx, site):
+        return value.detach() if where is None else torch.where(where, value.detach(), value)

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
+from .dictionary import PARTS, AttachedDictionary, check_attachable
 from .hookpoints import HookPointTable, Site
 from .notices import NonFiniteWarning, UnusedInterventionWarning
 from .hooks import attach, check_intervention, check_selection
@@ -216,6 +217,7 @@ class Model:
         self.tracker = tracker
         n_params = sum(p.numel() for p in module.parameters())
         self.model_id = f"{self.name}:{type(module).__name__}:{n_params}"
+        self._dictionaries: dict[str, AttachedDictionary] = {}
 
     # -- hook points -------------------------------------------------------------------------
     @property
@@ -229,6 +231,49 @@ class Model:
 
     def site(self, name: str) -> Site:
         return self.table.resolve(name)
+
+    # -- dictionaries ------------------------------------------------------------------------
+    @property
+    def dictionaries(self) -> list[AttachedDictionary]:
+        """The dictionaries attached to this model, in the order they were added."""
+        return list(self._dictionaries.values())
+
+    def add_dictionary(self, dictionary: Any, at: str, name: str = "sae", splice: str = "error") -> AttachedDictionary:
+        """Attach ``dictionary`` (``encode`` / ``decode``, ``d_in`` / ``d_sae``) at hook point ``at``: its
+        latents, reconstruction and error become hook points ``<at>.<name>.latents / recon / error``
+        (see ``avec.core.dictionary``). ``splice="error"`` keeps the model's output unchanged unless
+        those points are edited; ``"recon"`` runs the model on the reconstruction. Stays until
+        ``remove_dictionary``; ``with model.dictionary(...)`` attaches for a block."""
+        parent = self.site(at)
+        check_attachable(dictionary, parent, name, splice)
+        attached = AttachedDictionary(dictionary, parent.name, name, splice)
+        if attached.prefix in self._dictionaries:
+            raise ValueError(f"a dictionary named {name!r} is already attached at {parent.name!r}; remove it first "
+                             "or pick another name")
+        self.table.insert_after(parent.name, attached.sites(parent))
+        self._dictionaries[attached.prefix] = attached
+        return attached
+
+    def remove_dictionary(self, which: AttachedDictionary | str) -> None:
+        """Detach a dictionary (the object ``add_dictionary`` returned, or its ``<at>.<name>`` prefix)."""
+        prefix = which.prefix if isinstance(which, AttachedDictionary) else which
+        if prefix not in self._dictionaries:
+            have = ", ".join(self._dictionaries) or "none"
+            raise KeyError(f"no dictionary {prefix!r} is attached (attached: {have})")
+        attached = self._dictionaries.pop(prefix)
+        self.table.remove(attached.point(p) for p in PARTS)
+
+    @contextmanager
+    def dictionary(self, dictionary: Any, at: str, name: str = "sae", splice: str = "error") -> Iterator[AttachedDictionary]:
+        """``add_dictionary`` for the length of a ``with`` block (removed on exit, exception or not)."""
+        attached = self.add_dictionary(dictionary, at, name, splice)
+        try:
+            yield attached
+        finally:
+            self.remove_dictionary(attached)
+
+    def _attached(self) -> list[tuple[Site, AttachedDictionary]]:
+        return [(self.table.sites[d.at], d) for d in self._dictionaries.values()]
 
     def _bind(self, interventions: Iterable[Any]) -> list[tuple[Site, Intervention]]:
         bound = []
@@ -312,7 +357,8 @@ class Model:
         call, extra = self._prepare(inputs, **forward_kwargs)
         self._check_edits(edits, extra)
         sites = reads + [s for s, _ in edits]
-        with self._runtime(sites), attach(self.module, edits, reads, tracker=self.tracker, grad=grad) as state:
+        with self._runtime(sites), attach(self.module, edits, reads, tracker=self.tracker, grad=grad,
+                                          dictionaries=self._attached()) as state:
             with torch.set_grad_enabled(grad):
                 output = call()
             live = dict(state.store)
@@ -359,7 +405,7 @@ class Model:
         """
         edits = self._bind(interventions)
         with self._runtime([s for s, _ in edits]), attach(self.module, edits, (), tracker=self.tracker,
-                                                         track_use=True) as state:
+                                                         track_use=True, dictionaries=self._attached()) as state:
             yield
         unused = [f"{type(iv).__name__} at {s.name} (positions {iv.positions.describe()})"
                   for i, (s, iv) in enumerate(edits) if state.calls and s.pos_axis is not None and i not in state.used]
