@@ -19,6 +19,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
+from .norms import ElementwiseNorm
 from .dictionary import PARTS, AttachedDictionary
 from .hookpoints import Site
 from .interventions import Intervention
@@ -307,6 +308,7 @@ def attach(
     grad: bool = False,
     track_use: bool = False,
     dictionaries: Sequence[tuple[Site, AttachedDictionary]] = (),
+    frozen_norms: Sequence[str] = (),
 ) -> Iterator[HookState]:
     """Attach interventions and caches to ``root``'s modules for the length of the block.
 
@@ -317,6 +319,9 @@ def attach(
     track_use: record in ``state.used`` which edits selected at least one column (one sync a pass)
     dictionaries: (hook point site, dictionary) pairs attached to the model (see ``dictionary.py``);
              a dictionary runs when it splices its reconstruction in or one of its points is asked for
+    frozen_norms: module paths of LayerNorm / RMSNorm modules whose per-token scale is held constant for
+             gradients (their outputs are unchanged): gradients see each norm as the affine map it is
+             at this input, as attribution through a frozen model needs
     """
     state = HookState()
     modules = dict(root.named_modules())
@@ -393,6 +398,19 @@ def attach(
                 state.deltas.clear()
 
             handles.append(modules[tracker].register_forward_pre_hook(track, with_kwargs=True))
+        for path in frozen_norms:
+            if path not in modules:
+                raise KeyError(f"module {path!r} not found in the model")
+            norm = ElementwiseNorm(modules[path])
+
+            def freeze(module, args, output, norm=norm):
+                if not torch.is_grad_enabled() or not isinstance(output, torch.Tensor):
+                    return output
+                x = next(a for a in args if isinstance(a, torch.Tensor))
+                affine = norm.frozen(x, norm.scale(x).detach()).to(output.dtype)  # gain * center(x) / s, s constant
+                return output.detach() + (affine - affine.detach())  # the module's value, the frozen map's gradient
+
+            handles.append(modules[path].register_forward_hook(freeze))
         for (path, kind), entries in groups.items():
             if path not in modules:
                 raise KeyError(f"module {path!r} not found in the model")

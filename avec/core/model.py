@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .dictionary import PARTS, AttachedDictionary, check_attachable
+from .norms import ElementwiseNorm
 from .hookpoints import HookPointTable, Site
 from .notices import NonFiniteWarning, UnusedInterventionWarning
 from .hooks import attach, check_intervention, check_selection
@@ -272,6 +273,27 @@ class Model:
         finally:
             self.remove_dictionary(attached)
 
+    # -- freezing for gradients ------------------------------------------------------------------
+    def norm_modules(self) -> list[str]:
+        """Paths of every LayerNorm / RMSNorm module (what ``freeze=["norms"]`` holds fixed)."""
+        out = []
+        for path, module in self.module.named_modules():
+            if not path or not (isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("Norm")):
+                continue
+            try:
+                ElementwiseNorm(module)
+            except TypeError:
+                continue
+            out.append(path)
+        return out
+
+    def _freezable(self) -> tuple[str, ...]:
+        return ("norms",)
+
+    def _freeze_edits(self, freeze: Sequence[str]) -> list[Intervention]:
+        """Interventions that implement ``freeze`` (language models stop gradients at queries and keys)."""
+        return []
+
     def _attached(self) -> list[tuple[Site, AttachedDictionary]]:
         return [(self.table.sites[d.at], d) for d in self._dictionaries.values()]
 
@@ -332,6 +354,7 @@ class Model:
         positions: PositionsLike = None,
         cache_device: str | torch.device | None = None,
         cache_dtype: torch.dtype | None = None,
+        freeze: Iterable[str] = (),
         **forward_kwargs: Any,
     ) -> Run:
         """Run the model once, recording the hook points in ``cache`` (names or globs) and applying
@@ -341,12 +364,17 @@ class Model:
         grad:        also return ``run.grads``: d metric / d each cached activation; ``metric`` maps
                      the Run (with live logits) to a scalar tensor
         cache_device, cache_dtype: where and how to store the cache (default: as computed)
+        freeze:      for gradients, hold parts of the model fixed at their values in this run (outputs
+                     are unchanged): "norms" (every LayerNorm / RMSNorm's per-token scale), and for
+                     transformers "attention" (the attention patterns: no gradient through queries
+                     and keys). Attribution through a frozen model needs both.
         forward_kwargs: passed to the wrapped module's forward, e.g. ``logits_to_keep=1`` for a
                      transformer whose metric reads only the last position (skips most of the unembedding)
         """
         if isinstance(interventions, Intervention) or hasattr(interventions, "as_interventions"):
             interventions = [interventions]
-        edits = self._bind(interventions)
+        freeze = _check_freeze(freeze, self._freezable())
+        edits = self._bind([interventions, self._freeze_edits(freeze)])
         names = self.resolve(cache) if cache else []
         reads = [self.table.resolve(n) for n in names]
         if grad and metric is None:
@@ -357,8 +385,9 @@ class Model:
         call, extra = self._prepare(inputs, **forward_kwargs)
         self._check_edits(edits, extra)
         sites = reads + [s for s, _ in edits]
+        norms = self.norm_modules() if "norms" in freeze else ()
         with self._runtime(sites), attach(self.module, edits, reads, tracker=self.tracker, grad=grad,
-                                          dictionaries=self._attached()) as state:
+                                          dictionaries=self._attached(), frozen_norms=norms) as state:
             with torch.set_grad_enabled(grad):
                 output = call()
             live = dict(state.store)
@@ -418,6 +447,14 @@ class Model:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {len(self.table.names)} hook points)"
+
+
+def _check_freeze(freeze: Iterable[str], allowed: Sequence[str]) -> tuple[str, ...]:
+    freeze = (freeze,) if isinstance(freeze, str) else tuple(freeze)
+    bad = [f for f in freeze if f not in allowed]
+    if bad:
+        raise ValueError(f"cannot freeze {bad}; this model can freeze {list(allowed)}")
+    return freeze
 
 
 def _warn_if_non_finite(run: Run, edits: Sequence[tuple[Site, Intervention]]) -> None:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..models.lm import LanguageModel
-from ..models.norms import ElementwiseNorm  # noqa: F401  (used as W.ElementwiseNorm)
+from ..core.norms import ElementwiseNorm  # noqa: F401  (used as W.ElementwiseNorm)
 
 
 def _in_out(module: nn.Module) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..core.hooks import check_selection
-from ..core.interventions import Patch
+from ..core.interventions import Patch, StopGradient
 from ..core.positions import TokenContext
 from ..core.model import Model, Run
 from .architectures import Architecture, architecture_for, dims_of, hook_table
@@ -189,6 +189,18 @@ class LanguageModel(Model):
                 self.hf.set_attn_implementation(before)
         else:
             yield
+
+    # -- freezing for gradients ------------------------------------------------------------------
+    def _freezable(self) -> tuple[str, ...]:
+        return ("norms", "attention")
+
+    def _freeze_edits(self, freeze) -> list:
+        if "attention" not in freeze:
+            return []
+        if self.arch.attn_q is None or self.arch.attn_k is None:
+            raise ValueError(f"freezing attention stops gradients at attn.q and attn.k, which {self.arch.family} "
+                             "does not have as separate modules (fused qkv); freeze 'norms' only")
+        return [StopGradient(f"blocks.{l}.attn.{x}") for l in range(self.n_layers) for x in ("q", "k")]
 
     # -- starting a run part-way ----------------------------------------------------------------
     def run(self, inputs: Any, cache: Any = None, interventions: Any = (), *, start_at_layer: int | None = None,

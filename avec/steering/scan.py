@@ -33,7 +33,7 @@ import torch
 
 from ..core.positions import TokenContext
 from ..lens import weights as W
-from ..models.norms import ElementwiseNorm
+from ..core.norms import ElementwiseNorm
 from ..results import Result
 from .vector import SteeringVector
 

@@ -1,0 +1,78 @@
+"""Freezing for gradients: outputs stay bit for bit, gradients are those of the model with its norm
+scales (and attention patterns) held at this run's values, checked against hand-made frozen models."""
+
+import types
+
+import pytest
+import torch
+
+from _tiny import tiny_lm, tokens
+from avec.core.norms import ElementwiseNorm
+
+
+def _metric(run):
+    return run.logits[0, -1, 3] - run.logits[0, -1, 7]
+
+
+def _manual_grad(lm, x, norms: bool, attention: bool):
+    """d metric / d embed with frozen parts built by hand: norm forwards replaced by their frozen-scale
+    maps, q/k projections detached."""
+    saved = []
+    if norms:
+        for path in lm.norm_modules():
+            m = lm.get_module(path)
+            n = ElementwiseNorm(m)
+
+            def fwd(self, h, n=n):
+                s = n.scale(h).detach()
+                return (n.frozen(h, s) + (n.bias if n.bias is not None else 0)).to(h.dtype)
+
+            saved.append((m, m.forward))
+            m.forward = types.MethodType(fwd, m)
+    if attention:
+        for l in range(lm.n_layers):
+            for proj in ("q_proj", "k_proj"):
+                m = lm.get_module(f"{lm.arch.layers}.{l}.self_attn.{proj}")
+                saved.append((m, m.forward))
+                m.forward = types.MethodType(lambda self, h, f=m.forward: f(h).detach(), m)
+    try:
+        run = lm.run(x, cache=["embed"], grad=True, metric=_metric)
+    finally:
+        for m, f in saved:
+            m.forward = f
+    return run
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "qwen3"])
+@pytest.mark.parametrize("freeze", [("norms",), ("attention",), ("norms", "attention")])
+def test_frozen_gradients_equal_a_hand_frozen_model(arch, freeze):
+    lm = tiny_lm(arch)
+    x = tokens(lm, batch=1, seq=6)
+    plain = lm.run(x, cache=["embed"], grad=True, metric=_metric)
+    frozen = lm.run(x, cache=["embed"], grad=True, metric=_metric, freeze=freeze)
+    assert torch.equal(frozen.logits, plain.logits)  # values untouched
+    manual = _manual_grad(lm, x, "norms" in freeze, "attention" in freeze)
+    assert torch.allclose(frozen.grads["embed"], manual.grads["embed"], atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(frozen.grads["embed"], plain.grads["embed"], atol=1e-4)  # freezing matters
+
+
+def test_frozen_final_norm_reads_out_linearly():
+    lm = tiny_lm("llama")
+    x = tokens(lm, batch=1, seq=5)
+    last = f"blocks.{lm.n_layers - 1}.resid_post"
+    run = lm.run(x, cache=[last], grad=True, metric=_metric, freeze="norms")
+    norm = ElementwiseNorm(lm.get_module(lm.arch.final_norm))
+    resid = run.cache[last][0, -1]
+    d = lm.W_U[:, 3] - lm.W_U[:, 7]
+    want = norm.readout(d.detach(), norm.scale(resid))
+    assert torch.allclose(run.grads[last][0, -1], want, atol=1e-5)
+    assert run.grads[last][0, :-1].abs().max() == 0
+
+
+def test_freeze_errors():
+    lm = tiny_lm("gpt2")
+    with pytest.raises(ValueError, match="fused qkv"):
+        lm.run(tokens(lm), grad=True, cache=["embed"], metric=_metric, freeze="attention")
+    with pytest.raises(ValueError, match=r"cannot freeze \['mlps'\]"):
+        lm.run(tokens(lm), freeze=["mlps"])
+    lm.run(tokens(lm), grad=True, cache=["embed"], metric=_metric, freeze="norms")  # GPT-2's LayerNorms
