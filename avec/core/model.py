@@ -465,8 +465,10 @@ def _warn_if_non_finite(run: Run, edits: Sequence[tuple[Site, Intervention]]) ->
         return
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         return
+    if bool(torch.isfinite(logits.sum())):  # one cheap reduction: NaN/inf anywhere makes the sum non-finite
+        return
     finite = torch.isfinite(logits)
-    if bool(finite.all()):
+    if bool(finite.all()):  # a sum that overflowed from finite logits
         return
     bad = int((~finite).sum())
     rows = (~finite).reshape(finite.shape[0], -1).any(1).nonzero().flatten().tolist()
