@@ -76,7 +76,7 @@ def test_each_arch_recovers_a_known_sparse_dictionary(trained, tmp_path):
         z = sae.encode(HELD_OUT)
     active = (z != 0).sum(-1).float()
     assert untrained > 0.5  # training is what brings FVU down
-    assert fvu(sae, HELD_OUT) < 0.15, arch
+    assert fvu(sae, HELD_OUT) < 0.2, arch  # 0.04-0.13 over init seeds at 400 steps
     if arch == "topk":
         assert bool((active == K_TRUE).all())  # exactly k per token
     elif arch == "batchtopk":
@@ -181,6 +181,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
     lines = lambda d: (tmp_path / d / "metrics.jsonl").read_text().splitlines()  # noqa: E731
     assert lines("full") == lines("cut") and len(lines("full")) == 2 * 60 // 5
     assert full.to_frame().equals(resumed.to_frame())
+    assert full.plot() is not None
     a, b = SAE.load(tmp_path / "full" / "a_topk.safetensors"), SAE.load(tmp_path / "cut" / "a_topk.safetensors")
     assert torch.equal(a.W_enc, b.W_enc)
 
@@ -262,7 +263,8 @@ def test_model_metrics_ce_recovered_delta_loss_and_kl():
     assert perfect.fvu < 1e-10 and perfect.n_tokens == 24
     useless = evaluate(_Exact(64, zero=True), lm=lm, tokens=ids, at=AT)
     assert useless.ce_loss_recovered == pytest.approx(0.0, abs=1e-6) and useless.kl > 0
-    sae = SAE(arch="topk", d_in=64, d_sae=96, k=8, hook=AT).init_from_sample(lm.run(ids, cache=[AT]).cache[AT].reshape(-1, 64))
+    acts = lm.run(ids, cache=[AT]).cache[AT].reshape(-1, 64)
+    sae = SAE(arch="topk", d_in=64, d_sae=96, k=8, hook=AT).init_from_sample(acts)
     res = evaluate(sae, lm=lm, tokens=[ids[:2], ids[2:]])
     assert res.delta_lm_loss == pytest.approx(res.ce_spliced - res.ce_clean)
     assert res.ce_loss_recovered == pytest.approx((res.ce_zero_ablation - res.ce_spliced) /
@@ -290,6 +292,8 @@ def test_bad_configs_and_inputs_are_refused():
               TrainConfig(steps=1), progress=False)
     with pytest.raises(ValueError, match="decay='exp'; allowed: cosine, linear, none"):
         TrainConfig(steps=1, decay="exp")
+    with pytest.raises(ValueError, match="dead_tokens=0"):
+        TrainConfig(steps=1, dead_tokens=0)
 
 
 def test_bad_files_are_refused_by_name_and_failed_saves_overwrite_nothing(tmp_path, monkeypatch):

@@ -61,17 +61,17 @@ class TrainConfig:
     min_lr_fraction: float = 0.0
     sparsity_warmup_steps: int = 0
     clip_grad_norm: float | None = 1.0
-    dead_tokens: int = 1_000_000
+    dead_tokens: int = 1_000_000       # a latent silent for this many tokens is dead (AuxK, dead_fraction)
     checkpoint_every: int = 0          # 0: only at the end
     log_every: int = 10
     init: bool = True                  # initialise each SAE from the first batch
 
     def __post_init__(self):
         problems = []
-        for name in ("steps", "log_every"):
+        for name in ("steps", "log_every", "dead_tokens"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)!r}; it must be a positive int")
-        for name in ("warmup_steps", "sparsity_warmup_steps", "checkpoint_every", "dead_tokens"):
+        for name in ("warmup_steps", "sparsity_warmup_steps", "checkpoint_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 problems.append(f"{name}={getattr(self, name)!r}; it must be an int >= 0")
         if not self.lr > 0:
@@ -300,7 +300,7 @@ def train(saes: SAE | Mapping[str, SAE], batches: Iterable | Callable[[int], Ite
                 x = _pick(batch, name, sae)
                 if step == 0 and config.init:
                     sae.init_from_sample(x)
-                dead = since_fired[name] >= config.dead_tokens if config.dead_tokens else None
+                dead = since_fired[name] >= config.dead_tokens
                 opt = opts[name]
                 for g in opt.param_groups:
                     g["lr"] = lr
