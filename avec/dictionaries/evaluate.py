@@ -1,0 +1,257 @@
+"""How good is an SAE: reconstruction, sparsity, and (with a model) what splicing it in costs.
+
+Definitions (over all evaluated tokens; sums accumulated in float64, batch by batch):
+
+    mse            E ||x - x_hat||^2 / d_in                 (mean over tokens and dimensions)
+    fvu            E ||x - x_hat||^2 / E ||x - E x||^2       (fraction of variance unexplained)
+    l0             E #{i : z_i != 0}                         (active latents per token)
+    density_i      fraction of tokens on which latent i fires (z_i != 0); log10 of it is histogrammed
+    dead_fraction  fraction of latents with density 0 on these tokens
+    dense_fraction fraction of latents with density > dense_threshold (default 0.1: firing on > 10% of tokens)
+    cosine         E cos(x, x_hat);  norm_ratio  E ||x_hat|| / ||x||   (per token, then averaged)
+
+With a model (``lm`` and ``tokens`` [batch, pos] ids), next-token cross-entropy per token (positions
+0 .. pos-2 predict tokens 1 .. pos-1) of three runs:
+
+    ce_clean         the model as is
+    ce_spliced       the SAE's reconstruction in place of the hook point (``lm.dictionary(sae, at,
+                     splice="recon")``)
+    ce_zero_ablation the hook point set to 0 (``Zero(at)``)
+    ce_loss_recovered = (ce_zero_ablation - ce_spliced) / (ce_zero_ablation - ce_clean)
+    delta_lm_loss     = ce_spliced - ce_clean
+    kl                = E KL(p_clean || p_spliced) of the next-token distributions, at every position
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from ..results import Result
+
+DENSE_THRESHOLD = 0.1
+
+
+class ReconstructionStats:
+    """Streaming float64 accumulator of the reconstruction / sparsity metrics (module docstring).
+
+    ``update(x [n, d_in], x_hat [n, d_in], latents [n, d_sae])`` per batch; the variance of x is merged
+    across batches with Chan et al.'s pairwise formula, so FVU equals the one-shot formula on the
+    concatenated batches (no E||x||^2 - ||E x||^2 cancellation).
+    """
+
+    def __init__(self, d_in: int, d_sae: int):
+        self.d_in, self.d_sae = d_in, d_sae
+        self.n = 0
+        self.mean = torch.zeros(d_in, dtype=torch.float64)
+        self.m2 = torch.zeros(d_in, dtype=torch.float64)   # sum over tokens of (x - mean)^2, per dim
+        self.sse = torch.zeros((), dtype=torch.float64)
+        self.active = torch.zeros((), dtype=torch.float64)
+        self.fires = torch.zeros(d_sae, dtype=torch.int64)
+        self.cos_sum = torch.zeros((), dtype=torch.float64)
+        self.ratio_sum = torch.zeros((), dtype=torch.float64)
+
+    def update(self, x: torch.Tensor, x_hat: torch.Tensor, latents: torch.Tensor) -> "ReconstructionStats":
+        x = x.detach().reshape(-1, self.d_in).double()
+        x_hat = x_hat.detach().reshape(-1, self.d_in).double()
+        on = latents.detach().reshape(-1, self.d_sae) != 0
+        nb = x.shape[0]
+        if nb == 0:
+            return self
+        mb = x.mean(0)
+        m2b = (x - mb).pow(2).sum(0)
+        total = self.n + nb
+        delta = mb - self.mean
+        self.m2 += m2b + delta.pow(2) * (self.n * nb / total)
+        self.mean += delta * (nb / total)
+        self.n = total
+        self.sse += (x - x_hat).pow(2).sum()
+        self.active += on.sum()
+        self.fires += on.sum(0)
+        self.cos_sum += F.cosine_similarity(x, x_hat, dim=-1, eps=1e-12).sum()
+        self.ratio_sum += (x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)).sum()
+        return self
+
+    def _need_tokens(self):
+        if self.n == 0:
+            raise ValueError("no tokens were evaluated (empty activation batches)")
+
+    @property
+    def mse(self) -> float:
+        self._need_tokens()
+        return float(self.sse / (self.n * self.d_in))
+
+    @property
+    def fvu(self) -> float:
+        self._need_tokens()
+        return float(self.sse / self.m2.sum().clamp_min(1e-300))
+
+    @property
+    def l0(self) -> float:
+        self._need_tokens()
+        return float(self.active / self.n)
+
+    @property
+    def density(self) -> torch.Tensor:
+        """Firing frequency per latent [d_sae] (float64)."""
+        self._need_tokens()
+        return self.fires.double() / self.n
+
+
+@dataclass(frozen=True)
+class SAEEvaluation(Result):
+    """Metrics of one SAE (definitions in ``avec.dictionaries.evaluate``); model metrics are None
+    when no model was given."""
+
+    n_tokens: int
+    mse: float
+    fvu: float
+    l0: float
+    dead_fraction: float
+    dense_fraction: float
+    dense_threshold: float
+    cosine: float
+    norm_ratio: float
+    density: torch.Tensor              # [d_sae]
+    at: str | None = None
+    ce_clean: float | None = None
+    ce_spliced: float | None = None
+    ce_zero_ablation: float | None = None
+    ce_loss_recovered: float | None = None
+    delta_lm_loss: float | None = None
+    kl: float | None = None
+
+    @property
+    def log10_density(self) -> torch.Tensor:
+        """log10 of the density of latents that fired [n_live] (dead latents have none)."""
+        d = self.density
+        return d[d > 0].log10()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "density"}
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame({"metric": list(self.to_dict()), "value": list(self.to_dict().values())})
+
+    def plot(self, ax=None):
+        """Histogram of log10 latent density (dead latents counted in the title)."""
+        from ..plotting import pyplot
+
+        plt = pyplot()
+        fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 3.2))
+        live = self.log10_density.numpy()
+        ax.hist(live, bins=50, color="#4477aa")
+        ax.axvline(torch.tensor(self.dense_threshold).log10().item(), color="#cc6677", ls="--", lw=1,
+                   label=f"dense (> {self.dense_threshold:g})")
+        n_dead = int((self.density == 0).sum())
+        ax.set_title(f"latent density over {self.n_tokens} tokens; {n_dead} dead, L0 {self.l0:.3g}, FVU {self.fvu:.3g}",
+                     fontsize=9)
+        ax.set_xlabel("log10 firing frequency")
+        ax.set_ylabel("latents")
+        ax.legend(fontsize=8)
+        return fig
+
+
+# ----------------------------------------------------------------------------- model metrics
+def _as_batches(tokens: Any) -> Iterable[torch.Tensor]:
+    if isinstance(tokens, torch.Tensor):
+        if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"tokens are integer ids [batch, pos], got {tokens.dtype} {tuple(tokens.shape)}")
+        return [tokens]
+    return tokens
+
+
+class _LossSums:
+    """float64 sums of next-token CE / KL and their token counts."""
+
+    def __init__(self):
+        self.ce = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
+        self.n_ce = 0
+        self.kl, self.n_kl = 0.0, 0
+
+    def add(self, ids: torch.Tensor, clean: torch.Tensor, spliced: torch.Tensor, zero: torch.Tensor) -> None:
+        target = ids[:, 1:].reshape(-1)
+        for key, logits in (("clean", clean), ("spliced", spliced), ("zero", zero)):
+            lp = logits[:, :-1].double().log_softmax(-1).reshape(-1, logits.shape[-1])
+            self.ce[key] += float(F.nll_loss(lp, target, reduction="sum"))
+        self.n_ce += target.numel()
+        lp_c, lp_s = clean.double().log_softmax(-1), spliced.double().log_softmax(-1)
+        self.kl += float((lp_c.exp() * (lp_c - lp_s)).sum())
+        self.n_kl += lp_c.shape[0] * lp_c.shape[1]
+
+
+def model_metrics(sums: _LossSums) -> dict[str, float]:
+    if sums.n_ce == 0:
+        raise ValueError("the token batches need at least 2 positions for next-token losses")
+    clean, spliced, zero = (sums.ce[k] / sums.n_ce for k in ("clean", "spliced", "zero"))
+    denom = zero - clean
+    return {"ce_clean": clean, "ce_spliced": spliced, "ce_zero_ablation": zero,
+            "ce_loss_recovered": (zero - spliced) / denom if denom != 0 else float("nan"),
+            "delta_lm_loss": spliced - clean, "kl": sums.kl / sums.n_kl}
+
+
+# ----------------------------------------------------------------------------- entry point
+def evaluate(sae: Any, activations: Iterable | None = None, *, lm: Any = None, tokens: Any = None,
+             at: str | None = None, dense_threshold: float = DENSE_THRESHOLD) -> SAEEvaluation:
+    """Evaluate ``sae`` (anything with encode / decode / d_in / d_sae).
+
+    activations: batches ``[n, d_in]`` (or dicts hook -> tensor, read at ``at``) for the reconstruction
+                 metrics; without them, the clean model's activations at ``at`` on ``tokens`` are used
+    lm, tokens:  a LanguageModel and token ids ``[batch, pos]`` (a tensor or an iterable of them) for
+                 the CE / KL metrics; ``at`` defaults to ``sae.cfg.hook``
+    """
+    from ..core.dictionary import dims
+    from ..core.interventions import Zero
+
+    d_in, d_sae = dims(sae)
+    at = at or getattr(getattr(sae, "cfg", None), "hook", None)
+    if not 0 < dense_threshold < 1:
+        raise ValueError(f"dense_threshold={dense_threshold!r}; allowed: a fraction of tokens in (0, 1)")
+    if (lm is None) != (tokens is None):
+        raise ValueError("model metrics need both lm and tokens (give both, or neither)")
+    if lm is not None and at is None:
+        raise ValueError("with a model, say which hook point the SAE reads: at=... (or set sae.cfg.hook)")
+    if activations is None and lm is None:
+        raise ValueError("nothing to evaluate: give activation batches, or lm and tokens")
+    stats = ReconstructionStats(d_in, d_sae)
+    was_training = getattr(sae, "training", False)
+    if hasattr(sae, "eval"):
+        sae.eval()
+    try:
+        with torch.no_grad():
+            if activations is not None:
+                for batch in activations:
+                    if isinstance(batch, Mapping):
+                        if at not in batch:
+                            raise KeyError(f"activation batch has no key {at!r} (keys: {sorted(batch)})")
+                        batch = batch[at]
+                    z = sae.encode(batch)
+                    stats.update(batch, sae.decode(z), z)
+            sums = None
+            if lm is not None:
+                sums = _LossSums()
+                for ids in _as_batches(tokens):
+                    clean = lm.run(ids, cache=[at])
+                    zero = lm.run(ids, interventions=[Zero(at)])
+                    with lm.dictionary(sae, at, name="eval", splice="recon"):
+                        spliced = lm.run(ids)
+                    sums.add(ids, clean.logits, spliced.logits, zero.logits)
+                    if activations is None:
+                        x = clean.cache[at]
+                        z = sae.encode(x)
+                        stats.update(x, sae.decode(z), z)
+    finally:
+        if was_training:
+            sae.train()
+    density = stats.density
+    return SAEEvaluation(
+        n_tokens=stats.n, mse=stats.mse, fvu=stats.fvu, l0=stats.l0,
+        dead_fraction=float((density == 0).double().mean()),
+        dense_fraction=float((density > dense_threshold).double().mean()), dense_threshold=dense_threshold,
+        cosine=float(stats.cos_sum / stats.n), norm_ratio=float(stats.ratio_sum / stats.n),
+        density=density, at=at, **(model_metrics(sums) if lm is not None else {}))

@@ -1,0 +1,341 @@
+"""Train SAEs on a stream of activation batches, resumably.
+
+    saes = {"l6_topk": SAE(arch="topk", d_in=768, d_sae=16384, k=32, hook="blocks.6.resid_post")}
+    result = train(saes, batches, TrainConfig(steps=20_000), out="runs/l6")
+
+``batches`` yields tensors ``[n, d_in]`` (every SAE reads it) or dicts hook -> tensor (each SAE reads
+``batch[sae.cfg.hook]``, so several SAEs, one per (hook, config), train from one activation stream).
+Pass a function ``start -> iterator`` to make resuming cheap; a plain iterable is re-iterated from the
+start and its first ``position`` batches skipped (it must then yield the same batches again).
+
+Recipe: Adam (per SAE); learning rate warmed up linearly over ``warmup_steps``, constant, then decayed
+to ``min_lr_fraction * lr`` over the last ``1 - decay_start`` of the steps (``decay`` "cosine" or
+"linear"; "none" keeps it constant); sparsity coefficient warmed up linearly from 0 over
+``sparsity_warmup_steps``; gradient norm clipped per SAE at ``clip_grad_norm``; unit-norm decoder
+projection / renormalisation around each step where the architecture uses it (``SAE.before_step`` /
+``after_step``). Each SAE is initialised from the first batch (input scale, ``b_dec`` = geometric
+median) unless ``init=False``.
+
+Dead latents: a latent is dead once it has not fired in the last ``dead_tokens`` tokens (counter per
+latent, saved in checkpoints); TopK / BatchTopK feed the dead set to AuxK.
+
+Files in ``out``: ``checkpoint.safetensors`` (every SAE's tensors, Adam state, dead-latent counters,
+torch RNG state; JSON metadata with step, data position, configs and optimiser hyperparameters),
+written atomically every ``checkpoint_every`` steps and at the end; ``metrics.jsonl`` (one line per
+SAE every ``log_every`` steps; on resume, lines past the checkpoint are dropped); and at the end
+``<name>.safetensors`` per SAE (``SAE.save``: normalisation folded in). Training resumes from
+``checkpoint.safetensors`` when it exists, and the result is identical to an uninterrupted run.
+
+Threads: torch's own setting (``torch.set_num_threads``) is used as is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import torch
+
+from ..io import atomic_write, atomic_write_text
+from ..results import Result
+from .sae import SAE
+
+CHECKPOINT, LOG = "checkpoint.safetensors", "metrics.jsonl"
+DECAYS = ("cosine", "linear", "none")
+CKPT_FORMAT = "avec.sae-train/1"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    decay: str = "cosine"
+    decay_start: float = 0.8           # fraction of the steps after which the LR decays
+    min_lr_fraction: float = 0.0
+    sparsity_warmup_steps: int = 0
+    clip_grad_norm: float | None = 1.0
+    dead_tokens: int = 1_000_000       # a latent silent for this many tokens is dead (AuxK, dead_fraction)
+    checkpoint_every: int = 0          # 0: only at the end
+    log_every: int = 10
+    init: bool = True                  # initialise each SAE from the first batch
+
+    def __post_init__(self):
+        problems = []
+        for name in ("steps", "log_every", "dead_tokens"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)!r}; it must be a positive int")
+        for name in ("warmup_steps", "sparsity_warmup_steps", "checkpoint_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                problems.append(f"{name}={getattr(self, name)!r}; it must be an int >= 0")
+        if not self.lr > 0:
+            problems.append(f"lr={self.lr!r}; it must be > 0")
+        if self.decay not in DECAYS:
+            problems.append(f"decay={self.decay!r}; allowed: {', '.join(DECAYS)}")
+        if not 0 <= self.decay_start <= 1 or not 0 <= self.min_lr_fraction <= 1:
+            problems.append("decay_start and min_lr_fraction must be in [0, 1]")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            problems.append(f"clip_grad_norm={self.clip_grad_norm!r}; use a positive number or None")
+        if problems:
+            raise ValueError("bad TrainConfig: " + "; ".join(problems))
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for (0-based) ``step``: linear warm-up, constant, then cosine / linear decay."""
+    lr = cfg.lr
+    if step < cfg.warmup_steps:
+        lr *= (step + 1) / cfg.warmup_steps
+    start = int(cfg.decay_start * cfg.steps)
+    if cfg.decay != "none" and step >= start and cfg.steps > start:
+        frac = (step - start) / (cfg.steps - start)
+        shape = 0.5 * (1 + math.cos(math.pi * frac)) if cfg.decay == "cosine" else 1 - frac
+        lr *= cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * shape
+    return lr
+
+
+def sparsity_scale_at(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of the sparsity coefficient: linear from 0 to 1 over ``sparsity_warmup_steps``."""
+    return min(1.0, (step + 1) / cfg.sparsity_warmup_steps) if cfg.sparsity_warmup_steps else 1.0
+
+
+@dataclass
+class TrainResult(Result):
+    """Trained SAEs (by name) and the logged metrics (one row per SAE per logged step)."""
+
+    saes: dict[str, SAE]
+    history: list[dict] = field(default_factory=list)
+    steps: int = 0
+    out: Path | None = None
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.history)
+
+    def plot(self, ax=None):
+        from ..plotting import pyplot
+
+        plt = pyplot()
+        fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 3.2))
+        df = self.to_frame()
+        for name, g in (df.groupby("sae") if len(df) else []):
+            ax.plot(g["step"], g["fvu"], label=f"{name} FVU")
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("fraction of variance unexplained (batch)")
+        if len(df):
+            ax.legend(fontsize=8)
+        return fig
+
+
+# ----------------------------------------------------------------------------- data
+def _data_from(batches: Any, position: int) -> Iterator:
+    if callable(batches) and not isinstance(batches, (torch.Tensor, Mapping)):
+        return iter(batches(position))
+    it = iter(batches)
+    for _ in range(position):  # a plain iterable: skip what the checkpoint has already used
+        next(it)
+    return it
+
+
+def _pick(batch: Any, name: str, sae: SAE) -> torch.Tensor:
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, Mapping):
+        hook = sae.cfg.hook
+        if hook is None:
+            raise ValueError(f"SAE {name!r} has no hook in its config; with dict batches (hook -> tensor) each "
+                             "SAE reads batch[sae.cfg.hook]")
+        if hook not in batch:
+            raise KeyError(f"SAE {name!r} reads hook {hook!r}, not in this batch (keys: {sorted(batch)})")
+        return batch[hook]
+    raise TypeError(f"a batch is a tensor [n, d_in] or a dict hook -> tensor, got {type(batch).__name__}")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _optim_tensors(name: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
+    sd = opt.state_dict()
+    tensors = {}
+    for i, st in sd["state"].items():
+        for k, v in st.items():
+            tensors[f"{name}.opt.{i}.{k}"] = (v if isinstance(v, torch.Tensor) else torch.tensor(v)).contiguous()
+    return tensors, sd["param_groups"]
+
+
+def _optim_state(name: str, tensors: dict[str, torch.Tensor], groups: list) -> dict:
+    state: dict[int, dict] = {}
+    prefix = f"{name}.opt."
+    for key, v in tensors.items():
+        if key.startswith(prefix):
+            i, k = key[len(prefix):].split(".", 1)
+            state.setdefault(int(i), {})[k] = v
+    return {"state": state, "param_groups": groups}
+
+
+def save_checkpoint(path: Path, saes: dict[str, SAE], opts: dict, since_fired: dict, step: int,
+                    position: int, cfg: TrainConfig) -> None:
+    """Everything needed to continue exactly, as one safetensors file (atomic)."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+    groups = {}
+    for name, sae in saes.items():
+        for k, v in sae.state_dict().items():
+            tensors[f"{name}.sae.{k}"] = v.detach().clone().contiguous()
+        t, groups[name] = _optim_tensors(name, opts[name])
+        tensors.update(t)
+        tensors[f"{name}.since_fired"] = since_fired[name].contiguous()
+    meta = {"format": CKPT_FORMAT, "state": json.dumps({
+        "step": step, "position": position, "train_config": asdict(cfg), "param_groups": groups,
+        "saes": {n: asdict(s.cfg) for n, s in saes.items()}})}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def load_checkpoint(path: Path, saes: dict[str, SAE], opts: dict, since_fired: dict) -> tuple[int, int]:
+    """Restore a checkpoint into ``saes`` / ``opts`` / ``since_fired``; returns (step, position)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        state = json.loads(meta["state"])
+    except Exception as e:
+        raise ValueError(f"checkpoint {str(path)!r} is unreadable (truncated or corrupt?): {e}; "
+                         "delete it to start over") from None
+    if meta.get("format") != CKPT_FORMAT:
+        raise ValueError(f"{str(path)!r} is not an avec SAE training checkpoint")
+    mine = {n: asdict(s.cfg) for n, s in saes.items()}
+    if json.loads(json.dumps(mine)) != state["saes"]:
+        raise ValueError(f"checkpoint {str(path)!r} holds SAEs {sorted(state['saes'])} with other configs than "
+                         f"the ones given ({sorted(mine)}); use another output folder or the same SAEs")
+    for name, sae in saes.items():
+        prefix = f"{name}.sae."
+        sae.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        opts[name].load_state_dict(_optim_state(name, tensors, state["param_groups"][name]))
+        since_fired[name].copy_(tensors[f"{name}.since_fired"])
+    torch.set_rng_state(tensors["rng.torch"])
+    return state["step"], state["position"]
+
+
+def _read_log(path: Path, upto: int) -> list[dict]:
+    """Logged rows with step <= ``upto`` (a killed run may have logged past its last checkpoint)."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        if row.get("step", math.inf) <= upto:
+            rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- training
+def _as_named(saes: SAE | Mapping[str, SAE]) -> dict[str, SAE]:
+    if isinstance(saes, SAE):
+        return {"sae": saes}
+    if not isinstance(saes, Mapping) or not saes or not all(isinstance(s, SAE) for s in saes.values()):
+        raise TypeError("train() takes an SAE or a non-empty dict name -> SAE")
+    bad = [n for n in saes if not isinstance(n, str) or not n or any(c in n for c in "/\\. ")]
+    if bad:
+        raise ValueError(f"SAE names become file names and checkpoint keys: no dots, slashes or spaces, got {bad}")
+    return dict(saes)
+
+
+def _batch_metrics(x: torch.Tensor, out, sae: SAE) -> dict[str, float]:
+    with torch.no_grad():
+        x_n = x.reshape(-1, sae.d_in).to(out.x_hat.dtype) * sae.input_scale.to(out.x_hat.dtype)
+        var = (x_n - x_n.mean(0)).pow(2).sum()
+        return {"loss": float(out.loss), "mse": float(out.mse), "sparsity": float(out.sparsity),
+                "aux": float(out.aux), "l0": float((out.latents != 0).sum(-1).float().mean()),
+                "fvu": float((out.x_hat - x_n).pow(2).sum() / var.clamp_min(1e-12))}
+
+
+def train(saes: SAE | Mapping[str, SAE], batches: Iterable | Callable[[int], Iterable], config: TrainConfig,
+          out: str | os.PathLike | None = None, *, progress: bool = True) -> TrainResult:
+    """Train ``saes`` on ``batches`` for ``config.steps`` steps (see the module docstring); with ``out``,
+    checkpoint, log and save there, resuming from ``out/checkpoint.safetensors`` if present."""
+    from tqdm.auto import tqdm
+
+    named = _as_named(saes)
+    opts = {n: torch.optim.Adam(s.parameters(), lr=config.lr, betas=config.betas) for n, s in named.items()}
+    since_fired = {n: torch.zeros(s.d_sae, dtype=torch.int64) for n, s in named.items()}
+    out = Path(out) if out is not None else None
+    step = position = 0
+    history: list[dict] = []
+    if out is not None and (out / CHECKPOINT).exists():
+        step, position = load_checkpoint(out / CHECKPOINT, named, opts, since_fired)
+        history = _read_log(out / LOG, step)
+        atomic_write_text(out / LOG, "".join(json.dumps(r) + "\n" for r in history))
+    elif out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        if (out / LOG).exists():
+            (out / LOG).unlink()  # a fresh run: an old log without its checkpoint is stale
+    data = _data_from(batches, position)
+    log = open(out / LOG, "a", encoding="utf-8") if out is not None else None
+    bar = tqdm(total=config.steps, initial=step, desc="SAE training", disable=not progress)
+    try:
+        for sae in named.values():
+            sae.train()
+        while step < config.steps:
+            try:
+                batch = next(data)
+            except StopIteration:
+                warnings.warn(f"the activation stream ended after {position} batches, at step {step} of "
+                              f"{config.steps}", stacklevel=2)
+                break
+            position += 1
+            lr, sp = lr_at(step, config), sparsity_scale_at(step, config)
+            rows = []
+            for name, sae in named.items():
+                x = _pick(batch, name, sae)
+                if step == 0 and config.init:
+                    sae.init_from_sample(x)
+                dead = since_fired[name] >= config.dead_tokens
+                opt = opts[name]
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                opt.zero_grad(set_to_none=True)
+                res = sae.losses(x, sparsity_scale=sp, dead=dead)
+                res.loss.backward()
+                sae.before_step()
+                if config.clip_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(sae.parameters(), config.clip_grad_norm)
+                opt.step()
+                sae.after_step()
+                fired = (res.latents != 0).any(0)
+                since_fired[name].add_(res.latents.shape[0]).masked_fill_(fired, 0)
+                if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+                    rows.append({"step": step + 1, "sae": name, "lr": lr, "sparsity_scale": sp,
+                                 **_batch_metrics(x, res, sae),
+                                 "dead_fraction": float((since_fired[name] >= config.dead_tokens).float().mean())})
+            step += 1
+            bar.update(1)
+            if rows:
+                history.extend(rows)
+                bar.set_postfix(fvu=f"{rows[0]['fvu']:.3g}", l0=f"{rows[0]['l0']:.3g}")
+                if log is not None:
+                    log.write("".join(json.dumps(r) + "\n" for r in rows))
+                    log.flush()
+            if out is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
+                save_checkpoint(out / CHECKPOINT, named, opts, since_fired, step, position, config)
+        if out is not None:
+            save_checkpoint(out / CHECKPOINT, named, opts, since_fired, step, position, config)
+            for name, sae in named.items():
+                sae.save(out / f"{name}.safetensors")
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+        for sae in named.values():
+            sae.eval()
+    return TrainResult(saes=named, history=history, steps=step, out=out)
