@@ -32,9 +32,8 @@ from avec.dictionaries.train import lr_at, sparsity_scale_at, train
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp")
+def _torchrun(out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), "OMP_NUM_THREADS": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
@@ -76,7 +75,15 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_every_rank_ends_with_the_same_saes_and_only_rank_0_writes(ddp_run):
+def test_2_gloo_processes_under_torchrun(tmp_path):
+    """One launch for every check (a module fixture would launch once per xdist worker)."""
+    ddp_run = _torchrun(tmp_path / "ddp")
+    _check_every_rank_ends_with_the_same_saes_and_only_rank_0_writes(ddp_run)
+    _check_relu_jumprelu_topk_equal_1_process_on_the_global_batches(ddp_run, tmp_path)
+    _check_auxk_and_batchtopk_equal_the_mean_of_per_rank_losses(ddp_run)
+
+
+def _check_every_rank_ends_with_the_same_saes_and_only_rank_0_writes(ddp_run):
     for scenario in ("pair", "aux", "resumed"):
         a, b = _rank_states(ddp_run / scenario)
         for name in a:
@@ -93,7 +100,7 @@ def test_every_rank_ends_with_the_same_saes_and_only_rank_0_writes(ddp_run):
             SAE.load(ddp_run / scenario / f"{n}.safetensors")
 
 
-def test_relu_jumprelu_topk_on_2_processes_equal_1_process_on_the_global_batches(ddp_run, tmp_path):
+def _check_relu_jumprelu_topk_equal_1_process_on_the_global_batches(ddp_run, tmp_path):
     one = train(W.saes(["relu", "jumprelu", "topk"]), _global_stream, W.PAIR_CFG, out=tmp_path / "one", progress=False)
     got = _rank_states(ddp_run / "pair")[0]
     _close(got, one.saes, "pair")
@@ -149,7 +156,7 @@ def _per_rank_reference(names, cfg):
     return saes, aux_seen
 
 
-def test_auxk_and_batchtopk_on_2_processes_equal_the_mean_of_per_rank_losses(ddp_run):
+def _check_auxk_and_batchtopk_equal_the_mean_of_per_rank_losses(ddp_run):
     want, aux_seen = _per_rank_reference(["topk", "batchtopk"], W.AUX_CFG)
     assert aux_seen > 0  # AuxK did act (dead latents, counted over the global batch)
     got = _rank_states(ddp_run / "aux")[0]
