@@ -27,6 +27,42 @@ SAE every ``log_every`` steps; on resume, lines past the checkpoint are dropped)
 ``checkpoint.safetensors`` when it exists, and the result is identical to an uninterrupted run.
 
 Threads: torch's own setting (``torch.set_num_threads``) is used as is.
+
+Several processes (data parallel, one or more machines): run the same script under torchrun, e.g.
+
+    torchrun --standalone --nproc_per_node 2 train_saes.py                    # one machine
+    torchrun --nnodes 2 --nproc_per_node 8 \\
+             --rdzv-backend c10d --rdzv-endpoint host0:29500 train_saes.py    # on each of two machines
+
+``train`` initialises the process group from torchrun's environment (gloo on CPU, nccl when CUDA is
+available; a group the caller already initialised is used as is); there is no other switch. Each rank
+reads its own data: a source ``f(start, rank=, world_size=)`` yields the rank's own shard from its
+``start``-th batch (e.g. an activation store opened with ``rank``, ``world_size``); any other source is
+read round-robin (global step s uses stream batches ``s*W .. s*W+W-1``, rank r the ``(s*W+r)``-th, so
+each rank reads past the others' batches: fine for generated data, wasteful for a store). A step is
+then one step on the global batch (the ranks' batches concatenated):
+
+* gradients: one flat all-reduce per SAE per step, weighted by each rank's token count, so the update
+  is that of the mean loss over the global batch (explicit collectives, not ``DistributedDataParallel``:
+  the loss is ``SAE.losses``, not ``forward`` which DDP hooks, and clipping, decoder projection and the
+  counters below must see the reduced values); clipping, the unit-norm projection and Adam then run
+  on identical gradients, so the SAEs stay identical on every rank;
+* init: rank 0 initialises each SAE (input scale, geometric-median ``b_dec``) from the global first
+  batch (gathered) and broadcasts it; every SAE is also broadcast from rank 0 at the start, so the
+  ranks' random inits do not matter;
+* dead latents: "fired" is OR-ed over ranks and counters advance by the global token count;
+* BatchTopK: the top ``k * n`` is taken over each rank's batch (per-rank, not over the global batch),
+  and the threshold statistic is the smallest activation kept on any rank (all-reduced MIN), so the
+  inference threshold is identical everywhere; AuxK's normaliser (the error's variance) is per rank
+  too, so with AuxK active or BatchTopK a step is the mean over ranks of per-rank losses; for relu,
+  jumprelu and topk without dead latents it equals a 1-process step on the global batch;
+* logged metrics: token-weighted means of the ranks' values (loss, mse, l0 exact; fvu a mean of ratios);
+* the end of the data: a step runs only when every rank has a batch (one small all-reduce per step).
+
+Only rank 0 writes ``out`` (checkpoints, ``metrics.jsonl``, final files, all atomically); ``out`` must
+be on a file system every rank sees for resuming: all ranks load the same checkpoint, which records
+the number of processes and is resumed only by as many (its data position counts per-rank batches).
+Every rank returns the same ``TrainResult`` after rank 0 has written its files.
 """
 
 from __future__ import annotations
@@ -43,6 +79,7 @@ import torch
 
 from ..io import atomic_write, atomic_write_text
 from ..results import Result
+from . import distributed as _dist
 from .sae import SAE
 
 CHECKPOINT, LOG = "checkpoint.safetensors", "metrics.jsonl"
@@ -179,7 +216,7 @@ def _optim_state(name: str, tensors: dict[str, torch.Tensor], groups: list) -> d
 
 
 def save_checkpoint(path: Path, saes: dict[str, SAE], opts: dict, since_fired: dict, step: int,
-                    position: int, cfg: TrainConfig) -> None:
+                    position: int, cfg: TrainConfig, world_size: int = 1) -> None:
     """Everything needed to continue exactly, as one safetensors file (atomic)."""
     from safetensors.torch import save_file
 
@@ -192,13 +229,17 @@ def save_checkpoint(path: Path, saes: dict[str, SAE], opts: dict, since_fired: d
         tensors.update(t)
         tensors[f"{name}.since_fired"] = since_fired[name].contiguous()
     meta = {"format": CKPT_FORMAT, "state": json.dumps({
-        "step": step, "position": position, "train_config": asdict(cfg), "param_groups": groups,
+        "step": step, "position": position, "world_size": world_size, "train_config": asdict(cfg),
+        "param_groups": groups,
         "saes": {n: asdict(s.cfg) for n, s in saes.items()}})}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
-def load_checkpoint(path: Path, saes: dict[str, SAE], opts: dict, since_fired: dict) -> tuple[int, int]:
-    """Restore a checkpoint into ``saes`` / ``opts`` / ``since_fired``; returns (step, position)."""
+def load_checkpoint(path: Path, saes: dict[str, SAE], opts: dict, since_fired: dict,
+                    world_size: int = 1) -> tuple[int, int]:
+    """Restore a checkpoint into ``saes`` / ``opts`` / ``since_fired``; returns (step, position).
+    ``world_size``: the number of processes resuming, which must be the one that wrote it (the data
+    position counts batches per rank)."""
     from safetensors import safe_open
 
     try:
@@ -211,6 +252,10 @@ def load_checkpoint(path: Path, saes: dict[str, SAE], opts: dict, since_fired: d
                          "delete it to start over") from None
     if meta.get("format") != CKPT_FORMAT:
         raise ValueError(f"{str(path)!r} is not an avec SAE training checkpoint")
+    if state.get("world_size", 1) != world_size:
+        raise ValueError(f"checkpoint {str(path)!r} was written by a run over {state.get('world_size', 1)} "
+                         f"process(es) and is resumed by {world_size}; resume with the same number of "
+                         "processes (its data position counts batches per rank)")
     mine = {n: asdict(s.cfg) for n, s in saes.items()}
     if json.loads(json.dumps(mine)) != state["saes"]:
         raise ValueError(f"checkpoint {str(path)!r} holds SAEs {sorted(state['saes'])} with other configs than "
@@ -267,22 +312,30 @@ def train(saes: SAE | Mapping[str, SAE], batches: Iterable | Callable[[int], Ite
     from tqdm.auto import tqdm
 
     named = _as_named(saes)
+    d = _dist.setup()
     opts = {n: torch.optim.Adam(s.parameters(), lr=config.lr, betas=config.betas) for n, s in named.items()}
-    since_fired = {n: torch.zeros(s.d_sae, dtype=torch.int64) for n, s in named.items()}
+    since_fired = {n: torch.zeros(s.d_sae, dtype=torch.int64, device=s.W_dec.device) for n, s in named.items()}
     out = Path(out) if out is not None else None
     step = position = 0
     history: list[dict] = []
-    if out is not None and (out / CHECKPOINT).exists():
-        step, position = load_checkpoint(out / CHECKPOINT, named, opts, since_fired)
+    resume = out is not None and (out / CHECKPOINT).exists()
+    if d.on:  # rank 0 decides (it alone writes there)
+        resume = _dist.broadcast_flag(resume, d)
+    if resume:  # every rank loads the same checkpoint
+        step, position = load_checkpoint(out / CHECKPOINT, named, opts, since_fired, world_size=d.world)
         history = _read_log(out / LOG, step)
-        atomic_write_text(out / LOG, "".join(json.dumps(r) + "\n" for r in history))
-    elif out is not None:
+        if d.main:
+            atomic_write_text(out / LOG, "".join(json.dumps(r) + "\n" for r in history))
+    elif out is not None and d.main:
         out.mkdir(parents=True, exist_ok=True)
         if (out / LOG).exists():
             (out / LOG).unlink()  # a fresh run: an old log without its checkpoint is stale
-    data = _data_from(batches, position)
-    log = open(out / LOG, "a", encoding="utf-8") if out is not None else None
-    bar = tqdm(total=config.steps, initial=step, desc="SAE training", disable=not progress)
+    if d.on:
+        for sae in named.values():  # identical starting points whatever each rank's RNG did
+            _dist.broadcast_module(sae, d)
+    data = _dist.shard(batches, position, d) if d.on else _data_from(batches, position)
+    log = open(out / LOG, "a", encoding="utf-8") if out is not None and d.main else None
+    bar = tqdm(total=config.steps, initial=step, desc="SAE training", disable=not progress or not d.main)
     try:
         for sae in named.values():
             sae.train()
@@ -290,8 +343,10 @@ def train(saes: SAE | Mapping[str, SAE], batches: Iterable | Callable[[int], Ite
             try:
                 batch = next(data)
             except StopIteration:
-                warnings.warn(f"the activation stream ended after {position} batches, at step {step} of "
-                              f"{config.steps}", stacklevel=2)
+                batch = None
+            if (batch is None) if not d.on else not _dist.all_true(batch is not None, d):
+                warnings.warn(f"the activation stream ended after {position} batches"
+                              f"{' (per rank)' if d.on else ''}, at step {step} of {config.steps}", stacklevel=2)
                 break
             position += 1
             lr, sp = lr_at(step, config), sparsity_scale_at(step, config)
@@ -299,7 +354,13 @@ def train(saes: SAE | Mapping[str, SAE], batches: Iterable | Callable[[int], Ite
             for name, sae in named.items():
                 x = _pick(batch, name, sae)
                 if step == 0 and config.init:
-                    sae.init_from_sample(x)
+                    if d.on:  # the global first batch, on rank 0, then broadcast
+                        x_all = _dist.gather_rows(x.reshape(-1, sae.d_in), d)
+                        if d.main:
+                            sae.init_from_sample(x_all)
+                        _dist.broadcast_module(sae, d)
+                    else:
+                        sae.init_from_sample(x)
                 dead = since_fired[name] >= config.dead_tokens
                 opt = opts[name]
                 for g in opt.param_groups:
@@ -307,16 +368,24 @@ def train(saes: SAE | Mapping[str, SAE], batches: Iterable | Callable[[int], Ite
                 opt.zero_grad(set_to_none=True)
                 res = sae.losses(x, sparsity_scale=sp, dead=dead)
                 res.loss.backward()
+                n_tokens = res.latents.shape[0]
+                fired = (res.latents != 0).any(0)
+                if d.on:
+                    n_tokens = _dist.average_grads(list(sae.parameters()), n_tokens, d)
+                    fired = _dist.any_rank(fired, d)
+                    if sae.cfg.arch == "batchtopk":  # the smallest kept activation over all ranks
+                        _dist.min_over_ranks_(sae.threshold, d)
                 sae.before_step()
                 if config.clip_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(sae.parameters(), config.clip_grad_norm)
                 opt.step()
                 sae.after_step()
-                fired = (res.latents != 0).any(0)
-                since_fired[name].add_(res.latents.shape[0]).masked_fill_(fired, 0)
+                since_fired[name].add_(n_tokens).masked_fill_(fired.to(since_fired[name].device), 0)
                 if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-                    rows.append({"step": step + 1, "sae": name, "lr": lr, "sparsity_scale": sp,
-                                 **_batch_metrics(x, res, sae),
+                    metrics = _batch_metrics(x, res, sae)
+                    if d.on:
+                        metrics = _dist.weighted_mean(metrics, res.latents.shape[0], d)
+                    rows.append({"step": step + 1, "sae": name, "lr": lr, "sparsity_scale": sp, **metrics,
                                  "dead_fraction": float((since_fired[name] >= config.dead_tokens).float().mean())})
             step += 1
             bar.update(1)
@@ -326,12 +395,13 @@ def train(saes: SAE | Mapping[str, SAE], batches: Iterable | Callable[[int], Ite
                 if log is not None:
                     log.write("".join(json.dumps(r) + "\n" for r in rows))
                     log.flush()
-            if out is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
-                save_checkpoint(out / CHECKPOINT, named, opts, since_fired, step, position, config)
-        if out is not None:
-            save_checkpoint(out / CHECKPOINT, named, opts, since_fired, step, position, config)
+            if out is not None and d.main and config.checkpoint_every and step % config.checkpoint_every == 0:
+                save_checkpoint(out / CHECKPOINT, named, opts, since_fired, step, position, config, d.world)
+        if out is not None and d.main:
+            save_checkpoint(out / CHECKPOINT, named, opts, since_fired, step, position, config, d.world)
             for name, sae in named.items():
                 sae.save(out / f"{name}.safetensors")
+        _dist.barrier(d)  # every rank returns once rank 0's files are there
     finally:
         bar.close()
         if log is not None:
