@@ -277,12 +277,12 @@ def logit_effects(lm: Any, sae: Any, i: int, k: int = 10) -> LogitEffects:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k={k!r}; it must be a positive int")
     norm = ElementwiseNorm(lm.get_module(lm.arch.final_norm))
-    d = decoder_direction(module, i).float()
-    if norm.center:
-        d = d - d.mean()
-    d = d * norm.gain.to(d.device)
-    W_U = lm.W_U.detach().float().to(d.device)
-    values = (d @ W_U).cpu()
+    with torch.no_grad():
+        d = decoder_direction(module, i).float()
+        if norm.center:
+            d = d - d.mean()
+        d = d * norm.gain.detach().to(d.device)
+        values = (d @ lm.W_U.detach().float().to(d.device)).cpu()
     k = min(k, values.shape[0])
     top_v, top_i = values.topk(k)
     bot_v, bot_i = (-values).topk(k)
