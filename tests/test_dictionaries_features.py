@@ -296,6 +296,7 @@ def test_logit_effects_predict_the_logit_change_of_steering_at_the_last_layer(ar
     assert eff.top[0][2] >= eff.top[-1][2] and eff.bottom[0][2] <= eff.bottom[-1][2]
     assert not eff.values.requires_grad and "scale ignored" in eff.norm and ("centring" in eff.norm) == (arch == "gpt2")
     assert len(eff.to_frame()) == 10 and json.dumps(eff.to_dict())
+    eff.plot()
 
 
 # ============================================================================ a feature that reads one token
@@ -331,6 +332,7 @@ def test_filter_features_finds_the_feature_of_a_token(lm):
     rest = [f for f in range(W) if f not in res.features]
     assert all((res.positive_max[:, f] <= 0).any() or (res.negative_max[:, f] > 0).any() for f in rest)
     assert list(res.to_frame().feature) == list(res.features) and json.dumps(res.to_dict())
+    res.plot()
     swapped = F.filter_features(lm, sae, "embed", neg, pos)
     assert 0 not in swapped.features
 
@@ -359,7 +361,7 @@ def test_top_examples_are_the_largest_activations_with_their_context(lm):
         assert fe.n_active == active == sum(fe.hist_counts) and fe.n_tokens == 63
         assert fe.density == pytest.approx(active / 63)
     df = res.to_frame()
-    assert len(df) == 12 and set(df.feature) == set(feats)
+    assert len(df) == 12 and set(df.feature) == set(feats) and json.dumps(res.to_dict())
     res.plot()
     with pytest.raises(KeyError, match="feature 3 was not collected"):
         res[3]

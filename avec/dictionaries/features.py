@@ -26,7 +26,7 @@ attached at ``at``); ``sae`` may also be an ``AttachedDictionary``.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import numpy as np
