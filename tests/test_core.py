@@ -282,3 +282,27 @@ def test_cache_position_beyond_a_short_prompt_names_it():
     inputs = {"input_ids": tokens(lm, batch=2, seq=6), "attention_mask": torch.tensor([[1] * 6, [1] * 3 + [0] * 3])}
     with pytest.raises(ValueError, match=r"prompt\(s\) \[1\] are too short \(lengths \[6, 3\]\)"):
         lm.run(inputs, cache=["blocks.0.resid_pre"], positions=4)
+
+
+def test_stop_early_records_the_same_values_and_skips_the_rest():
+    lm = tiny_lm("llama")
+    x = tokens(lm, batch=2, seq=5)
+    points = ["blocks.0.resid_post", "blocks.1.resid_mid"]
+    full = lm.run(x, cache=points)
+    last = lm.get_module(f"{lm.arch.layers}.2")
+
+    def boom(*a, **k):
+        raise AssertionError("layer 2 ran")
+
+    handle = last.register_forward_pre_hook(boom)
+    try:
+        early = lm.run(x, cache=points, stop_early=True)
+    finally:
+        handle.remove()
+    for p in points:
+        assert torch.equal(early.cache[p], full.cache[p])
+    with pytest.raises(AttributeError, match="stop_early"):
+        early.logits
+    with pytest.raises(ValueError, match="stop_early=True needs cached points"):
+        lm.run(x, stop_early=True)
+    assert no_hooks_left(lm.module)

@@ -26,6 +26,10 @@ from .interventions import Intervention
 from .positions import AllPositions, Mask, TokenContext, uncovered_rows
 
 
+class StopForward(Exception):
+    """Raised inside a forward pass once every requested value is recorded (``stop_early``)."""
+
+
 @dataclass
 class HookState:
     """What one ``attach`` block collects. ``store`` maps hook point -> live value (view layout)."""
@@ -309,6 +313,7 @@ def attach(
     track_use: bool = False,
     dictionaries: Sequence[tuple[Site, AttachedDictionary]] = (),
     frozen_norms: Sequence[str] = (),
+    stop_early: bool = False,
 ) -> Iterator[HookState]:
     """Attach interventions and caches to ``root``'s modules for the length of the block.
 
@@ -319,6 +324,8 @@ def attach(
     track_use: record in ``state.used`` which edits selected at least one column (one sync a pass)
     dictionaries: (hook point site, dictionary) pairs attached to the model (see ``dictionary.py``);
              a dictionary runs when it splices its reconstruction in or one of its points is asked for
+    stop_early: raise ``StopForward`` as soon as every site in ``reads`` is recorded: the rest of the
+             network is not computed (the caller catches it; there is then no output)
     frozen_norms: module paths of LayerNorm / RMSNorm modules whose per-token scale is held constant for
              gradients (their outputs are unchanged): gradients see each norm as the affine map it is
              at this input, as attribution through a frozen model needs
@@ -341,6 +348,7 @@ def attach(
         entry(site).edits.append((i, iv))
     for site in reads:
         entry(site).read = True
+    n_reads = len({s.name for s in reads})
     for parent, d in dictionaries:
         if d.splice == "recon" or any(d.point(p) in parts for p in PARTS):
             entry(parent).dictionaries.append(d)
@@ -372,6 +380,8 @@ def attach(
                     state.store[site.name] = new
                 for d in e.dictionaries:
                     new = _run_dictionary(d, new, ctx, parts, state, grad, track_use)
+                if stop_early and len(state.store) >= n_reads:
+                    raise StopForward
                 if new is not view or (grad and e.read and site.heads is not None):
                     # (a per-head view must itself flow on, or gradients w.r.t. it would be zero)
                     new_value = _unview(new, site)

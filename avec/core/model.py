@@ -21,7 +21,7 @@ from .dictionary import PARTS, AttachedDictionary, check_attachable
 from .norms import ElementwiseNorm
 from .hookpoints import HookPointTable, Site
 from .notices import NonFiniteWarning, UnusedInterventionWarning
-from .hooks import attach, check_intervention, check_selection
+from .hooks import StopForward, attach, check_intervention, check_selection
 from .interventions import Intervention, Patch, _source_tensor
 from .positions import AllPositions, PositionsLike, TokenContext, as_positions, column_of
 
@@ -115,6 +115,9 @@ class Run:
     def logits(self) -> torch.Tensor:
         """``[batch, pos, vocab]`` for a language model; the module's output if it is a tensor."""
         out = self.output
+        if out is None:
+            raise AttributeError("this run stopped once its cached points were recorded (stop_early=True): it has "
+                                 "no logits; run without stop_early to get them")
         if isinstance(out, torch.Tensor):
             return out
         if hasattr(out, "logits"):
@@ -355,6 +358,7 @@ class Model:
         cache_device: str | torch.device | None = None,
         cache_dtype: torch.dtype | None = None,
         freeze: Iterable[str] = (),
+        stop_early: bool = False,
         **forward_kwargs: Any,
     ) -> Run:
         """Run the model once, recording the hook points in ``cache`` (names or globs) and applying
@@ -368,6 +372,9 @@ class Model:
                      are unchanged): "norms" (every LayerNorm / RMSNorm's per-token scale), and for
                      transformers "attention" (the attention patterns: no gradient through queries
                      and keys). Attribution through a frozen model needs both.
+        stop_early:  stop the forward pass once every cached point is recorded (the layers after the last
+                     one are not computed; the run then has no output or logits): for collecting
+                     activations, e.g. an SAE's training data
         forward_kwargs: passed to the wrapped module's forward, e.g. ``logits_to_keep=1`` for a
                      transformer whose metric reads only the last position (skips most of the unembedding)
         """
@@ -381,15 +388,22 @@ class Model:
             raise ValueError("grad=True needs a metric: a function of the Run returning a scalar tensor")
         if grad and not reads:
             raise ValueError("grad=True needs cached hook points to take gradients with respect to")
+        if stop_early and (grad or not reads):
+            raise ValueError("stop_early=True needs cached points and no gradients (there are no logits to take a "
+                             "metric of)")
         selector = as_positions(positions)
         call, extra = self._prepare(inputs, **forward_kwargs)
         self._check_edits(edits, extra)
         sites = reads + [s for s, _ in edits]
         norms = self.norm_modules() if "norms" in freeze else ()
         with self._runtime(sites), attach(self.module, edits, reads, tracker=self.tracker, grad=grad,
-                                          dictionaries=self._attached(), frozen_norms=norms) as state:
+                                          dictionaries=self._attached(), frozen_norms=norms,
+                                          stop_early=stop_early) as state:
             with torch.set_grad_enabled(grad):
-                output = call()
+                try:
+                    output = call()
+                except StopForward:
+                    output = None
             live = dict(state.store)
         run = Run(output=output, cache=Cache(live, self.model_id, self.table), model_id=self.model_id, **extra)
         _warn_if_non_finite(run, edits)
