@@ -15,6 +15,12 @@ repeats interleaved, medians. Variants, each over ``batches`` forward batches of
                              itself does not do)
 
 for one middle layer (``blocks.12.resid_post``) and for several hook points. Goal: store / plain <= 1.10x.
+
+Measured 2026-11-30 (SmolLM2, 2 CPU threads, 4 x 128-token contexts x 2 batches, 5 repeats): store
+forward 1.04x (one layer) and 1.02x (four points), end to end 0.98x / 0.92x (within the run-to-run
+noise of ~5-8% on this shared machine); stopping after layer 12 would take 0.42x, after layer 18 0.60x.
+A profile of ``store.activations`` shows only the HF model's own ops: avec's hooks, the special-token
+mask and the copy out are below 1% of the time.
 """
 
 from __future__ import annotations
