@@ -11,6 +11,8 @@ They plug into the core as hook points of their own: ``lm.add_dictionary(sae, at
     features   ablate / clamp / steer a feature, logit_effects, filter_features, top_examples
     dashboard  one HTML page per feature and an index
     saelens_io load_saelens / save_saelens: SAELens folders (cfg.json + sae_weights.safetensors)
+    store      ActivationStore: contexts -> activations at hook points (one pass, stopped early), special
+               tokens dropped, a token-level mixing buffer, an optional sharded on-disk cache
 """
 
 from .corpus import Corpus, CorpusNotInstalled, default_corpus, texts
@@ -21,6 +23,7 @@ from .features import (
     top_examples,
 )
 from .saelens_io import SAELensFormatError, load_saelens, save_saelens
+from .store import ActivationStore
 from .sae import SAE, SAEConfig, geometric_median
 from .train import TrainConfig, TrainResult, lr_at, train
 
@@ -29,4 +32,5 @@ __all__ = [
     "SAE", "SAEConfig", "geometric_median", "TrainConfig", "TrainResult", "lr_at", "train",
     "dashboard", "write_dashboard", "FeatureEdit", "ablate", "clamp", "decoder_direction", "feature_activations",
     "filter_features", "logit_effects", "steer", "top_examples", "SAELensFormatError", "load_saelens", "save_saelens",
+    "ActivationStore",
 ]

@@ -124,7 +124,8 @@ class ActivationStore:
     def activations(self, ids: torch.Tensor) -> Acts:
         """``{hook: [n_kept, d]}`` for contexts ``ids`` ``[batch, context]``: one forward, the positions
         of ``dropped_ids`` removed, tokens in (context, position) order."""
-        run = self.lm.run(ids, cache=self.hooks, cache_device="cpu", cache_dtype=self.dtype, logits_to_keep=1)
+        # stop_early: the layers after the last point read are not run (their output is not needed)
+        run = self.lm.run(ids, cache=self.hooks, cache_device="cpu", cache_dtype=self.dtype, stop_early=True)
         keep = ~torch.isin(ids.cpu(), torch.tensor(self.dropped_ids, dtype=ids.dtype))
         n = int(keep.sum())
         return {h: run.cache[h][keep].reshape(n, -1) for h in self.hooks}
