@@ -20,6 +20,12 @@ With a model (``lm`` and ``tokens`` [batch, pos] ids), next-token cross-entropy 
     ce_loss_recovered = (ce_zero_ablation - ce_spliced) / (ce_zero_ablation - ce_clean)
     delta_lm_loss     = ce_spliced - ce_clean
     kl                = E KL(p_clean || p_spliced) of the next-token distributions, at every position
+
+``keep_tokens`` (token ids, e.g. the BOS / EOS an activation store drops): at the positions holding
+them neither the splice nor the zero ablation applies, the model keeps its own value there (as
+SAELens' ``exclude_special_tokens``). A dictionary trained without those tokens never saw their
+activations, which are outliers (the first token's residual is often 100x the norm of the others: the
+attention sink); reconstructing them badly would break every later position.
 """
 
 from __future__ import annotations
@@ -197,13 +203,17 @@ def model_metrics(sums: _LossSums) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- entry point
 def evaluate(sae: Any, activations: Iterable | None = None, *, lm: Any = None, tokens: Any = None,
-             at: str | None = None, dense_threshold: float = DENSE_THRESHOLD) -> SAEEvaluation:
+             at: str | None = None, dense_threshold: float = DENSE_THRESHOLD,
+             keep_tokens: Iterable[int] | None = None) -> SAEEvaluation:
     """Evaluate ``sae`` (anything with encode / decode / d_in / d_sae).
 
     activations: batches ``[n, d_in]`` (or dicts hook -> tensor, read at ``at``) for the reconstruction
                  metrics; without them, the clean model's activations at ``at`` on ``tokens`` are used
     lm, tokens:  a LanguageModel and token ids ``[batch, pos]`` (a tensor or an iterable of them) for
                  the CE / KL metrics; ``at`` defaults to ``sae.cfg.hook``
+    keep_tokens: token ids at whose positions the model keeps its own value in the spliced and
+                 zero-ablated runs (module docstring); their activations also stay out of the
+                 reconstruction metrics when those come from ``tokens``
     """
     from ..core.dictionary import dims
     from ..core.interventions import Zero
@@ -235,14 +245,25 @@ def evaluate(sae: Any, activations: Iterable | None = None, *, lm: Any = None, t
             sums = None
             if lm is not None:
                 sums = _LossSums()
+                keep = None if keep_tokens is None else torch.tensor(sorted({int(t) for t in keep_tokens}),
+                                                                          dtype=torch.int64)
                 for ids in _as_batches(tokens):
                     clean = lm.run(ids, cache=[at])
-                    zero = lm.run(ids, interventions=[Zero(at)])
-                    with lm.dictionary(sae, at, name="eval", splice="recon"):
-                        spliced = lm.run(ids)
+                    if keep is None:
+                        zero = lm.run(ids, interventions=[Zero(at)])
+                        with lm.dictionary(sae, at, name="eval", splice="recon"):
+                            spliced = lm.run(ids)
+                    else:  # the reconstruction where the token is not kept: the error zeroed there
+                        edit = ~torch.isin(ids.cpu(), keep.to(ids.dtype)).to(ids.device)
+                        some = bool(edit.any())  # (an edit selecting no token is refused)
+                        zero = lm.run(ids, interventions=[Zero(at, positions=edit)] if some else [])
+                        with lm.dictionary(sae, at, name="eval", splice="error") as d:
+                            spliced = lm.run(ids, interventions=[Zero(d.point("error"), positions=edit)] if some else [])
                     sums.add(ids, clean.logits, spliced.logits, zero.logits)
                     if activations is None:
                         x = clean.cache[at]
+                        if keep is not None:
+                            x = x[edit.to(x.device)]
                         z = sae.encode(x)
                         stats.update(x, sae.decode(z), z)
     finally:
