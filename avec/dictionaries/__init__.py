@@ -11,6 +11,8 @@ They plug into the core as hook points of their own: ``lm.add_dictionary(sae, at
     features   ablate / clamp / steer a feature, logit_effects, filter_features, top_examples
     dashboard  one HTML page per feature and an index
     saelens_io load_saelens / save_saelens: SAELens folders (cfg.json + sae_weights.safetensors)
+    cli        `avec sae train | eval | dashboard` (held-out documents split by a hash of their text)
+    shipped    load_shipped(name): SAEs shipped with avec (fp16 safetensors + a JSON record of how they were made)
     store      ActivationStore: contexts -> activations at hook points (one pass, stopped early), special
                tokens dropped, a token-level mixing buffer, an optional sharded on-disk cache
 """

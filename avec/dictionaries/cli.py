@@ -219,10 +219,11 @@ def register(app: typer.Typer) -> None:
 
         from ..models import load
         from .sae import SAE
+        from .shipped import cast
 
         if threads:
             torch.set_num_threads(threads)
-        sae = SAE.load(sae_file)
+        sae = cast(SAE.load(sae_file), "float32")  # fp16 files (the shipped ones) run in fp32
         at = at or sae.cfg.hook
         if at is None:
             raise typer.BadParameter("the SAE does not record its hook point; give --at", param_hint="--at")
@@ -256,8 +257,9 @@ def register(app: typer.Typer) -> None:
         from ..models import load
         from .dashboard import dashboard
         from .sae import SAE
+        from .shipped import cast
 
-        sae = SAE.load(sae_file)
+        sae = cast(SAE.load(sae_file), "float32")  # fp16 files (the shipped ones) run in fp32
         bad = [i for i in ids if not 0 <= i < sae.d_sae]
         if bad or not ids:
             raise typer.BadParameter(f"feature ids must lie in 0..{sae.d_sae - 1}, got {bad or features!r}",

@@ -1,0 +1,40 @@
+"""The shipped SmolLM2 SAE: it loads, and spliced into SmolLM2 on text that is not in the training corpus it
+recovers most of the next-token loss (floor: the value measured when it was shipped, minus a margin)."""
+
+import pytest
+import torch
+
+from avec.dictionaries.evaluate import evaluate
+from avec.dictionaries.shipped import available, info, load_shipped
+
+NAME = "smollm2-blocks.12.resid_post-topk-4608"
+# not from the corpus (State of the Union addresses, the King James Bible)
+TEXT = ("The recipe calls for two cups of flour, a pinch of salt and three eggs. Whisk the eggs until they are "
+        "pale, fold in the flour, and bake the batter for twenty minutes at a moderate heat. Meanwhile, the "
+        "children played football in the garden and the dog chased a red ball across the wet grass.")
+CE_FLOOR = 0.5     # measured at shipping: see below
+FVU_CEILING = 0.5
+
+
+pytestmark = pytest.mark.skipif(NAME not in available(), reason="the SAE is not shipped")
+
+
+def test_loads_with_its_record():
+    sae = load_shipped(NAME)
+    assert sae.cfg.hook == "blocks.12.resid_post" and sae.cfg.arch == "topk" and sae.cfg.k == 32
+    assert (sae.d_in, sae.d_sae) == (576, 4608) and sae.W_enc.dtype == torch.float32
+    rec = info(NAME)
+    assert rec["command"].startswith("avec sae train") and rec["metrics_held_out"]["ce_loss_recovered"] > 0
+    with pytest.raises(ValueError, match="no shipped SAE"):
+        load_shipped("nope")
+
+
+def test_splice_recovers_the_loss_on_new_text(smollm2):
+    lm = smollm2
+    sae = load_shipped(NAME)
+    bos = lm.tokenizer.bos_token_id
+    ids = torch.tensor([[bos] + lm.tokenizer(TEXT, add_special_tokens=False)["input_ids"]])
+    res = evaluate(sae, lm=lm, tokens=ids, keep_tokens=[bos])
+    assert res.l0 <= 32 + 1e-6
+    assert res.ce_loss_recovered > CE_FLOOR, res.to_dict()
+    assert res.fvu < FVU_CEILING, res.to_dict()
