@@ -12,7 +12,8 @@ NAME = "smollm2-blocks.12.resid_post-topk-4608"
 TEXT = ("The recipe calls for two cups of flour, a pinch of salt and three eggs. Whisk the eggs until they are "
         "pale, fold in the flour, and bake the batter for twenty minutes at a moderate heat. Meanwhile, the "
         "children played football in the garden and the dog chased a red ball across the wet grass.")
-CE_FLOOR = 0.5     # measured at shipping: see below
+# measured when shipped (torch 2.13, CPU, fp32): CE loss recovered 0.922, FVU 0.409 on TEXT; margins for other versions
+CE_FLOOR = 0.85
 FVU_CEILING = 0.5
 
 
