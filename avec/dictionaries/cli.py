@@ -29,10 +29,16 @@ import typer
 from ..io import atomic_write_json, check_out_option
 
 ARCHS = ("relu", "jumprelu", "topk", "batchtopk")
-PREPEND_BOS_HELP = ("start every context with the BOS token (default: as the tokenizer does). Models without a BOS "
-                    "(SmolLM2) put a massive activation (100x the others' norm) on a context's first token, which "
+PREPEND_BOS_HELP = ("start every context with the BOS token (default: yes when the tokenizer has one). Models whose "
+                    "tokenizer adds no BOS (SmolLM2) put a massive activation (100x the others' norm) on a context's first token, which "
                     "would dominate the reconstruction loss; with --prepend-bos that sink sits on the BOS, which "
                     "is dropped")
+
+
+def _prepend_bos(lm: Any, prepend_bos: bool | None) -> bool:
+    """--prepend-bos unset: yes when the tokenizer has a BOS token (the first position's attention-sink
+    activation then sits on a token the store drops)."""
+    return prepend_bos if prepend_bos is not None else getattr(lm.tokenizer, "bos_token_id", None) is not None
 
 
 def held_out(text: str, holdout: int) -> bool:
@@ -70,6 +76,7 @@ def _heldout_eval(lm: Any, sae: Any, at: str, corpus: str, holdout: int, context
     from .evaluate import evaluate
     from .store import ActivationStore
 
+    prepend_bos = _prepend_bos(lm, prepend_bos)
     store = ActivationStore(lm, at, split_documents(corpus, "heldout", holdout), context=context,
                             max_tokens=eval_tokens, batch_tokens=2048, buffer_tokens=4096, progress=True,
                             prepend_bos=prepend_bos)
@@ -164,6 +171,7 @@ def register(app: typer.Typer) -> None:
         if len(hook) != 1:
             raise typer.BadParameter(f"{at!r} names {len(hook)} hook points; give one", param_hint="--at")
         at = hook[0]
+        prepend_bos = _prepend_bos(lm, prepend_bos)
         desc = _describe(corpus, "train", holdout, shuffle, seed)
         docs = split_documents(corpus, "train", holdout, shuffle=shuffle, seed=seed)
         # the store counts context tokens (specials included, then dropped): ask for a little more
