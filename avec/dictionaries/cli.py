@@ -278,7 +278,7 @@ def register(app: typer.Typer) -> None:
 
         from .contexts import context_rule, iter_contexts
 
-        rule = context_rule(lm.tokenizer, context)
+        rule = context_rule(lm.tokenizer, context, prepend_bos=_prepend_bos(lm, None))  # as in training
         ctxs = list(itertools.islice(iter_contexts(split_documents(corpus, "heldout", holdout), lm.tokenizer, rule),
                                      contexts))
         index = dashboard(lm, sae, at, torch.stack(ctxs), ids, folder, k=k)
