@@ -271,6 +271,16 @@ def _apply(e: _Entry, value: torch.Tensor, ctx: TokenContext, state: HookState, 
     return value
 
 
+def _record(e: _Entry, value: torch.Tensor, state: HookState, grad: bool) -> torch.Tensor:
+    """Store an entry's (edited) value if it was asked for; with ``grad`` as a tensor that gradients
+    can be taken with respect to (a leaf when nothing upstream requires them)."""
+    if e.read:
+        if grad and not value.requires_grad:
+            value = value.detach().requires_grad_(True)
+        state.store[e.site.name] = value
+    return value
+
+
 def _run_dictionary(d: AttachedDictionary, x: torch.Tensor, ctx: TokenContext, parts: dict[str, _Entry],
                     state: HookState, grad: bool, track_use: bool) -> torch.Tensor:
     """What flows on from a hook point with dictionary ``d`` attached (see ``dictionary.py``)."""
@@ -279,12 +289,7 @@ def _run_dictionary(d: AttachedDictionary, x: torch.Tensor, ctx: TokenContext, p
         e = parts.get(d.point(part))
         if e is None:
             return value
-        value = _apply(e, value, ctx, state, track_use)
-        if e.read:
-            if grad and not value.requires_grad:
-                value = value.detach().requires_grad_(True)
-            state.store[e.site.name] = value
-        return value
+        return _record(e, _apply(e, value, ctx, state, track_use), state, grad)
 
     latents = d.module.encode(x)
     edited = point("latents", latents)
@@ -374,10 +379,7 @@ def attach(
                     ctx = TokenContext.plain(int(value.shape[0]), 1, value.device)
                 new = view
                 new = _apply(e, new, ctx, state, track_use)
-                if e.read:
-                    if grad and not new.requires_grad:
-                        new = new.detach().requires_grad_(True)
-                    state.store[site.name] = new
+                new = _record(e, new, state, grad)
                 for d in e.dictionaries:
                     new = _run_dictionary(d, new, ctx, parts, state, grad, track_use)
                 if stop_early and len(state.store) >= n_reads:

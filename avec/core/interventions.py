@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .hookpoints import Site
-from .positions import ALL, Positions, TokenContext, as_positions, rows_of
+from .positions import ALL, Positions, TokenContext, as_index, as_positions, rows_of
 
 
 def _site_width(site: Site, value: torch.Tensor) -> tuple[int, ...]:
@@ -69,11 +69,7 @@ def _as_heads(heads: Any) -> tuple[int, ...] | None:
     if isinstance(heads, torch.Tensor):
         heads = heads.tolist()
     items = [heads] if not isinstance(heads, (list, tuple, range, set, frozenset)) else list(heads)
-    out = []
-    for h in items:
-        if isinstance(h, bool) or not (isinstance(h, int) or (hasattr(h, "__index__") and not isinstance(h, float))):
-            raise TypeError(f"heads are integer indices, got {h!r} in heads={heads!r}")
-        out.append(int(h.__index__()))
+    out = [as_index(h, f"heads are integer indices (heads={heads!r})") for h in items]
     if not out:
         raise ValueError("an empty list of heads selects nothing")
     return tuple(out)

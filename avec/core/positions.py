@@ -133,10 +133,11 @@ class GeneratedPositions(Positions):
         return "generated"
 
 
-def _index(value: object, what: str) -> int:
-    """An integer index, refusing floats and bools (1.7 must not quietly become 1)."""
+def as_index(value: object, what: str) -> int:
+    """An integer index, refusing floats and bools (1.7 must not quietly become 1); ``what`` starts
+    the error message (e.g. "From(start) is an integer index"). Positions and heads both use it."""
     if isinstance(value, bool) or isinstance(value, float) or not hasattr(value, "__index__"):
-        raise TypeError(f"{what} is an integer index, got {value!r}")
+        raise TypeError(f"{what}, got {value!r}")
     return int(value.__index__())
 
 
@@ -158,7 +159,7 @@ class From(Positions):
     start: int
 
     def __post_init__(self):
-        object.__setattr__(self, "start", _index(self.start, "From(start)"))
+        object.__setattr__(self, "start", as_index(self.start, "From(start) is an integer index"))
 
     def mask(self, ctx: TokenContext) -> torch.Tensor:
         start = _absolute(self.start, ctx.prompt_len)
@@ -175,7 +176,7 @@ class Front(Positions):
     k: int
 
     def __post_init__(self):
-        object.__setattr__(self, "k", _index(self.k, "Front(k)"))
+        object.__setattr__(self, "k", as_index(self.k, "Front(k) is an integer index"))
         if self.k < 1:
             raise ValueError(f"Front(k) needs k >= 1, got {self.k}")
 
@@ -197,10 +198,10 @@ class At(Positions):
         indices = self.indices.tolist() if isinstance(self.indices, torch.Tensor) else self.indices
         indices = (indices,) if isinstance(indices, int) else tuple(indices)
         for i in indices:  # 1.7 must not quietly become position 1
-            _index(i, f"each of the positions {list(indices)}")
+            as_index(i, f"each of the positions {list(indices)} is an integer index")
         if not indices:
             raise ValueError("an empty list of positions selects nothing")
-        object.__setattr__(self, "indices", tuple(_index(i, "a position") for i in indices))
+        object.__setattr__(self, "indices", tuple(as_index(i, "a position is an integer index") for i in indices))
 
     def mask(self, ctx: TokenContext) -> torch.Tensor:
         pos = ctx.positions()
@@ -222,9 +223,9 @@ class Span(Positions):
     stop: int | None = None
 
     def __post_init__(self):
-        object.__setattr__(self, "start", _index(self.start, "Span(start)"))
+        object.__setattr__(self, "start", as_index(self.start, "Span(start) is an integer index"))
         if self.stop is not None:
-            object.__setattr__(self, "stop", _index(self.stop, "Span(stop)"))
+            object.__setattr__(self, "stop", as_index(self.stop, "Span(stop) is an integer index"))
 
     def mask(self, ctx: TokenContext) -> torch.Tensor:
         pos = ctx.positions()
