@@ -70,13 +70,39 @@ class Batch:
         return img.permute(0, 3, 1, 2)
 
 
+def _is_procgen(mazes) -> bool:
+    """True for a list of ProcgenMazes, False for pure-Python ones; a mix is an error."""
+    from .procgen_backend import ProcgenMaze
+
+    kinds = {isinstance(m, ProcgenMaze) for m in mazes}
+    if len(kinds) > 1:
+        raise TypeError("the mazes mix ProcgenMazes and pure-Python Mazes: observations come from one backend at "
+                        "a time; pass mazes of one kind")
+    return kinds == {True}
+
+
+def observation_batch(mazes: list[Maze]):
+    """The observation source for ``mazes``: :class:`Batch` (avec's renderer) for pure-Python mazes,
+    ``procgen_backend.ProcgenBatch`` (procgen renders them) for ProcgenMazes. Both have ``obs(idx, pos)``."""
+    if _is_procgen(mazes):
+        from .procgen_backend import ProcgenBatch
+
+        return ProcgenBatch(mazes)
+    return Batch(mazes)
+
+
 @torch.no_grad()
 def rollout(policy, mazes: list[Maze], max_steps: int = 500, greedy: bool = False,
             rng: np.random.Generator | None = None, record: bool = False, chunk: int = 256):
     """Run ``policy`` from each maze's mouse position until the cheese or ``max_steps``.
 
     greedy: take the most likely of the five moves (else sample one of the 15 actions). Returns (reached bool [N], steps int [N],
-    visited list of (maze index, row, col) if record)."""
+    visited list of (maze index, row, col) if record). ProcgenMazes are rolled out in procgen's own
+    env (``procgen_backend.rollout``)."""
+    if _is_procgen(mazes):
+        from .procgen_backend import rollout as procgen_rollout
+
+        return procgen_rollout(policy, mazes, max_steps, greedy, rng, record)
     rng = rng or np.random.default_rng(0)
     batch = Batch(mazes)
     n = len(mazes)
@@ -238,7 +264,7 @@ def motivation(probs5: torch.Tensor, mazes: list[Maze]) -> Motivation:
 def decision_probs(policy, mazes: list[Maze]) -> Motivation:
     """The policy's P(cheese) / P(top-right) with the mouse at each maze's decision square."""
     at = [m.with_mouse(decision_targets(m)[0]) for m in mazes]
-    obs = Batch(at).obs(range(len(at)), [m.mouse for m in at])
+    obs = observation_batch(at).obs(range(len(at)), [m.mouse for m in at])
     return motivation(five_way(torch.softmax(policy(obs).logits, 1)), mazes)
 
 

@@ -20,8 +20,8 @@ import torch
 from avec.core import AddVector, Apply
 
 from .env import five_way
-from .evaluate import (EVAL_SEED_BASE, LOW_P_CHEESE, Batch, decision_targets, motivation, off_region_mazes,
-                       resolve_region)
+from .evaluate import (EVAL_SEED_BASE, LOW_P_CHEESE, decision_targets, motivation, observation_batch,
+                       off_region_mazes, resolve_region)
 from .fields import as_model, new_figure, png_base64, summary_html
 from .world import Maze
 
@@ -79,7 +79,7 @@ class MazeVector:
 
 def _acts(model, mazes: Sequence[Maze], hook: str) -> torch.Tensor:
     """Activations ``[N, C, H, W]`` at ``hook`` for each maze as it is (mouse where it is)."""
-    obs = Batch(list(mazes)).obs(range(len(mazes)), [m.mouse for m in mazes])
+    obs = observation_batch(list(mazes)).obs(range(len(mazes)), [m.mouse for m in mazes])
     with torch.no_grad():
         return model.run(obs, cache=[hook]).cache[hook]
 
@@ -130,7 +130,7 @@ def decision_probs(policy: Any, mazes: Sequence[Maze], steer=None):
     """Motivation (P(cheese), P(top-right) per maze) at each maze's decision square: one forward."""
     model = as_model(policy)
     ds = [decision_targets(m)[0] for m in mazes]
-    obs = Batch(list(mazes)).obs(range(len(mazes)), ds)
+    obs = observation_batch(list(mazes)).obs(range(len(mazes)), ds)
     iv = [] if steer is None else (list(steer) if isinstance(steer, (list, tuple)) else [steer])
     logits = model.run(obs, interventions=iv).logits
     return motivation(five_way(torch.softmax(logits.double(), 1)), list(mazes))

@@ -355,3 +355,40 @@ def test_missing_procgen_is_an_import_error_with_the_install_command(monkeypatch
     from avec.maze.render import render
 
     assert render(Maze.from_seed(0)).shape == (64, 64, 3)
+
+
+# ------------------------------------------------------------------------------- experiments on procgen
+@needs_procgen
+def test_experiments_run_on_procgen_observations(tiny_policy):
+    """The cheese vector, vector fields, decision-square statistics and rollouts take ProcgenMazes and
+    then see procgen's pictures (checked against observations rendered directly by procgen)."""
+    from avec.maze import experiments as ex
+    from avec.maze.evaluate import rollout
+    from avec.maze.fields import as_model, policy_probs, vector_field
+
+    mazes = pb.random_levels(3, seed_base=0, keep=lambda m: m.decision_square() is not None)
+    m = mazes[0]
+    hook = ex.DEFAULT_HOOK
+    model = as_model(tiny_policy)
+    start = m.with_mouse(m.start)
+    with torch.no_grad():
+        acts = model.run(pb.obs_tensor([start, start.without_cheese()]), cache=[hook]).cache[hook]
+    v = ex.cheese_vector(tiny_policy, m)
+    torch.testing.assert_close(v.tensor, acts[0] - acts[1])
+    plain = Maze(m.grid, m.size, m.mouse, m.cheese)  # the same world drawn by avec's renderer
+    assert not torch.allclose(ex.cheese_vector(tiny_policy, plain).tensor, v.tensor, atol=1e-4)
+
+    field = vector_field(tiny_policy, m, steer=-1 * v)
+    for cell in (tuple(field.cells[0]), tuple(field.cells[len(field.cells) // 2])):
+        want = policy_probs(tiny_policy, pb.obs_tensor(m.with_mouse(cell)), steer=-1 * v)[0].numpy()
+        np.testing.assert_allclose(list(field.at(cell).values()), want, atol=1e-6)
+    steered = ex.decision_probs(tiny_policy, [m], -1 * v)
+    assert steered.p_cheese[0] == pytest.approx(field.decision()["p_cheese"], abs=1e-6)
+
+    st = ex.cheese_vector_stats(tiny_policy, mazes=mazes)
+    assert list(st.seeds) == [x.seed for x in mazes] and st.summary()["mazes"] == 3
+    reached, steps, _ = rollout(tiny_policy, mazes, max_steps=6, rng=np.random.default_rng(2))
+    want = pb.rollout(tiny_policy, mazes, max_steps=6, rng=np.random.default_rng(2))
+    assert reached.tolist() == want[0].tolist() and steps.tolist() == want[1].tolist()
+    with pytest.raises(TypeError, match="mix ProcgenMazes and pure-Python Mazes"):
+        ex.cheese_vector(tiny_policy, [m, plain])
