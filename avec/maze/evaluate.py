@@ -200,13 +200,17 @@ def off_region_mazes(region: int, count: int, seed_base: int = EVAL_SEED_BASE, m
     """Mazes with the cheese outside the top-right region x region square and a decision square: the
     first ``count`` from seed ``seed_base`` on (choose an unused ``seed_base`` for held-out mazes)."""
     seed_base = check_seed_base(seed_base)
+    return scan_mazes(lambda m: is_off_region(m, region), count, seed_base, max_tries)
 
-    def keep(m: Maze) -> bool:
-        rows, cols = top_right_region(m.size, region)
-        in_region = rows.start <= m.cheese[0] < rows.stop and cols.start <= m.cheese[1] < cols.stop
-        return not in_region and m.decision_square() is not None  # the cheap test first
 
-    return scan_mazes(keep, count, seed_base, max_tries)
+def is_off_region(maze: Maze, region: int) -> bool:
+    """A test maze for the motivations: the cheese outside the top-right region x region square, and a
+    decision square."""
+    if maze.cheese is None:
+        return False
+    rows, cols = top_right_region(maze.size, region)
+    in_region = rows.start <= maze.cheese[0] < rows.stop and cols.start <= maze.cheese[1] < cols.stop
+    return not in_region and maze.decision_square() is not None  # the cheap test first
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,7 @@ class SteeringStats:
     def summary(self) -> dict:
         """Means with medians beside them, and the share of mazes whose P(cheese) was already below
         LOW_P_CHEESE (0.05) before steering, where no drop can show: the per-maze changes are skewed
-        (region5's cheese vector: mean drop 0.29, median 0.11 on held-out mazes)."""
+        (region5's cheese vector on 500 held-out mazes: mean drop 0.31, median 0.12; 27% already below 0.05)."""
         drop = self.p_cheese - self.p_cheese_steered
         med = lambda x: float(np.median(x))  # noqa: E731
         return {

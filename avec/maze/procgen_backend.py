@@ -76,7 +76,7 @@ def _env(num: int):
     return _envs[num]
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=1024)  # ~50 kB a state: the level states that mazes render from again and again
 def _parsed(data: bytes) -> ProcgenState:
     return parse(data)
 
@@ -174,7 +174,12 @@ def render_states(states) -> np.ndarray:
     """uint8 ``[B, 64, 64, 3]``: procgen's observation of each state (``set_state`` renders it)."""
     states = [bytes(s) for s in states]
     for s in states:
-        _parsed(s)  # a state procgen cannot read would exit() the process: check first
+        parse(s)  # a state procgen cannot read would exit() the process: check first
+    return _render(states)
+
+
+def _render(states: list[bytes]) -> np.ndarray:
+    """render_states for bytes written by ProcgenState.with_maze into a parsed state (already valid)."""
     env = _env(POOL)
     out = np.empty((len(states), 64, 64, 3), np.uint8)
     for s in range(0, len(states), POOL):
@@ -187,7 +192,7 @@ def render_states(states) -> np.ndarray:
 def observe(mazes) -> np.ndarray:
     """procgen's observation of one ProcgenMaze (uint8 ``[64, 64, 3]``) or of a list (``[B, 64, 64, 3]``)."""
     one = isinstance(mazes, Maze)
-    obs = render_states([m.state_bytes() for m in _check_mazes(mazes)])
+    obs = _render([m.state_bytes() for m in _check_mazes(mazes)])
     return obs[0] if one else obs
 
 
@@ -207,13 +212,13 @@ class ProcgenBatch:
         """float ``[len(idx), 3, 64, 64]`` with maze idx[k]'s mouse at pos[k]."""
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         pos = np.asarray(pos, dtype=np.int64).reshape(-1, 2)
-        return to_tensor(render_states([self.mazes[i].state_bytes(mouse=tuple(p)) for i, p in zip(idx, pos)]))
+        return to_tensor(_render([self.mazes[i].state_bytes(mouse=tuple(p)) for i, p in zip(idx, pos)]))
 
 
 # ------------------------------------------------------------------------------------ rollouts
 def _mouse_cells(env) -> np.ndarray:
     """World (row, col) of each slot's mouse, int ``[num, 2]``."""
-    return np.array([_parsed(b).mouse for b in env.callmethod("get_state")], dtype=np.int64)
+    return np.array([parse(b).mouse for b in env.callmethod("get_state")], dtype=np.int64)
 
 
 @torch.no_grad()
@@ -285,5 +290,13 @@ def random_levels(count: int, seed_base: int = 0, keep=None, max_tries: int = 1_
     return out[:count]
 
 
+def off_region_levels(region: int, count: int, seed_base: int = 0, max_tries: int = 1_000_000) -> list[ProcgenMaze]:
+    """The procgen twin of :func:`avec.maze.evaluate.off_region_mazes`: the first ``count`` levels from
+    ``seed_base`` on with a decision square and the cheese outside the top-right ``region`` square."""
+    from .evaluate import is_off_region
+
+    return random_levels(count, seed_base, keep=lambda m: is_off_region(m, region), max_tries=max_tries)
+
+
 __all__ = ["INSTALL_HINT", "ProcgenBatch", "ProcgenMaze", "StateError", "available", "levels", "make_env",
-           "obs_tensor", "observe", "random_levels", "render_states", "rollout", "WORLD"]
+           "obs_tensor", "off_region_levels", "observe", "random_levels", "render_states", "rollout", "WORLD"]

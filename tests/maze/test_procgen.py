@@ -392,3 +392,13 @@ def test_experiments_run_on_procgen_observations(tiny_policy):
     assert reached.tolist() == want[0].tolist() and steps.tolist() == want[1].tolist()
     with pytest.raises(TypeError, match="mix ProcgenMazes and pure-Python Mazes"):
         ex.cheese_vector(tiny_policy, [m, plain])
+
+
+@needs_procgen
+def test_off_region_levels_are_the_first_qualifying_seeds():
+    from avec.maze.evaluate import is_off_region
+
+    got = pb.off_region_levels(5, 6, seed_base=300)
+    every = pb.levels(range(300, got[-1].seed + 1))
+    assert [m.seed for m in got] == [m.seed for m in every if is_off_region(m, 5)]
+    assert all(m.decision_square() is not None for m in got)
