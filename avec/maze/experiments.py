@@ -263,7 +263,8 @@ def composition_stats(policy, region: int | None = None, n: int = 100, at: str =
 
 
 def random_baseline_stats(policy, region: int | None = None, n: int = 100, coeff: float = -1.0, at: str = DEFAULT_HOOK,
-                          seed: int = 0, mazes: Sequence[Maze] | None = None, seed_base: int = EVAL_SEED_BASE) -> SteeringStats:
+                          seed: int = 0, mazes: Sequence[Maze] | None = None,
+                          seed_base: int = EVAL_SEED_BASE) -> SteeringStats:
     """A random vector with each maze's cheese-vector norm, same coefficient."""
     mazes = mazes or stats_mazes(policy, region, n, seed_base)
     return steering_stats(policy, mazes, lambda m, ms: coeff * random_like(cheese_vector(m, ms, at), seed),
@@ -271,7 +272,8 @@ def random_baseline_stats(policy, region: int | None = None, n: int = 100, coeff
 
 
 def averaged_cheese_stats(policy, region: int | None = None, n: int = 100, coeff: float = -1.0, at: str = DEFAULT_HOOK,
-                          n_average: int = 50, mazes: Sequence[Maze] | None = None, seed_base: int = EVAL_SEED_BASE) -> SteeringStats:
+                          n_average: int = 50, mazes: Sequence[Maze] | None = None,
+                          seed_base: int = EVAL_SEED_BASE) -> SteeringStats:
     """One cheese vector averaged over ``n_average`` other mazes, applied to every test maze."""
     mazes = list(mazes or stats_mazes(policy, region, n, seed_base))
     donors = off_region_mazes(resolve_region(policy, region), n_average, seed_base=2_000_000_000)
