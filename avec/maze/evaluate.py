@@ -13,9 +13,12 @@ import torch
 
 from .env import ACTION_NAMES, N_ACTIONS, five_way
 from .render import renderer
-from .world import MOVES, WORLD, Maze, top_right_region
+from .world import MOVES, SIZES, WORLD, Maze, top_right_region
 
 EVAL_SEED_BASE = 1_000_000_000  # evaluation mazes use seeds >= this; training uses seeds below
+DEFAULT_REGION = 5  # the original study's rand_region_5 agent: the region of a checkpoint that records none
+TRAINER_SIZE_POWER = 1.0  # train.train_policy's default size mix, for checkpoints that record none
+LOW_P_CHEESE = 0.05  # a maze whose P(cheese) is already below this cannot show much of a drop
 _DELTA = np.array([MOVES[a] if a != "NOOP" else (0, 0) for a in ACTION_NAMES])  # [5, 2]
 _GROUP = five_way(torch.eye(N_ACTIONS)).argmax(1).numpy()  # procgen action -> 5-way index
 
@@ -67,13 +70,39 @@ class Batch:
         return img.permute(0, 3, 1, 2)
 
 
+def _is_procgen(mazes) -> bool:
+    """True for a list of ProcgenMazes, False for pure-Python ones; a mix is an error."""
+    from .procgen_backend import ProcgenMaze
+
+    kinds = {isinstance(m, ProcgenMaze) for m in mazes}
+    if len(kinds) > 1:
+        raise TypeError("the mazes mix ProcgenMazes and pure-Python Mazes: observations come from one backend at "
+                        "a time; pass mazes of one kind")
+    return kinds == {True}
+
+
+def observation_batch(mazes: list[Maze]):
+    """The observation source for ``mazes``: :class:`Batch` (avec's renderer) for pure-Python mazes,
+    ``procgen_backend.ProcgenBatch`` (procgen renders them) for ProcgenMazes. Both have ``obs(idx, pos)``."""
+    if _is_procgen(mazes):
+        from .procgen_backend import ProcgenBatch
+
+        return ProcgenBatch(mazes)
+    return Batch(mazes)
+
+
 @torch.no_grad()
 def rollout(policy, mazes: list[Maze], max_steps: int = 500, greedy: bool = False,
             rng: np.random.Generator | None = None, record: bool = False, chunk: int = 256):
     """Run ``policy`` from each maze's mouse position until the cheese or ``max_steps``.
 
     greedy: take the most likely of the five moves (else sample one of the 15 actions). Returns (reached bool [N], steps int [N],
-    visited list of (maze index, row, col) if record)."""
+    visited list of (maze index, row, col) if record). ProcgenMazes are rolled out in procgen's own
+    env (``procgen_backend.rollout``)."""
+    if _is_procgen(mazes):
+        from .procgen_backend import rollout as procgen_rollout
+
+        return procgen_rollout(policy, mazes, max_steps, greedy, rng, record)
     rng = rng or np.random.default_rng(0)
     batch = Batch(mazes)
     n = len(mazes)
@@ -110,8 +139,49 @@ def _sample(logits: torch.Tensor, rng: np.random.Generator) -> np.ndarray:
     return np.minimum((p.cumsum(1) < u).sum(1), p.shape[1] - 1)
 
 
-def training_mazes(region: int, count: int, seed_base: int = EVAL_SEED_BASE) -> list[Maze]:
-    return [Maze.from_seed(seed_base + i, region=region) for i in range(count)]
+def training_region(policy) -> int | None:
+    """The top-right region ``policy`` was trained with, from its checkpoint's metadata (a policy
+    module or a core Model wrapping one), or None when it records none (e.g. a procgen-tools file)."""
+    meta = getattr(getattr(policy, "module", policy), "metadata", None) or {}
+    region = meta.get("region", (meta.get("config") or {}).get("region"))
+    return None if region is None else int(region)
+
+
+def resolve_region(policy, region: int | None = None) -> int:
+    """``region`` if given, else the policy's own training region, else DEFAULT_REGION (5)."""
+    if region is None:
+        region = training_region(policy)
+        region = DEFAULT_REGION if region is None else region
+    if isinstance(region, bool) or not isinstance(region, (int, np.integer)) or not 1 <= region <= WORLD:
+        raise ValueError(f"region must be an int in 1..{WORLD} (the top-right R x R square), got {region!r}")
+    return int(region)
+
+
+def training_size_power(policy) -> float:
+    """The maze-size mix ``policy`` was trained on (P(n) proportional to n**p, ``train.Sampler``), from its
+    checkpoint's config, else the trainer's default."""
+    meta = getattr(getattr(policy, "module", policy), "metadata", None) or {}
+    p = (meta.get("config") or {}).get("size_power")
+    return TRAINER_SIZE_POWER if p is None else float(p)
+
+
+def check_seed_base(seed_base) -> int:
+    if isinstance(seed_base, bool) or not isinstance(seed_base, (int, np.integer)) or seed_base < 0:
+        raise ValueError(f"seed_base must be a non-negative int (mazes use seeds seed_base, seed_base + 1, ...), "
+                         f"got {seed_base!r}")
+    return int(seed_base)
+
+
+def training_mazes(region: int, count: int, seed_base: int = EVAL_SEED_BASE, size_power: float = 0.0) -> list[Maze]:
+    """``count`` mazes of the training distribution (the cheese in the top-right ``region`` square) with
+    seeds from ``seed_base``. Sizes: uniform over 3..25 like procgen (``size_power=0``), or drawn with
+    P(n) proportional to n**size_power, the trainer's mix (``train.Sampler``; the shipped policies used 1)."""
+    seed_base = check_seed_base(seed_base)
+    if size_power == 0:
+        return [Maze.from_seed(seed_base + i, region=region) for i in range(count)]
+    w = np.array(SIZES, dtype=np.float64) ** float(size_power)
+    sizes = np.random.default_rng([seed_base, count]).choice(SIZES, size=count, p=w / w.sum())
+    return [Maze.from_seed(seed_base + i, size=int(n), region=region) for i, n in enumerate(sizes)]
 
 
 def scan_mazes(keep, count: int, seed_base: int, max_tries: int) -> list[Maze]:
@@ -127,14 +197,20 @@ def scan_mazes(keep, count: int, seed_base: int, max_tries: int) -> list[Maze]:
 
 
 def off_region_mazes(region: int, count: int, seed_base: int = EVAL_SEED_BASE, max_tries: int = 100_000) -> list[Maze]:
-    """Mazes with the cheese outside the top-right region x region square and a decision square."""
+    """Mazes with the cheese outside the top-right region x region square and a decision square: the
+    first ``count`` from seed ``seed_base`` on (choose an unused ``seed_base`` for held-out mazes)."""
+    seed_base = check_seed_base(seed_base)
+    return scan_mazes(lambda m: is_off_region(m, region), count, seed_base, max_tries)
 
-    def keep(m: Maze) -> bool:
-        rows, cols = top_right_region(m.size, region)
-        in_region = rows.start <= m.cheese[0] < rows.stop and cols.start <= m.cheese[1] < cols.stop
-        return not in_region and m.decision_square() is not None  # the cheap test first
 
-    return scan_mazes(keep, count, seed_base, max_tries)
+def is_off_region(maze: Maze, region: int) -> bool:
+    """A test maze for the motivations: the cheese outside the top-right region x region square, and a
+    decision square."""
+    if maze.cheese is None:
+        return False
+    rows, cols = top_right_region(maze.size, region)
+    in_region = rows.start <= maze.cheese[0] < rows.stop and cols.start <= maze.cheese[1] < cols.stop
+    return not in_region and maze.decision_square() is not None  # the cheap test first
 
 
 @dataclass(frozen=True)
@@ -156,10 +232,15 @@ class Motivation:
                              "p_other": self.p_other})
 
     def summary(self) -> dict:
+        """Means, with medians and the share of mazes with P(cheese) < LOW_P_CHEESE beside them (the
+        distributions are skewed: a mean alone hides how many mazes sit near 0 or 1)."""
         return {
             "mazes": len(self.p_cheese),
             "p_cheese": float(self.p_cheese.mean()),
+            "p_cheese_median": float(np.median(self.p_cheese)),
+            f"frac_p_cheese_below_{LOW_P_CHEESE:g}": float((self.p_cheese < LOW_P_CHEESE).mean()),
             "p_top_right": float(self.p_top_right.mean()),
+            "p_top_right_median": float(np.median(self.p_top_right)),
             "p_other": float(self.p_other.mean()),
             "frac_top_right_wins": float((self.p_top_right > self.p_cheese).mean()),
         }
@@ -187,25 +268,35 @@ def motivation(probs5: torch.Tensor, mazes: list[Maze]) -> Motivation:
 def decision_probs(policy, mazes: list[Maze]) -> Motivation:
     """The policy's P(cheese) / P(top-right) with the mouse at each maze's decision square."""
     at = [m.with_mouse(decision_targets(m)[0]) for m in mazes]
-    obs = Batch(at).obs(range(len(at)), [m.mouse for m in at])
+    obs = observation_batch(at).obs(range(len(at)), [m.mouse for m in at])
     return motivation(five_way(torch.softmax(policy(obs).logits, 1)), mazes)
 
 
-def evaluate(policy, region: int, n_train: int = 200, n_test: int = 200, seed_base: int = EVAL_SEED_BASE) -> dict:
-    """Reach rates (greedy and sampled, 500 steps) on training-distribution mazes and the
-    decision-square motivations on test mazes. Deterministic given the policy."""
+def evaluate(policy, region: int | None = None, n_train: int = 200, n_test: int = 200,
+             seed_base: int = EVAL_SEED_BASE, size_power: float | None = None) -> dict:
+    """Reach rates (greedy and sampled, 500 steps) on training-distribution mazes, both with procgen's
+    uniform sizes and with the size mix the policy was trained on (``size_power``: default the
+    policy's own, see :func:`training_size_power`), and the decision-square motivations on test
+    mazes. ``region``: default the policy's training region. Deterministic given the policy."""
     policy.eval()
-    mazes = training_mazes(region, n_train, seed_base)
-    g, gs, _ = rollout(policy, mazes, greedy=True)
-    s, ss, _ = rollout(policy, mazes, greedy=False, rng=np.random.default_rng(seed_base))
+    region = resolve_region(policy, region)
+    size_power = training_size_power(policy) if size_power is None else float(size_power)
+    out = {}
+    for suffix, power in (("", 0.0), ("_training_mix", size_power)):
+        mazes = training_mazes(region, n_train, seed_base, size_power=power)
+        g, gs, _ = rollout(policy, mazes, greedy=True)
+        s, ss, _ = rollout(policy, mazes, greedy=False, rng=np.random.default_rng(seed_base))
+        out[f"reach_rate_greedy{suffix}"] = float(g.mean())
+        out[f"reach_rate_sampled{suffix}"] = float(s.mean())
+        if not suffix:
+            out["mean_steps_greedy_when_reached"] = float(gs[g].mean()) if g.any() else None
     tests = off_region_mazes(region, n_test, seed_base)
     tg, _, _ = rollout(policy, tests, greedy=True)
     ts, _, _ = rollout(policy, tests, greedy=False, rng=np.random.default_rng(seed_base + 1))
     mot = decision_probs(policy, tests)
     return {
-        "reach_rate_greedy": float(g.mean()),
-        "reach_rate_sampled": float(s.mean()),
-        "mean_steps_greedy_when_reached": float(gs[g].mean()) if g.any() else None,
+        **out,
+        "training_mix_size_power": size_power,
         "test_reach_rate_greedy": float(tg.mean()),
         "test_reach_rate_sampled": float(ts.mean()),
         "n_train_mazes": n_train,

@@ -20,7 +20,8 @@ import torch
 from avec.core import AddVector, Apply
 
 from .env import five_way
-from .evaluate import Batch, decision_targets, motivation, off_region_mazes
+from .evaluate import (EVAL_SEED_BASE, LOW_P_CHEESE, decision_targets, motivation, observation_batch,
+                       off_region_mazes, resolve_region)
 from .fields import as_model, new_figure, png_base64, summary_html
 from .world import Maze
 
@@ -78,7 +79,7 @@ class MazeVector:
 
 def _acts(model, mazes: Sequence[Maze], hook: str) -> torch.Tensor:
     """Activations ``[N, C, H, W]`` at ``hook`` for each maze as it is (mouse where it is)."""
-    obs = Batch(list(mazes)).obs(range(len(mazes)), [m.mouse for m in mazes])
+    obs = observation_batch(list(mazes)).obs(range(len(mazes)), [m.mouse for m in mazes])
     with torch.no_grad():
         return model.run(obs, cache=[hook]).cache[hook]
 
@@ -129,7 +130,7 @@ def decision_probs(policy: Any, mazes: Sequence[Maze], steer=None):
     """Motivation (P(cheese), P(top-right) per maze) at each maze's decision square: one forward."""
     model = as_model(policy)
     ds = [decision_targets(m)[0] for m in mazes]
-    obs = Batch(list(mazes)).obs(range(len(mazes)), ds)
+    obs = observation_batch(list(mazes)).obs(range(len(mazes)), ds)
     iv = [] if steer is None else (list(steer) if isinstance(steer, (list, tuple)) else [steer])
     logits = model.run(obs, interventions=iv).logits
     return motivation(five_way(torch.softmax(logits.double(), 1)), list(mazes))
@@ -148,14 +149,26 @@ class SteeringStats:
     extra: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
+        """Means with medians beside them, and the share of mazes whose P(cheese) was already below
+        LOW_P_CHEESE (0.05) before steering, where no drop can show: the per-maze changes are skewed
+        (region5's cheese vector on 500 held-out mazes: mean drop 0.31, median 0.12; 27% already below 0.05)."""
+        drop = self.p_cheese - self.p_cheese_steered
+        med = lambda x: float(np.median(x))  # noqa: E731
         return {
             "experiment": self.name,
             "mazes": int(len(self.seeds)),
             "p_cheese": float(self.p_cheese.mean()),
+            "p_cheese_median": med(self.p_cheese),
             "p_cheese_steered": float(self.p_cheese_steered.mean()),
+            "p_cheese_steered_median": med(self.p_cheese_steered),
+            "p_cheese_drop": float(drop.mean()),
+            "p_cheese_drop_median": med(drop),
+            f"frac_p_cheese_already_below_{LOW_P_CHEESE:g}": float((self.p_cheese < LOW_P_CHEESE).mean()),
             "frac_p_cheese_decreased": float((self.p_cheese_steered < self.p_cheese).mean()),
             "p_top_right": float(self.p_top_right.mean()),
+            "p_top_right_median": med(self.p_top_right),
             "p_top_right_steered": float(self.p_top_right_steered.mean()),
+            "p_top_right_steered_median": med(self.p_top_right_steered),
             "frac_p_top_right_increased": float((self.p_top_right_steered > self.p_top_right).mean()),
             **self.extra,
         }
@@ -215,25 +228,33 @@ def steering_stats(policy: Any, mazes: Sequence[Maze], make_steer: Callable[[Any
                          before.p_cheese, after.p_cheese, before.p_top_right, after.p_top_right)
 
 
-def cheese_vector_stats(policy, region: int = 5, n: int = 100, coeff: float = -1.0, at: str = DEFAULT_HOOK,
-                        mazes: Sequence[Maze] | None = None) -> SteeringStats:
-    """Subtract each maze's own cheese vector (coefficient -1 at every forward) on ``n`` test mazes."""
-    mazes = mazes or off_region_mazes(region, n)
+def stats_mazes(policy, region: int | None = None, n: int = 100, seed_base: int = EVAL_SEED_BASE) -> list[Maze]:
+    """The statistics' default test mazes: the first ``n`` with a decision square and the cheese outside
+    the top-right ``region`` square (default: the policy's own training region, else 5), from seed
+    ``seed_base`` on (pick an unused base for held-out mazes)."""
+    return off_region_mazes(resolve_region(policy, region), n, seed_base)
+
+
+def cheese_vector_stats(policy, region: int | None = None, n: int = 100, coeff: float = -1.0, at: str = DEFAULT_HOOK,
+                        mazes: Sequence[Maze] | None = None, seed_base: int = EVAL_SEED_BASE) -> SteeringStats:
+    """Subtract each maze's own cheese vector (coefficient -1 at every forward) on ``n`` test mazes
+    (``mazes``, else :func:`stats_mazes` of ``region`` / ``seed_base``)."""
+    mazes = mazes or stats_mazes(policy, region, n, seed_base)
     return steering_stats(policy, mazes, lambda m, ms: coeff * cheese_vector(m, ms, at), f"cheese vector x {coeff:g}")
 
 
-def top_right_stats(policy, region: int = 5, n: int = 100, coeff: float = 1.0, at: str = DEFAULT_HOOK,
-                    mazes: Sequence[Maze] | None = None) -> SteeringStats:
+def top_right_stats(policy, region: int | None = None, n: int = 100, coeff: float = 1.0, at: str = DEFAULT_HOOK,
+                    mazes: Sequence[Maze] | None = None, seed_base: int = EVAL_SEED_BASE) -> SteeringStats:
     """Add each maze's own top-right vector. (25 x 25 mazes give a zero vector: unchanged.)"""
-    mazes = mazes or off_region_mazes(region, n)
+    mazes = mazes or stats_mazes(policy, region, n, seed_base)
     return steering_stats(policy, mazes, lambda m, ms: coeff * top_right_vector(m, ms, at), f"top-right vector x {coeff:g}")
 
 
-def composition_stats(policy, region: int = 5, n: int = 100, at: str = DEFAULT_HOOK,
+def composition_stats(policy, region: int | None = None, n: int = 100, at: str = DEFAULT_HOOK,
                       cheese_coeff: float = -1.0, top_right_coeff: float = 1.0,
-                      mazes: Sequence[Maze] | None = None) -> SteeringStats:
+                      mazes: Sequence[Maze] | None = None, seed_base: int = EVAL_SEED_BASE) -> SteeringStats:
     """Both at once: ``cheese_coeff * cheese + top_right_coeff * top_right``."""
-    mazes = mazes or off_region_mazes(region, n)
+    mazes = mazes or stats_mazes(policy, region, n, seed_base)
 
     def make(m, ms):
         return cheese_coeff * cheese_vector(m, ms, at) + top_right_coeff * top_right_vector(m, ms, at)
@@ -241,27 +262,29 @@ def composition_stats(policy, region: int = 5, n: int = 100, at: str = DEFAULT_H
     return steering_stats(policy, mazes, make, f"cheese x {cheese_coeff:g} + top-right x {top_right_coeff:g}")
 
 
-def random_baseline_stats(policy, region: int = 5, n: int = 100, coeff: float = -1.0, at: str = DEFAULT_HOOK,
-                          seed: int = 0, mazes: Sequence[Maze] | None = None) -> SteeringStats:
+def random_baseline_stats(policy, region: int | None = None, n: int = 100, coeff: float = -1.0, at: str = DEFAULT_HOOK,
+                          seed: int = 0, mazes: Sequence[Maze] | None = None,
+                          seed_base: int = EVAL_SEED_BASE) -> SteeringStats:
     """A random vector with each maze's cheese-vector norm, same coefficient."""
-    mazes = mazes or off_region_mazes(region, n)
+    mazes = mazes or stats_mazes(policy, region, n, seed_base)
     return steering_stats(policy, mazes, lambda m, ms: coeff * random_like(cheese_vector(m, ms, at), seed),
                           f"random vector (cheese-vector norm) x {coeff:g}")
 
 
-def averaged_cheese_stats(policy, region: int = 5, n: int = 100, coeff: float = -1.0, at: str = DEFAULT_HOOK,
-                          n_average: int = 50, mazes: Sequence[Maze] | None = None) -> SteeringStats:
+def averaged_cheese_stats(policy, region: int | None = None, n: int = 100, coeff: float = -1.0, at: str = DEFAULT_HOOK,
+                          n_average: int = 50, mazes: Sequence[Maze] | None = None,
+                          seed_base: int = EVAL_SEED_BASE) -> SteeringStats:
     """One cheese vector averaged over ``n_average`` other mazes, applied to every test maze."""
-    mazes = list(mazes or off_region_mazes(region, n))
-    donors = off_region_mazes(region, n_average, seed_base=2_000_000_000)
+    mazes = list(mazes or stats_mazes(policy, region, n, seed_base))
+    donors = off_region_mazes(resolve_region(policy, region), n_average, seed_base=2_000_000_000)
     avg = averaged_vector(cheese_vector(policy, donors, at))
     return steering_stats(policy, mazes, lambda m, ms: coeff * avg, f"averaged cheese vector x {coeff:g}")
 
 
-def transfer_stats(policy, region: int = 5, n: int = 100, coeff: float = -1.0, at: str = DEFAULT_HOOK,
-                   mazes: Sequence[Maze] | None = None) -> SteeringStats:
+def transfer_stats(policy, region: int | None = None, n: int = 100, coeff: float = -1.0, at: str = DEFAULT_HOOK,
+                   mazes: Sequence[Maze] | None = None, seed_base: int = EVAL_SEED_BASE) -> SteeringStats:
     """Cheese vector from maze A applied to maze B (B = the next maze in the list)."""
-    mazes = list(mazes or off_region_mazes(region, n))
+    mazes = list(mazes or stats_mazes(policy, region, n, seed_base))
 
     def make(m, ms):
         v = cheese_vector(m, ms, at)
@@ -272,16 +295,25 @@ def transfer_stats(policy, region: int = 5, n: int = 100, coeff: float = -1.0, a
 
 @dataclass(frozen=True)
 class CoefficientSweep:
-    """Mean decision-square probabilities per coefficient, float ``[K]`` each."""
+    """Mean decision-square probabilities per coefficient, float ``[K]`` each, with their medians over
+    the mazes and the share of mazes whose P(cheese) is below LOW_P_CHEESE at that coefficient."""
 
     name: str
     coeffs: np.ndarray
     p_cheese: np.ndarray
     p_top_right: np.ndarray
+    p_cheese_median: np.ndarray | None = None
+    p_top_right_median: np.ndarray | None = None
+    frac_p_cheese_low: np.ndarray | None = None
 
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"coeff": self.coeffs, "p_cheese": self.p_cheese, "p_top_right": self.p_top_right,
-                             "p_other": 1 - self.p_cheese - self.p_top_right})
+        df = pd.DataFrame({"coeff": self.coeffs, "p_cheese": self.p_cheese, "p_top_right": self.p_top_right,
+                           "p_other": 1 - self.p_cheese - self.p_top_right})
+        if self.p_cheese_median is not None:
+            df["p_cheese_median"] = self.p_cheese_median
+            df["p_top_right_median"] = self.p_top_right_median
+            df[f"frac_p_cheese_below_{LOW_P_CHEESE:g}"] = self.frac_p_cheese_low
+        return df
 
     def plot(self, figsize=(5, 3.5)):
         fig = new_figure(figsize)
@@ -317,9 +349,9 @@ def coefficient_sweep(policy, mazes: Sequence[Maze], kind: str = "cheese", coeff
     tiled = mazes * k  # row j*n + i = maze i at coefficient j
     mv = MazeVector(at, rows, 1.0, f"{kind} vector sweep")
     mot = decision_probs(model, tiled, mv)
-    pc = mot.p_cheese.reshape(k, n).mean(1)
-    pt = mot.p_top_right.reshape(k, n).mean(1)
-    return CoefficientSweep(f"{kind} vector coefficient sweep ({n} mazes)", coeffs, pc, pt)
+    pc, pt = mot.p_cheese.reshape(k, n), mot.p_top_right.reshape(k, n)
+    return CoefficientSweep(f"{kind} vector coefficient sweep ({n} mazes)", coeffs, pc.mean(1), pt.mean(1),
+                            np.median(pc, 1), np.median(pt, 1), (pc < LOW_P_CHEESE).mean(1))
 
 
 def layer_sweep(policy, mazes: Sequence[Maze], hooks: Sequence[str] | None = None, coeff: float = -1.0) -> pd.DataFrame:
@@ -337,22 +369,23 @@ def resadd_hooks(policy) -> list[str]:
     return [h for h in as_model(policy).hook_points if h.endswith(".resadd")]
 
 
-def all_layers_stats(policy, region: int = 5, n: int = 100, coeff: float = -1.0, hooks: Sequence[str] | None = None,
-                     mazes: Sequence[Maze] | None = None) -> SteeringStats:
+def all_layers_stats(policy, region: int | None = None, n: int = 100, coeff: float = -1.0, hooks: Sequence[str] | None = None,
+                     mazes: Sequence[Maze] | None = None, seed_base: int = EVAL_SEED_BASE) -> SteeringStats:
     """The all-layers variant: each maze's cheese vector at every hook in ``hooks`` (default: all six
     residual outputs), all added at once. Each layer's vector is the plain activation difference,
     so upstream changes are counted again downstream (as in the original all-layers experiment)."""
     model = as_model(policy)
     hooks = list(hooks or resadd_hooks(model))
-    mazes = mazes or off_region_mazes(region, n)
+    mazes = mazes or stats_mazes(policy, region, n, seed_base)
     return steering_stats(model, mazes, lambda m, ms: [coeff * cheese_vector(m, ms, h) for h in hooks],
                           f"cheese vector x {coeff:g} at {len(hooks)} layers")
 
 
-def full_report(policy, region: int, n: int = 100) -> dict:
+def full_report(policy, region: int | None = None, n: int = 100, seed_base: int = EVAL_SEED_BASE) -> dict:
     """Every statistic above on the same ``n`` off-region test mazes, as plain numbers."""
     model = as_model(policy)
-    mazes = off_region_mazes(region, n)
+    region = resolve_region(policy, region)
+    mazes = off_region_mazes(region, n, seed_base)
     out = {}
     for name, fn in (("cheese_vector", cheese_vector_stats), ("top_right_vector", top_right_stats),
                      ("composition", composition_stats), ("random_baseline", random_baseline_stats),

@@ -57,10 +57,14 @@ def policy_probs(policy: Any, obs: torch.Tensor, steer=None, chunk: int = 1024) 
 
 def field_obs(maze: Maze) -> tuple[np.ndarray, torch.Tensor]:
     """(cells int ``[k, 2]``, observations float ``[k, 3, 64, 64]``) with the mouse on every open
-    cell except the cheese."""
+    cell except the cheese; a ProcgenMaze's observations are procgen's."""
     cells = maze.open_cells()
     if maze.cheese is not None:
         cells = cells[(cells != np.array(maze.cheese)).any(1)]
+    from .procgen_backend import ProcgenBatch, ProcgenMaze
+
+    if isinstance(maze, ProcgenMaze):  # procgen renders each position
+        return cells, ProcgenBatch([maze]).obs(np.zeros(len(cells), np.int64), cells)
     return cells, to_tensor(renderer().render_mice(maze, cells))
 
 

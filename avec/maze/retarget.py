@@ -52,7 +52,7 @@ import torch
 from avec.core import Apply
 
 from .env import five_way
-from .evaluate import Batch, direction_index
+from .evaluate import direction_index, observation_batch
 from .experiments import DEFAULT_HOOK, _acts, _at_start
 from .fields import _as_list, as_model, new_figure, png_base64
 from .world import WORLD, Maze
@@ -199,7 +199,7 @@ def path_probabilities(policy: Any, mazes: Sequence[Maze], targets, steer=None, 
             moves.append(direction_index(a, b))
             row_t.append(t)
     owner, cells, moves = np.array(owner), np.array(cells), np.array(moves)
-    batch = Batch(mazes)
+    batch = observation_batch(mazes)
     logp = np.empty(len(owner))
     for s in range(0, len(owner), chunk):
         sl = slice(s, s + chunk)

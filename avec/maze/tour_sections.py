@@ -70,7 +70,7 @@ def vectors_section(ctx, s) -> None:
     mazes = off_region_mazes(5, n)
     stats = [cheese_vector_stats(policy, mazes=mazes), top_right_stats(policy, mazes=mazes),
              composition_stats(policy, mazes=mazes), random_baseline_stats(policy, mazes=mazes),
-             averaged_cheese_stats(policy, 5, mazes=mazes, n_average=20 if ctx.quick else 50),
+             averaged_cheese_stats(policy, mazes=mazes, n_average=20 if ctx.quick else 50),
              transfer_stats(policy, mazes=mazes), all_layers_stats(policy, mazes=mazes)]
     s.text(f"region5 on {n} test mazes with a decision square: mean P(cheese) / P(top-right) of the first step at the "
            "decision square, before and after steering, and the fraction of mazes moving the intended way. Cheese "
