@@ -18,9 +18,10 @@ Three shapes, told apart by their methods:
                  later in the forward pass: ``lm.add_dictionary(tc, at="blocks.3.resid_mid",
                  writes="blocks.3.mlp_out")`` gives ``blocks.3.resid_mid.tc.latents`` and
                  ``blocks.3.mlp_out.tc.recon / error``
-    cross-layer  ``n_layers`` encoders and targets: ``encode_layer(x, l)``, ``decode_layer(zs, l)`` (``zs``
-                 the latents of ``sources(l)``, by default layers 0..l: a CLT's target l is reconstructed
-                 from every layer's features up to l), optionally ``skip_layer(x_l, l)``; attached with one
+    cross-layer  ``n_layers`` encoders and targets: ``encode_layer(x, l)``, ``decode_layer(zs, l)`` and no
+                 ``encode``; ``zs`` are the latents of ``sources(l)``, by default layers 0..l (a CLT's target
+                 l is reconstructed from every layer's features up to l); optionally ``skip_layer(x_l, l)``,
+                 ``d_out``; attached with one
                  read and one write point per layer (``at="blocks.*.resid_mid", writes="blocks.*.mlp_out"``):
                  ``blocks.{l}.resid_mid.clt.latents`` and ``blocks.{l}.mlp_out.clt.recon / error``
 
@@ -34,6 +35,9 @@ reconstruction of every target they decode to.
              change. With no edits it is exactly ``y`` (computed as ``y + (recon' - recon) + (error' -
              error)``, so no rounding creeps in), and a dictionary nobody reads costs nothing.
     "recon"  the reconstruction alone (the model runs on the dictionary's output).
+
+The write point itself (``blocks.3.mlp_out``) still caches the model's own value ``y`` (what the MLP
+computed); what flows on from it is ``recon + error`` as edited (``recon`` alone for "recon").
 
 A dictionary runs only as far as needed: caching latents (without gradients) runs the encoders of those
 points only; an edit of latents, a read or edit of a recon / error point, ``splice="recon"`` or a
@@ -61,7 +65,9 @@ SPLICES = ("error", "recon")
 
 
 def is_cross_layer(module: Any) -> bool:
-    return callable(getattr(module, "encode_layer", None))
+    """A cross-layer dictionary has ``encode_layer`` and no ``encode`` (a one-layer transcoder may
+    have both: it is then used through ``encode`` / ``decode``)."""
+    return callable(getattr(module, "encode_layer", None)) and not callable(getattr(module, "encode", None))
 
 
 @dataclass(frozen=True, eq=False)

@@ -253,7 +253,8 @@ class Model:
         writes: the point it reconstructs: ``at`` for an SAE, a later point for a transcoder (e.g.
                 ``"blocks.3.mlp_out"``), one per layer for a cross-layer one; default: the dictionary's
                 own ``writes``, else ``at``
-        name:   default "sae" (reads = writes), "tc" (a transcoder) or "clt" (cross-layer)
+        name:   default "sae" (reads = writes), "tc" (a transcoder, or a set of per-layer ones) or "clt"
+                (cross-layer)
         splice: "error" keeps the model's output unchanged unless those points are edited; "recon" runs
                 the model on the reconstruction
 
@@ -264,7 +265,7 @@ class Model:
         if name is None:
             from .dictionary import is_cross_layer
 
-            name = ("clt" if is_cross_layer(dictionary) else
+            name = ("clt" if is_cross_layer(dictionary) and getattr(dictionary, "cross_layer", True) else
                     "sae" if [s.name for s in read_sites] == [s.name for s in write_sites] else "tc")
         order = {n: i for i, n in enumerate(self.table.names)}
         check_attachable(dictionary, read_sites, write_sites, name, splice, order)
