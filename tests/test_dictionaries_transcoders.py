@@ -421,3 +421,30 @@ def test_bad_circuit_tracer_folders_are_refused(tmp_path):
                                                  **layer_points(2, first=1)), tmp_path / "h", model_name="m")
     with pytest.raises(ValueError, match="already holds transcoder files"):
         save_circuit_tracer(_clt("relu"), tmp_path / "d", model_name="m")
+
+
+@pytest.mark.parametrize("arch", ["jumprelu", "topk", "relu"])
+def test_sparse_decoding_gives_the_dense_values_and_gradients(arch, monkeypatch):
+    """Decoding through the active features alone (embedding_bag) equals the dense matmul: the loss and
+    every gradient, JumpReLU's threshold pseudo-gradient included (its window below threshold is decoded)."""
+    import avec.dictionaries.transcoder as T
+
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(3, 50, 64, generator=g), torch.randn(3, 50, 64, generator=g)
+    results = []
+    for below in (0.0, 1.1):  # never sparse, always sparse
+        monkeypatch.setattr(T, "SPARSE_BELOW", below)
+        clt = _clt(arch, bandwidth=0.5, init_threshold=0.3) if arch == "jumprelu" else _clt(arch)
+        clt.init_from_sample((x, y))
+        out = clt.losses((x, y))
+        out.loss.backward()
+        grads = {k: p.grad.clone() for k, p in clt.named_parameters()}
+        with torch.no_grad():
+            results.append((out.loss.detach(), grads, clt.decode_layer([clt.encode_layer(x[i], i) for i in range(3)], 2)))
+    (l0, g0, d0), (l1, g1, d1) = results
+    assert torch.allclose(l0, l1, rtol=1e-5)
+    assert torch.allclose(d0, d1, atol=1e-5)
+    for k in g0:
+        assert torch.allclose(g0[k], g1[k], atol=1e-5, rtol=1e-4), k
+    if arch == "jumprelu":
+        assert g0["threshold"].abs().sum() > 0

@@ -369,11 +369,9 @@ def evaluate_transcoder(tc: Any, activations: Iterable | None = None, *, lm: Any
 
     def add(batch) -> None:
         x, y = tc.pick(batch)
-        zs = [tc.encode_layer(x[l], l) for l in range(n)]
+        z, y_hat = tc.reconstruct(x)
         for l in range(n):
-            y_hat = tc.decode_layer([zs[i] for i in tc.sources(l)], l)
-            skip = tc.skip_layer(x[l], l)
-            stats[l].update(y[l], y_hat if skip is None else y_hat + skip, zs[l])
+            stats[l].update(y[l], y_hat[l], z[l])
 
     was_training = tc.training
     tc.eval()

@@ -61,6 +61,27 @@ NORMALISATIONS = ("expected_norm", "none")
 FORMAT = "avec.transcoder/1"
 
 
+SPARSE_BELOW = 0.08  # decode through the active features alone when fewer than this fraction are active
+
+
+def sparse_mm(z: torch.Tensor, w: torch.Tensor, support: torch.Tensor | None = None) -> torch.Tensor:
+    """``z @ w`` for ``z`` [..., d_sae] and ``w`` [d_sae, m], through the entries of ``support`` (default:
+    the nonzero ones) when they are few: the cost then grows with the active features, not d_sae.
+    Entries outside ``support`` count as 0 (their gradient too: include every entry whose gradient
+    matters, e.g. JumpReLU's features within the STE window below threshold)."""
+    lead = z.shape[:-1]
+    flat = z.reshape(-1, z.shape[-1])
+    mask = (flat != 0) if support is None else support.reshape(flat.shape)
+    if flat.shape[0] == 0 or float(mask.float().mean()) >= SPARSE_BELOW:
+        return (flat.to(w.dtype) @ w).reshape(*lead, w.shape[-1])
+    rows, cols = mask.nonzero(as_tuple=True)  # row-major: each row's entries are contiguous
+    offsets = torch.zeros(flat.shape[0], dtype=torch.long, device=z.device)
+    offsets[1:] = torch.bincount(rows, minlength=flat.shape[0]).cumsum(0)[:-1]
+    out = nn.functional.embedding_bag(cols, w.contiguous(), offsets, mode="sum",
+                                      per_sample_weights=flat[rows, cols].to(w.dtype))
+    return out.reshape(*lead, w.shape[-1])
+
+
 def _names(v: Any) -> tuple[str, ...] | None:
     if v is None:
         return None
@@ -203,6 +224,25 @@ class TranscoderOutput:
     def fired(self) -> torch.Tensor:
         """bool [n_layers * d_sae]: the features active on some token of the batch (layer-major)."""
         return (self.latents != 0).any(1).reshape(-1)
+
+
+class _IntoTargets(torch.autograd.Function):
+    """``total[j] = sum_i outs[i][j - starts[i]]``: each source's block [n_targets, n, d] added into the
+    targets from ``starts[i]`` on; the gradient of each block is a view of the total's. (Slicing each
+    target out of each block instead makes autograd fill a full-size zero gradient per slice: quadratic
+    in the number of layers.)"""
+
+    @staticmethod
+    def forward(ctx, n_layers, starts, *outs):
+        ctx.spans = [(s, o.shape[0]) for s, o in zip(starts, outs)]
+        total = outs[0].new_zeros((n_layers, *outs[0].shape[1:]))
+        for s, o in zip(starts, outs):
+            total[s:s + o.shape[0]] += o
+        return total
+
+    @staticmethod
+    def backward(ctx, g):
+        return (None, None, *(g[s:s + t] for s, t in ctx.spans))
 
 
 class Transcoders(nn.Module):
@@ -387,7 +427,7 @@ class Transcoders(nn.Module):
         out = self.b_dec[l]
         for i, z in zip(src, zs):
             self._check(z, self.d_sae, "d_sae")
-            out = out + z.to(self.W_enc.dtype) @ self.W_dec[i][:, l - i if self.cross_layer else 0]
+            out = out + sparse_mm(z.to(self.W_enc.dtype), self.W_dec[i][:, l - i if self.cross_layer else 0])
         return out / self.out_scale[l].to(out.dtype)
 
     def skip_layer(self, x: torch.Tensor, l: int) -> torch.Tensor | None:
@@ -400,24 +440,30 @@ class Transcoders(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[n_layers, ..., d_in] raw inputs of every layer -> [n_layers, ..., d_out] reconstructions."""
-        zs = [self.encode_layer(x[l], l) for l in range(self.n_layers)]
-        outs = []
-        for l in range(self.n_layers):
-            out = self.decode_layer([zs[i] for i in self.sources(l)], l)
-            skip = self.skip_layer(x[l], l)
-            outs.append(out if skip is None else out + skip)
-        return torch.stack(outs)
+        return self.reconstruct(x)[1]
+
+    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features [n_layers, ..., d_sae], reconstructions [n_layers, ..., d_out], skip included) of raw
+        inputs [n_layers, ..., d_in], every layer's decoders applied once (sparse when few are active)."""
+        self._check(x, self.d_in, "d_in")
+        if x.dim() < 2 or x.shape[0] != self.n_layers:
+            raise ValueError(f"expected [n_layers={self.n_layers}, ..., d_in] inputs, got {tuple(x.shape)}")
+        lead = x.shape[1:-1]
+        flat = x.reshape(self.n_layers, -1, self.d_in)
+        z = torch.stack([self.encode_layer(flat[l], l) for l in range(self.n_layers)])
+        out = self._decode_all(z) / self.out_scale.to(z.dtype)[:, None, None]
+        if self.W_skip is not None:
+            out = out + torch.stack([self.skip_layer(flat[l], l) for l in range(self.n_layers)])
+        return z.reshape(self.n_layers, *lead, self.d_sae), out.reshape(self.n_layers, *lead, self.d_out)
 
     # -- training ------------------------------------------------------------------------------
-    def _decode_all(self, z: torch.Tensor, bias: bool = True) -> torch.Tensor:
-        """[n_layers, n, d_sae] normalised-space features -> [n_layers, n, d_out] targets (no skip)."""
+    def _decode_all(self, z: torch.Tensor, bias: bool = True, support: torch.Tensor | None = None) -> torch.Tensor:
+        """[n_layers, n, d_sae] normalised-space features -> [n_layers, n, d_out] targets (no skip);
+        ``support`` [n_layers, n, d_sae] (default z != 0): the entries decoded (see ``sparse_mm``)."""
         n = z.shape[1]
-        parts: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers)]
-        for i, w in enumerate(self.W_dec):
-            out = (z[i] @ w.flatten(1)).view(n, w.shape[1], self.d_out)  # one matmul for all of i's targets
-            for t, j in enumerate(self.targets(i)):
-                parts[j].append(out[:, t])
-        total = torch.stack([sum(p) for p in parts])
+        outs = [sparse_mm(z[i], w.flatten(1), None if support is None else support[i]).view(n, w.shape[1], self.d_out)
+                .transpose(0, 1) for i, w in enumerate(self.W_dec)]  # each source to all its targets in one product
+        total = _IntoTargets.apply(self.n_layers, [self.targets(i)[0] for i in range(self.n_layers)], *outs)
         return total + self.b_dec[:, None, :] if bias else total
 
     def _activate(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -444,7 +490,9 @@ class Transcoders(nn.Module):
         y_n = y.to(dt) * self.out_scale.to(dt)[:, None, None]
         pre = torch.baddbmm(self.b_enc[:, None, :], x_n, self.W_enc)  # [n_layers, n, d_sae]
         z, theta = self._activate(pre)
-        y_hat = self._decode_all(z)
+        # JumpReLU's threshold gradient needs the features just below it too (the STE window)
+        support = (pre > theta - self.cfg.bandwidth / 2) if theta is not None else None
+        y_hat = self._decode_all(z, support=support)
         if self.W_skip is not None:
             y_hat = y_hat + torch.bmm(x_n, self.W_skip.transpose(1, 2))
         per_layer = (y_hat - y_n).pow(2).sum(-1).mean(-1)
