@@ -448,3 +448,28 @@ def test_sparse_decoding_gives_the_dense_values_and_gradients(arch, monkeypatch)
         assert torch.allclose(g0[k], g1[k], atol=1e-5, rtol=1e-4), k
     if arch == "jumprelu":
         assert g0["threshold"].abs().sum() > 0
+
+
+def test_feature_helpers_work_on_a_transcoder():
+    """ablate / steer / feature_activations take a transcoder as they take an SAE: its latents where it
+    reads, its decoder rows added where it writes."""
+    from avec.dictionaries import ablate, feature_activations, steer
+
+    lm = tiny_lm("llama")
+    tc = Transcoder(arch="relu", d_in=64, d_sae=32, reads="blocks.1.mlp_in", writes="blocks.1.mlp_out")
+    with torch.no_grad():
+        tc.W_enc.normal_()
+        tc.W_dec[0].normal_(std=0.1)
+    x = tokens(lm, batch=2, seq=6)
+    acts = feature_activations(lm, tc, None, x)
+    assert acts.shape == (2, 32)
+    i = int(acts[0].argmax())
+    with lm.dictionary(tc) as d:
+        base = lm.run(x, cache=["blocks.1.mlp_out.tc.recon"])
+        steered = lm.run(x, interventions=[steer(d, i, 2.0, positions=-1)], cache=["blocks.1.mlp_out.tc.recon"])
+        off = lm.run(x, interventions=[ablate(d, i)])
+    delta = steered.cache["blocks.1.mlp_out.tc.recon"] - base.cache["blocks.1.mlp_out.tc.recon"]
+    assert torch.allclose(delta[:, -1], 2.0 * tc.decoder(0, 0)[i].detach().expand(2, -1), atol=1e-5)
+    direct = lm.run(x, interventions=[steer(tc, i, 2.0, positions=-1)])  # nothing attached: at blocks.1.mlp_out
+    assert torch.allclose(direct.logits, steered.logits, atol=1e-4)
+    assert not torch.allclose(off.logits, base.logits)
