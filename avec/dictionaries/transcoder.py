@@ -309,10 +309,16 @@ class Transcoders(nn.Module):
 
     def decoder(self, source: int, target: int) -> torch.Tensor:
         """[d_sae, d_out] what layer ``source``'s features write to layer ``target`` (raw space)."""
+        self._check_layer(source), self._check_layer(target)
         if target not in self.targets(source):
             raise ValueError(f"layer {source}'s features write to layers {self.targets(source)}, not {target}")
         w = self.W_dec[source][:, target - source if self.cross_layer else 0]
         return w / self.out_scale[target].to(w.dtype)
+
+    def encoder(self, l: int) -> torch.Tensor:
+        """[d_in, d_sae] layer l's encoder in raw space: ``pre_activations(x, l) == x @ encoder(l) + b_enc[l]``."""
+        l = self._check_layer(l)
+        return self.W_enc[l] * self.in_scale[l].to(self.W_enc.dtype)
 
     def targets(self, i: int) -> list[int]:
         return list(range(i, self.n_layers)) if self.cross_layer else [i]
