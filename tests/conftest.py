@@ -13,3 +13,6 @@ def smollm2():
     import avec
 
     return avec.load("smollm2")
+
+
+from _browser import browser, page  # noqa: E402,F401  (real-browser fixtures for page tests)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from _tiny import tiny_lm, tokens
-from avec import Patch, SetValue, Zero
+from avec import Patch, SetValue, StopGradient, Zero
 from test_core import no_hooks_left
 
 NON_GEMMA = ["llama", "qwen2", "gpt2"]
@@ -300,3 +300,26 @@ def test_bad_transcoders_are_refused(lm):
     assert [d.name for d in lm.dictionaries] == ["clt"]
     lm.remove_dictionary(lm.dictionaries[0])
     assert not any(".clt." in n for n in lm.hook_points)
+
+
+def test_stopping_gradients_at_every_latents_point_gives_direct_effects(lm):
+    """What attribution graphs build on: with StopGradient at every layer's latents, the gradient at layer
+    0's latents is their direct effect, i.e. the gradient when every later layer's features are held at
+    their values (patched in as constants); without it, paths through layer 1's features add to it."""
+    x = tokens(lm, batch=1, seq=5)
+    clt = RandomCLT()
+    lat = [f"blocks.{l}.resid_mid.clt.latents" for l in range(3)]
+
+    def metric(run):  # a layer-2 feature's pre-activation, from the live cache
+        return (run.cache["blocks.2.resid_mid"][0, -1] @ clt.W_enc[2] + clt.b_enc[2])[5]
+
+    with lm.dictionary(clt, at="blocks.*.resid_mid", writes="blocks.*.mlp_out"):
+        clean = lm.run(x, cache=lat)
+        common = dict(cache=[lat[0], "blocks.2.resid_mid"], grad=True, metric=metric, freeze=["norms", "attention"])
+        stopped = lm.run(x, interventions=[StopGradient(p) for p in lat], **common)
+        held = lm.run(x, interventions=[Patch(lat[1], source=clean), Patch(lat[2], source=clean)], **common)
+        full = lm.run(x, **common)
+    g_stop, g_held, g_full = (r.grads[lat[0]] for r in (stopped, held, full))
+    assert torch.allclose(g_stop, g_held, atol=1e-6) and g_stop.abs().sum() > 0
+    assert not torch.allclose(g_stop, g_full, atol=1e-6)
+    assert torch.equal(stopped.logits, full.logits)

@@ -438,3 +438,31 @@ def test_smollm2_text_examples_and_dashboard(smollm2, tmp_path):
         own = lm.run(short, cache=[d.point("latents")]).cache[d.point("latents")][0].max(0).values
     assert torch.allclose(ff.positive_max[0], own, atol=1e-4)  # padding never counted
     assert index.exists()
+
+
+def test_special_tokens_are_not_read_unless_asked(smollm2):
+    """SmolLM2 puts an attention-sink activation (norm ~25000) on a context's first token; the shipped SAE
+    answers it with huge latents. Examples, histograms, densities and filters leave such tokens out."""
+    from avec.dictionaries.shipped import load_shipped
+
+    lm, sae = smollm2, load_shipped("smollm2-blocks.12.resid_post-topk-4608")
+    bos = lm.tokenizer.bos_token_id
+    texts = torch.tensor([[bos] + lm.tokenizer(t, add_special_tokens=False)["input_ids"][:10]
+                          for t in ("The cat sat on the warm mat by the door.", "Rain fell on the quiet town all night long.")])
+    with lm.dictionary(sae, at=sae.cfg.hook) as d:
+        lat = lm.run(texts, cache=[d.point("latents")]).cache[d.point("latents")]
+    f = int(lat[:, 0].amax(0).argmax())  # the feature strongest on the BOS tokens
+    assert float(lat[:, 0, f].max()) > float(lat[:, 1:, f].max())
+    every = F.top_examples(lm, sae, sae.cfg.hook, texts, [f], k=3, skip_tokens=None)
+    read = F.top_examples(lm, sae, sae.cfg.hook, texts, [f], k=3)
+    assert every[f].examples[0].position == 0
+    assert all(e.position > 0 for e in read[f].examples)
+    assert every[f].n_tokens == texts.numel() and read[f].n_tokens == texts.numel() - 2
+    assert read[f].n_active == int((lat[:, 1:, f] > 0).sum())
+    assert F.top_examples(lm, sae, sae.cfg.hook, texts, [f], k=3, skip_tokens=[bos])[f].to_dict() == read[f].to_dict()
+    ff = F.filter_features(lm, sae, sae.cfg.hook, texts[:1], texts[1:])
+    assert torch.allclose(ff.positive_max[0], lat[0, 1:].amax(0), atol=1e-4)
+    with pytest.raises(ValueError, match="allowed: 'special', token ids, or None"):
+        F.top_examples(lm, sae, sae.cfg.hook, texts, [f], skip_tokens="bos")
+    with pytest.raises(ValueError, match="no token left to read"):
+        F.filter_features(lm, sae, sae.cfg.hook, texts[:1, :1], texts[1:])

@@ -39,3 +39,43 @@ def test_splice_recovers_the_loss_on_new_text(smollm2):
     assert res.l0 <= 32 + 1e-6
     assert res.ce_loss_recovered > CE_FLOOR, res.to_dict()
     assert res.fvu < FVU_CEILING, res.to_dict()
+
+
+class _Section:
+    """What a tour section writes into, kept as plain text (the report's Section, without the page)."""
+
+    def __init__(self):
+        self.texts = []
+
+    def text(self, t):
+        self.texts.append(t)
+
+    code = table = raw = text
+
+    def figure(self, fig):
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
+def test_tour_sections_run_on_the_shipped_sae(smollm2):
+    from avec.dictionaries import tour_sections
+    from avec.report.context import TourContext
+    from avec.report.tour import SECTIONS
+
+    assert all(entry in SECTIONS for entry in tour_sections.SECTIONS)
+    ctx = TourContext(quick=True, _models={"smollm2": smollm2})
+    s = _Section()
+    tour_sections.sae_section(ctx, s)
+    said = " ".join(map(str, s.texts))
+    assert "unchanged: max |difference| = 0.0e+00" in said  # the error term makes the splice exact
+
+
+def test_tour_sections_refuse_another_model():
+    from _tiny import tiny_lm
+
+    from avec.dictionaries import tour_sections
+    from avec.report.context import TourContext
+
+    with pytest.raises(RuntimeError, match="--model smollm2"):
+        tour_sections.sae_section(TourContext(model_name="tiny", _models={"tiny": tiny_lm("llama")}), _Section())

@@ -20,78 +20,19 @@ import itertools
 import math
 import json
 import time
-import zlib
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import typer
 
 from ..io import atomic_write_json, check_out_option
+from .heldout import describe_split, evaluate_heldout, held_out, prepend_bos_default, split_documents  # noqa: F401
 
 ARCHS = ("relu", "jumprelu", "topk", "batchtopk")
 PREPEND_BOS_HELP = ("start every context with the BOS token (default: yes when the tokenizer has one). Models whose "
                     "tokenizer adds no BOS (SmolLM2) put a massive activation (100x the others' norm) on a context's first token, which "
                     "would dominate the reconstruction loss; with --prepend-bos that sink sits on the BOS, which "
                     "is dropped")
-
-
-def _prepend_bos(lm: Any, prepend_bos: bool | None) -> bool:
-    """--prepend-bos unset: yes when the tokenizer has a BOS token (the first position's attention-sink
-    activation then sits on a token the store drops)."""
-    return prepend_bos if prepend_bos is not None else getattr(lm.tokenizer, "bos_token_id", None) is not None
-
-
-def held_out(text: str, holdout: int) -> bool:
-    """Whether a document is in the held-out split (``holdout`` percent of documents, by a hash of the text)."""
-    return zlib.crc32(text.encode("utf-8")) % 100 < holdout
-
-
-def split_documents(corpus: str, part: str, holdout: int, shuffle: bool = False, seed: int = 0) -> list[str] | Iterator[str]:
-    """The ``part`` ("train" or "heldout") documents of ``corpus`` (``texts(corpus)``)."""
-    from .corpus import texts
-
-    want = part == "heldout"
-    docs = (d for d in texts(corpus) if held_out(d, holdout) == want)
-    if not shuffle:
-        return docs
-    import random
-
-    docs = list(docs)
-    random.Random(seed).shuffle(docs)
-    return docs
-
-
-def _describe(corpus: str, part: str, holdout: int, shuffle: bool, seed: int) -> str:
-    what = f"{corpus} {part} (crc32 % 100 {'<' if part == 'heldout' else '>='} {holdout})"
-    return what + (f", shuffled seed {seed}" if shuffle else "")
-
-
-def _heldout_eval(lm: Any, sae: Any, at: str, corpus: str, holdout: int, context: int, eval_tokens: int,
-                  eval_contexts: int, prepend_bos: bool | None = None, keep_special: bool = True) -> tuple[Any, dict]:
-    """``evaluate`` on held-out documents: reconstruction on ``eval_tokens`` store tokens (special tokens
-    dropped), CE / KL on the first ``eval_contexts`` contexts."""
-    import torch
-
-    from .contexts import iter_contexts
-    from .evaluate import evaluate
-    from .store import ActivationStore
-
-    prepend_bos = _prepend_bos(lm, prepend_bos)
-    store = ActivationStore(lm, at, split_documents(corpus, "heldout", holdout), context=context,
-                            max_tokens=eval_tokens, batch_tokens=2048, buffer_tokens=4096, progress=True,
-                            prepend_bos=prepend_bos)
-    acts = [b[at] for b in store.chunks()]
-    ctxs = list(itertools.islice(iter_contexts(split_documents(corpus, "heldout", holdout), lm.tokenizer, store.rule),
-                                 eval_contexts))
-    tokens = [torch.stack(ctxs[i:i + 8]).to(lm.device) for i in range(0, len(ctxs), 8)]
-    # the special tokens the store drops (BOS / EOS: outliers the SAE never saw) keep the model's own value
-    res = evaluate(sae, acts, lm=lm, tokens=tokens, at=at, keep_tokens=store.dropped_ids if keep_special else None)
-    data = {"corpus": corpus, "split": _describe(corpus, "heldout", holdout, False, 0),
-            "reconstruction_tokens": res.n_tokens, "ce_tokens": sum(t.numel() for t in tokens),
-            "context": context, "bos": store.rule.bos,
-            "splice": ("recon at every position but the special tokens " f"{store.dropped_ids} (the model's own "
-                       "value there, in the zero-ablation baseline too)") if keep_special else "recon at every position"}
-    return res, data
 
 
 def _metrics(res: Any) -> dict:
@@ -171,8 +112,8 @@ def register(app: typer.Typer) -> None:
         if len(hook) != 1:
             raise typer.BadParameter(f"{at!r} names {len(hook)} hook points; give one", param_hint="--at")
         at = hook[0]
-        prepend_bos = _prepend_bos(lm, prepend_bos)
-        desc = _describe(corpus, "train", holdout, shuffle, seed)
+        prepend_bos = prepend_bos_default(lm, prepend_bos)
+        desc = describe_split(corpus, "train", holdout, shuffle, seed)
         docs = split_documents(corpus, "train", holdout, shuffle=shuffle, seed=seed)
         # the store counts context tokens (specials included, then dropped): ask for a little more
         store = ActivationStore(lm, at, docs, context=context, batch_tokens=batch_tokens,
@@ -195,7 +136,7 @@ def register(app: typer.Typer) -> None:
         train_seconds = time.time() - t_train
         typer.echo(f"trained {result.steps} steps in {train_seconds:.0f} s; evaluating on held-out documents")
         t_eval = time.time()
-        res, data = _heldout_eval(lm, sae, at, corpus, holdout, context, eval_tokens, eval_contexts,
+        res, data = evaluate_heldout(lm, sae, at, corpus, holdout, context, eval_tokens, eval_contexts,
                                    prepend_bos)
         metrics = _metrics(res)
         report = {"model": model, "model_id": lm.model_id, "at": at, "arch": arch, "width": width, "k": k,
@@ -236,7 +177,7 @@ def register(app: typer.Typer) -> None:
         if at is None:
             raise typer.BadParameter("the SAE does not record its hook point; give --at", param_hint="--at")
         lm = load(model)
-        res, data = _heldout_eval(lm, sae, at, corpus, holdout, context, eval_tokens, eval_contexts,
+        res, data = evaluate_heldout(lm, sae, at, corpus, holdout, context, eval_tokens, eval_contexts,
                                    prepend_bos)
         metrics = _metrics(res)
         if out:
@@ -278,7 +219,7 @@ def register(app: typer.Typer) -> None:
 
         from .contexts import context_rule, iter_contexts
 
-        rule = context_rule(lm.tokenizer, context, prepend_bos=_prepend_bos(lm, None))  # as in training
+        rule = context_rule(lm.tokenizer, context, prepend_bos=prepend_bos_default(lm, None))  # as in training
         ctxs = list(itertools.islice(iter_contexts(split_documents(corpus, "heldout", holdout), lm.tokenizer, rule),
                                      contexts))
         index = dashboard(lm, sae, at, torch.stack(ctxs), ids, folder, k=k)

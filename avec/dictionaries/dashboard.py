@@ -27,7 +27,7 @@ h1{font-size:1.3em}h2{font-size:1.05em;margin-top:1.4em}
 table{border-collapse:collapse;font-size:.85em}td,th{padding:2px 8px;border-bottom:1px solid #eee;text-align:left}
 .ex{font-family:monospace;font-size:.85em;white-space:pre-wrap;margin:.3em 0;padding:.2em;border-left:3px solid #ddd}
 .tok{border-radius:2px}.max{outline:1px solid #a00}
-.pos{color:#1a7f37}.neg{color:#b42318}.muted{color:#777;font-size:.85em}
+.t{white-space:pre;font-family:monospace}.pos{color:#1a7f37}.neg{color:#b42318}.muted{color:#777;font-size:.85em}
 """
 
 
@@ -79,8 +79,8 @@ def _effects_html(eff: LogitEffects | None) -> str:
     if eff is None:
         return '<p class="muted">not computed</p>'
     rows = "".join(
-        f'<tr><td class="pos">{_tok(ts)}</td><td class="pos">{tv:+.3f}</td>'
-        f'<td class="neg">{_tok(bs)}</td><td class="neg">{bv:+.3f}</td></tr>'
+        f'<tr><td class="pos t">{_tok(ts)}</td><td class="pos">{tv:+.3f}</td>'
+        f'<td class="neg t">{_tok(bs)}</td><td class="neg">{bv:+.3f}</td></tr>'
         for (_, ts, tv), (_, bs, bv) in zip(eff.top, eff.bottom))
     return (f'<table><tr><th>top tokens</th><th></th><th>bottom tokens</th><th></th></tr>{rows}</table>'
             f'<p class="muted">final norm: {_e(eff.norm)}</p>')

@@ -212,6 +212,32 @@ def _n_inputs(inputs: Any) -> int:
     return inputs.shape[0] if isinstance(inputs, torch.Tensor) else len(list(inputs))
 
 
+def _skipped_ids(lm: Any, skip_tokens: Any) -> torch.Tensor:
+    """``[m]`` token ids left out of reading: ``"special"`` -> the tokenizer's special tokens (BOS, EOS,
+    pad, ...: where models such as SmolLM2 put a huge attention-sink activation that no SAE is trained
+    on, so it would top every feature's examples); an iterable of ids; None or () -> none."""
+    if skip_tokens is None:
+        return torch.zeros(0, dtype=torch.long)
+    if isinstance(skip_tokens, str):
+        if skip_tokens != "special":
+            raise ValueError(f"skip_tokens={skip_tokens!r}; allowed: 'special', token ids, or None")
+        tok = lm.tokenizer
+        ids = {getattr(tok, n, None) for n in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        ids.update(getattr(tok, "all_special_ids", None) or ())
+        return torch.tensor(sorted(i for i in ids if isinstance(i, int)), dtype=torch.long)
+    try:
+        return torch.tensor([int(i) for i in skip_tokens], dtype=torch.long)
+    except (TypeError, ValueError):
+        raise ValueError(f"skip_tokens={skip_tokens!r}; allowed: 'special', token ids, or None") from None
+
+
+def _read_mask(run: Any, skip: torch.Tensor) -> torch.Tensor:
+    """``[batch, pos]`` bool: real tokens (attention mask) whose id is not in ``skip``."""
+    toks = run.tokens.cpu()
+    mask = run.attention_mask.cpu().bool() if run.attention_mask is not None else torch.ones(toks.shape, dtype=torch.bool)
+    return mask & ~torch.isin(toks, skip) if skip.numel() else mask
+
+
 def _token_strings(lm: Any, ids: Sequence[int]) -> list[str]:
     tok = getattr(lm, "tokenizer", None)
     if tok is None:
@@ -339,29 +365,32 @@ class FeatureFilter(Result):
         return fig
 
 
-def _prompt_max(lm: Any, d: AttachedDictionary, prompts: Any, batch_size: int) -> torch.Tensor:
-    """``[n, d_sae]`` each latent's max over each prompt's real tokens."""
+def _prompt_max(lm: Any, d: AttachedDictionary, prompts: Any, batch_size: int, skip: torch.Tensor) -> torch.Tensor:
+    """``[n, d_sae]`` each latent's max over each prompt's real tokens (those in ``skip`` left out)."""
     out = []
     point = d.point("latents")
-    for _, batch in _batches(prompts, batch_size):
+    for start, batch in _batches(prompts, batch_size):
         run = lm.run(batch, cache=[point])
-        lat = run.cache[point].float()
-        mask = run.attention_mask.to(lat.device).bool()[..., None] if run.attention_mask is not None else None
-        if mask is not None:
-            lat = lat.masked_fill(~mask, float("-inf"))
-        out.append(lat.max(1).values.cpu())
+        lat = run.cache[point].float().cpu()
+        mask = _read_mask(run, skip)
+        empty = (~mask.any(1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"prompt {start + empty[0]} has no token left to read once skip_tokens are left out")
+        out.append(lat.masked_fill(~mask[..., None], float("-inf")).max(1).values)
     return torch.cat(out)
 
 
 def filter_features(lm: Any, sae: Any, at: str | None, positive_prompts: Any, negative_prompts: Any = (),
-                    threshold: float = 0.0, *, batch_size: int = 8) -> FeatureFilter:
+                    threshold: float = 0.0, *, batch_size: int = 8, skip_tokens: Any = "special") -> FeatureFilter:
     """Features whose max activation over the tokens of every positive prompt is ``> threshold`` and over
-    the tokens of every negative prompt is ``<= threshold``."""
+    the tokens of every negative prompt is ``<= threshold``. ``skip_tokens``: tokens not read (default
+    the tokenizer's special tokens; see ``top_examples``)."""
     if _n_inputs(positive_prompts) == 0:
         raise ValueError("no positive prompts given")
+    skip = _skipped_ids(lm, skip_tokens)
     with _attached(lm, sae, at) as d:
-        pos = _prompt_max(lm, d, positive_prompts, batch_size)
-        neg = (_prompt_max(lm, d, negative_prompts, batch_size) if _n_inputs(negative_prompts)
+        pos = _prompt_max(lm, d, positive_prompts, batch_size, skip)
+        neg = (_prompt_max(lm, d, negative_prompts, batch_size, skip) if _n_inputs(negative_prompts)
                else torch.zeros(0, pos.shape[1]))
     keep = (pos > threshold).all(0)
     if neg.shape[0]:
@@ -465,17 +494,23 @@ class TopExamples(Result):
 
 
 def top_examples(lm: Any, sae: Any, at: str | None, texts: Any, feature_ids: Any, k: int = 10,
-                 context: tuple[int, int] | int = (8, 4), *, batch_size: int = 8, bins: int = 30) -> TopExamples:
+                 context: tuple[int, int] | int = (8, 4), *, batch_size: int = 8, bins: int = 30,
+                 skip_tokens: Any = "special") -> TopExamples:
     """The ``k`` tokens of ``texts`` (strings, or token ids ``[n, pos]``) on which each feature in
     ``feature_ids`` is largest, each with ``context`` = (tokens before, tokens after) around it and the
     feature's activation on every token of that window; plus a histogram of the non-zero activations
-    (``bins`` bins) and the density (fraction of real tokens with activation > 0). Runs ``lm.run`` in
-    batches of ``batch_size`` with the dictionary attached; only positive activations are examples."""
+    (``bins`` bins) and the density (fraction of read tokens with activation > 0). Runs ``lm.run`` in
+    batches of ``batch_size`` with the dictionary attached; only positive activations are examples.
+
+    skip_tokens: tokens never read (not examples, not in the histogram or density; still shown as
+    context): "special" (default: the tokenizer's BOS / EOS / pad / special tokens, which the activation
+    store drops in training too), token ids, or None to read every token."""
     before, after = (context, context) if isinstance(context, int) else tuple(context)
     if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in (before, after)):
         raise ValueError(f"context={context!r}; give tokens (before, after) as two ints >= 0, or one int")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k={k!r}; it must be a positive int")
+    skip = _skipped_ids(lm, skip_tokens)
     with _attached(lm, sae, at) as d:
         ids = _feature_ids(feature_ids, dims(d.module)[1])
         idx = torch.tensor(ids)
@@ -487,9 +522,10 @@ def top_examples(lm: Any, sae: Any, at: str | None, texts: Any, feature_ids: Any
             run = lm.run(batch, cache=[point])
             lat = run.cache[point][..., idx.to(run.cache[point].device)].float().cpu()  # [b, pos, F]
             toks = run.tokens.cpu()
-            mask = run.attention_mask.cpu().bool() if run.attention_mask is not None else torch.ones(toks.shape, dtype=torch.bool)
+            real = run.attention_mask.cpu().bool() if run.attention_mask is not None else torch.ones(toks.shape, dtype=torch.bool)
+            lengths = real.sum(1)  # context windows stop at the text's end (right padding)
+            mask = _read_mask(run, skip)
             n_tokens += int(mask.sum())
-            lengths = mask.sum(1)
             for j, f in enumerate(ids):
                 a = lat[..., j].masked_fill(~mask, 0.0)
                 values[f].append(a[mask][a[mask] > 0])

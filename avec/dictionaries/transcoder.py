@@ -35,9 +35,11 @@ Normalisation (``normalise="expected_norm"``): per layer, ``in_scale = sqrt(d_in
 scales let one set of hyperparameters fit every layer). ``save`` folds them into the weights: a saved
 transcoder reads and writes raw activations.
 
-Init: encoder columns random unit vectors, each feature's concatenated decoder a random direction of norm
-``dec_init_norm`` (1 for topk / batchtopk, whose decoders stay unit-norm with gradient projection), b_enc
-0, b_dec the mean target, JumpReLU thresholds ``init_threshold``.
+Init: encoder columns random unit vectors; each feature's decoder to its own layer a random direction of
+norm ``dec_init_norm`` (1 for topk / batchtopk, whose concatenated decoders stay unit-norm with gradient
+projection), its decoders to later layers 0 (a CLT starts as per-layer transcoders: random writes to
+every later layer made the late layers' FVU start above 2 on SmolLM2); b_enc 0, b_dec the mean target,
+JumpReLU thresholds ``init_threshold``.
 """
 
 from __future__ import annotations
@@ -249,7 +251,8 @@ class Transcoders(nn.Module):
     """The machinery shared by ``Transcoder`` (one layer) and ``CrossLayerTranscoder`` (several); build
     one of those. Parameters: ``W_enc`` [n_layers, d_in, d_sae], ``b_enc`` [n_layers, d_sae], ``W_dec[i]``
     [d_sae, n_targets(i), d_out], ``b_dec`` [n_layers, d_out], ``threshold`` [n_layers, d_sae] (jumprelu;
-    batchtopk: a buffer [n_layers]), ``W_skip`` [n_layers, d_out, d_in] (skip)."""
+    batchtopk: a buffer [n_layers]), ``W_skip`` [n_layers, d_out, d_in] (skip). Layer indices are the
+    transcoder's own (0..n_layers-1); ``cfg.reads[l]`` / ``cfg.writes[l]`` name the model's points."""
 
     def __init__(self, cfg: TranscoderConfig | None = None, **kwargs: Any):
         super().__init__()
@@ -309,10 +312,16 @@ class Transcoders(nn.Module):
 
     def decoder(self, source: int, target: int) -> torch.Tensor:
         """[d_sae, d_out] what layer ``source``'s features write to layer ``target`` (raw space)."""
+        self._check_layer(source), self._check_layer(target)
         if target not in self.targets(source):
             raise ValueError(f"layer {source}'s features write to layers {self.targets(source)}, not {target}")
         w = self.W_dec[source][:, target - source if self.cross_layer else 0]
         return w / self.out_scale[target].to(w.dtype)
+
+    def encoder(self, l: int) -> torch.Tensor:
+        """[d_in, d_sae] layer l's encoder in raw space: ``pre_activations(x, l) == x @ encoder(l) + b_enc[l]``."""
+        l = self._check_layer(l)
+        return self.W_enc[l] * self.in_scale[l].to(self.W_enc.dtype)
 
     def targets(self, i: int) -> list[int]:
         return list(range(i, self.n_layers)) if self.cross_layer else [i]
@@ -340,6 +349,7 @@ class Transcoders(nn.Module):
             self.W_enc.copy_(enc / enc.norm(dim=1, keepdim=True))
             for w in self.W_dec:
                 r = torch.randn(w.shape, generator=generator)
+                r[:, 1:] = 0  # a CLT starts as per-layer transcoders: random writes to later layers add noise
                 w.copy_(r / r.flatten(1).norm(dim=-1)[:, None, None] * norm)
             self.b_enc.zero_()
             self.b_dec.zero_()

@@ -22,7 +22,8 @@ from typing import Any, Optional
 import typer
 
 from ..io import atomic_write_json, check_out_option
-from .cli import PREPEND_BOS_HELP, _describe, _prepend_bos, split_documents
+from .cli import PREPEND_BOS_HELP
+from .heldout import describe_split as _describe, prepend_bos_default as _prepend_bos, split_documents
 
 ARCHS = ("relu", "jumprelu", "topk", "batchtopk")
 KINDS = ("clt", "plt")

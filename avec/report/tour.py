@@ -64,6 +64,7 @@ def residual_norm_section(ctx: TourContext, s: Section) -> None:
 
 def _sections() -> list[tuple[str, Callable[[TourContext, Section], None]]]:
     """Every technique's sections, in reading order (each package lists its own in tour_sections.py)."""
+    from ..dictionaries import tour_sections as dictionaries
     from ..lens import tour_sections as lens
     from ..maze import tour_sections as maze
     from ..patching import tour_sections as patching
@@ -72,7 +73,7 @@ def _sections() -> list[tuple[str, Callable[[TourContext, Section], None]]]:
 
     return [("Model card", model_card), ("Residual stream norms by layer", residual_norm_section),
             *steering.SECTIONS, *lens.SECTIONS, *patching.SECTIONS, *probes.SECTIONS,
-            *maze.SECTIONS]
+            *dictionaries.SECTIONS, *maze.SECTIONS]
 
 
 SECTIONS = _sections()
