@@ -473,3 +473,23 @@ def test_feature_helpers_work_on_a_transcoder():
     direct = lm.run(x, interventions=[steer(tc, i, 2.0, positions=-1)])  # nothing attached: at blocks.1.mlp_out
     assert torch.allclose(direct.logits, steered.logits, atol=1e-4)
     assert not torch.allclose(off.logits, base.logits)
+
+
+@pytest.mark.parametrize("cross_layer", [True, False])
+@pytest.mark.parametrize("active", [0.5, 0.01])  # the dense and the sparse (embedding_bag) products
+def test_decoding_by_source_equals_decoding_by_target(cross_layer, active):
+    from avec.dictionaries.clt import CrossLayerTranscoder
+
+    clt = CrossLayerTranscoder(arch="relu", d_in=16, d_sae=400, n_layers=4, cross_layer=cross_layer)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for w in clt.W_dec:
+            w.copy_(torch.randn(w.shape, generator=g))
+        clt.b_dec.copy_(torch.randn(clt.b_dec.shape, generator=g))
+        clt.out_scale.copy_(torch.rand(4, generator=g) + 0.5)
+    zs = [torch.randn(3, 5, 400, generator=g).relu() * (torch.rand(3, 5, 400, generator=g) < active) for _ in range(4)]
+    by_source = {i: clt.decode_targets(zs[i], i) for i in range(4)}
+    for j in range(4):
+        want = clt.decode_layer([zs[i] for i in clt.sources(j)], j)
+        got = clt.decoder_bias(j) + sum(by_source[i][..., clt.targets(i).index(j), :] for i in clt.sources(j))
+        assert torch.allclose(got, want, atol=1e-4, rtol=1e-5)

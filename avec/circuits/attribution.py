@@ -94,20 +94,20 @@ class _Context:
         read_pts = [d.reads[l] for l in reads]
         module = d.module
 
-        def metric(run):
-            total = 0.0
-            for b, s in enumerate(specs):
+        def metric(run):  # one value per target: the run's gradients get a leading target axis
+            values = []
+            for s in specs:
                 if s[0] == "logit":
-                    total = total + run.cache["final_norm"][b, -1].float() @ s[1].to(run.cache["final_norm"].device)
+                    values.append(run.cache["final_norm"][0, -1].float() @ s[1].to(run.cache["final_norm"].device))
                 else:
                     _, l, p, f = s
-                    total = total + module.pre_activations(run.cache[d.reads[l]][b, p], l)[f].float()
-            return total
+                    values.append(module.pre_activations(run.cache[d.reads[l]][0, p], l)[f].float())
+            return torch.stack(values)
 
         cache = ["embed", *self.lat, *self.err, *read_pts] + (["final_norm"] if any(s[0] == "logit" for s in specs) else [])
-        run = lm.run(self.ids.expand(B, n), cache=cache, grad=True, metric=metric, freeze=["norms", "attention"],
+        run = lm.run(self.ids, cache=cache, grad=True, metric=metric, freeze=["norms", "attention"],
                      interventions=[StopGradient(p) for p in self.lat])
-        g = run.grads
+        g = {k: v[:, 0] for k, v in run.grads.items()}                          # [B, n, ...] (batch of one prompt)
         sel = self.features[selected]
         feat_edges = torch.zeros(B, sel.shape[0])
         for l in range(lm.n_layers):
@@ -146,7 +146,8 @@ def attribute(lm: Any, transcoders: Any, prompt: Any, *, max_n_logits: int = 10,
     layer, or such a dictionary already attached with ``lm.add_dictionary``).
 
     max_n_logits, desired_logit_prob: which output logits are nodes (``logit_targets``)
-    batch_size:        targets per backward pass (memory grows with it: the prompt is run once per target)
+    batch_size:        targets per backward pass (one forward pass and one batched backward pass per batch;
+                       memory grows with it)
     max_feature_nodes: attribute at most this many features, the most influential first (influence estimated
                        from the edges found so far, as circuit-tracer does); None: every active feature
     """

@@ -121,15 +121,19 @@ class AttachedDictionary:
     def decode(self, j: int, zs: Sequence, x_skip):
         """Target j's reconstruction from its sources' latents ``zs`` (plus the skip connection of the
         input ``x_skip``: the transcoder's input, or encoder j's input for a cross-layer one)."""
-        if self.cross_layer:
-            out = self.module.decode_layer(list(zs), j)
-            skip = getattr(self.module, "skip_layer", None)
-            extra = skip(x_skip, j) if callable(skip) and x_skip is not None else None
-        else:
-            out = self.module.decode(zs[0])
-            skip = getattr(self.module, "skip", None)
-            extra = skip(x_skip) if callable(skip) else None
+        out = self.module.decode_layer(list(zs), j) if self.cross_layer else self.module.decode(zs[0])
+        extra = self.skip_part(j, x_skip)
         return out if extra is None else out + extra
+
+    def skip_part(self, j: int, x_skip):
+        """The skip connection's part of target j (None without one, or without an input)."""
+        if x_skip is None:
+            return None
+        if self.cross_layer:
+            skip = getattr(self.module, "skip_layer", None)
+            return skip(x_skip, j) if callable(skip) else None
+        skip = getattr(self.module, "skip", None)
+        return skip(x_skip) if callable(skip) else None
 
     def sites(self, table: dict[str, Site]) -> list[tuple[str, list[Site]]]:
         """(anchor point, the sites inserted right after it) for every point of this dictionary."""

@@ -291,9 +291,33 @@ class _LiveDictionary:
         self.x: dict[int, torch.Tensor] = {}
         self.z: dict[int, torch.Tensor] = {}       # latents as encoded in this pass
         self.edited: dict[int, torch.Tensor] = {}  # the same after the latents point's edits
+        # a module with decode_targets(z, i) / decoder_bias(j) decodes each source once, to all its targets
+        self.by_source = callable(getattr(d.module, "decode_targets", None)) and \
+            callable(getattr(d.module, "decoder_bias", None))
+        self.written: dict[tuple[str, int], torch.Tensor] = {}  # ("z" | "edited", source) -> [..., targets, d]
 
     def reset(self) -> None:  # a new forward pass: nothing of the last one may leak into it
-        self.x.clear(), self.z.clear(), self.edited.clear()
+        self.x.clear(), self.z.clear(), self.edited.clear(), self.written.clear()
+
+    def _decode(self, j: int, which: str, x_skip: torch.Tensor | None) -> torch.Tensor:
+        """Target j's reconstruction from the sources' latents as encoded (``which="z"``) or as edited."""
+        d, latents = self.d, (self.z if which == "z" else self.edited)
+        sources = d.sources(j)
+        if not self.by_source:
+            return d.decode(j, [latents[i] for i in sources], x_skip)
+        module = d.module
+        out = module.decoder_bias(j)
+        for i in sources:
+            key = (which, i)
+            if key not in self.written:
+                self.written[key] = module.decode_targets(latents[i], i)
+            targets = module.targets(i) if callable(getattr(module, "targets", None)) else [j]
+            out = out + self.written[key][..., targets.index(j), :]
+        if x_skip is not None:
+            skip = d.skip_part(j, x_skip)
+            if skip is not None:
+                out = out + skip
+        return out
 
     def _point(self, name: str, value: torch.Tensor, ctx: TokenContext, state: HookState, grad: bool,
                track_use: bool) -> torch.Tensor:
@@ -316,12 +340,10 @@ class _LiveDictionary:
             raise RuntimeError(f"{d.point('recon', j)!r} needs the latents read at {missing[:3]}, which this run does "
                                "not compute (a run started part-way, start_at_layer?)")
         x_skip = self.x.get(j if d.cross_layer else 0)
-        zs = [self.z[i] for i in sources]
-        recon = d.decode(j, zs, x_skip)
-        edits = [self.edited[i] for i in sources]
-        same = all(a is b for a, b in zip(edits, zs))
-        new_recon = self._point(d.point("recon", j), recon if same else d.decode(j, edits, x_skip), ctx, state, grad,
-                                track_use)
+        recon = self._decode(j, "z", x_skip)
+        same = all(self.edited[i] is self.z[i] for i in sources)
+        new_recon = self._point(d.point("recon", j), recon if same else self._decode(j, "edited", x_skip), ctx, state,
+                                grad, track_use)
         error = (y - recon).detach()  # a constant: upstream gradients flow through the latents only
         new_error = self._point(d.point("error", j), error, ctx, state, grad, track_use)
         if d.splice == "recon":

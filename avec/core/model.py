@@ -401,7 +401,9 @@ class Model:
 
         positions:   cache only these token positions (prompt-relative; see ``avec.core.positions``)
         grad:        also return ``run.grads``: d metric / d each cached activation; ``metric`` maps
-                     the Run (with live logits) to a scalar tensor
+                     the Run (with live logits) to a scalar tensor, or to a vector ``[k]`` of k metrics: then
+                     each gradient has a leading axis ``[k, ...]`` (one row per metric, from one forward pass
+                     and one batched backward pass: a Jacobian's rows, e.g. attribution targets)
         cache_device, cache_dtype: where and how to store the cache (default: as computed)
         freeze:      for gradients, hold parts of the model fixed at their values in this run (outputs
                      are unchanged): "norms" (every LayerNorm / RMSNorm's per-token scale), and for
@@ -442,23 +444,35 @@ class Model:
             live = dict(state.store)
         run = Run(output=output, cache=Cache(live, self.model_id, self.table), model_id=self.model_id, **extra)
         _warn_if_non_finite(run, edits)
-        grads = None
+        grads, rows = None, False
         if grad:
             with torch.enable_grad():
                 value = metric(run)
-                if not isinstance(value, torch.Tensor) or value.numel() != 1:
-                    raise ValueError(
-                        f"the metric must return a scalar tensor, got {getattr(value, 'shape', type(value).__name__)}"
-                    )
+                if not isinstance(value, torch.Tensor) or value.dim() > 1 or value.numel() == 0:
+                    raise ValueError("the metric must return a scalar tensor or a vector [k] of metrics, got "
+                                     f"{tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}")
                 tensors = [live[n] for n in names]
-                found = torch.autograd.grad(value.reshape(()), tensors, allow_unused=True)
-            grads = {n: (g if g is not None else torch.zeros_like(t)) for n, g, t in zip(names, found, tensors)}
-            run.metric = float(value.detach())
+                rows = value.dim() == 1
+                if rows and value.shape[0] > 1:  # k vector-Jacobian products in one vmapped backward pass
+                    eye = torch.eye(value.shape[0], dtype=value.dtype, device=value.device)
+                    found = torch.autograd.grad(value, tensors, grad_outputs=eye, is_grads_batched=True, allow_unused=True)
+                else:
+                    found = torch.autograd.grad(value.reshape(()), tensors, allow_unused=True)
+                    found = [g[None] if g is not None and rows else g for g in found]
+            shape = (value.shape[0],) if rows else ()
+            grads = {n: (g if g is not None else torch.zeros(*shape, *t.shape, dtype=t.dtype, device=t.device))
+                     for n, g, t in zip(names, found, tensors)}
+            run.metric = value.detach() if rows else float(value.detach())
             run.output = _detach(output)
         ctx = state.prompt_ctx or state.ctx
         run.cache = self._finish(live, selector, ctx, cache_device, cache_dtype)
-        if grads is not None:
+        if grads is not None and not rows:
             run.grads = self._finish(grads, selector, ctx, cache_device, cache_dtype)
+        elif grads is not None:  # one row per metric: positions are selected within each row
+            per_row = [self._finish({n: g[i] for n, g in grads.items()}, selector, ctx, cache_device, cache_dtype)
+                       for i in range(value.shape[0])]
+            run.grads = Cache({n: torch.stack([c[n] for c in per_row]) for n in grads}, self.model_id, self.table,
+                              positions=per_row[0].positions)
         return run
 
     def _finish(self, tensors, selector, ctx: TokenContext | None, device, dtype) -> Cache:

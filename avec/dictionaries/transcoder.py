@@ -440,6 +440,24 @@ class Transcoders(nn.Module):
             out = out + sparse_mm(z.to(self.W_enc.dtype), self.W_dec[i][:, l - i if self.cross_layer else 0])
         return out / self.out_scale[l].to(out.dtype)
 
+    def decode_targets(self, z: torch.Tensor, i: int) -> torch.Tensor:
+        """What layer i's features ``z`` [..., d_sae] write to each of their targets ``targets(i)``, in raw
+        space and without the decoder bias: [..., n_targets(i), d_out]. One product for all targets (the
+        decoders of a source are one contiguous [d_sae, n_targets * d_out] matrix), so a model run decodes
+        each source once rather than once per (source, target) pair (see ``avec.core.hooks``)."""
+        i = self._check_layer(i)
+        self._check(z, self.d_sae, "d_sae")
+        w = self.W_dec[i]
+        out = sparse_mm(z.to(self.W_enc.dtype), w.reshape(self.d_sae, -1)).unflatten(-1, (w.shape[1], self.d_out))
+        scale = self.out_scale[self.targets(i)].to(out.dtype)
+        return out / scale[:, None]
+
+    def decoder_bias(self, l: int) -> torch.Tensor:
+        """Target l's decoder bias in raw space [d_out]: ``decode_layer`` is this plus the sum over sources
+        of ``decode_targets``."""
+        l = self._check_layer(l)
+        return self.b_dec[l] / self.out_scale[l].to(self.b_dec.dtype)
+
     def skip_layer(self, x: torch.Tensor, l: int) -> torch.Tensor | None:
         """The skip connection's part of target l [..., d_out] from layer l's raw input, or None."""
         if self.W_skip is None:
