@@ -217,3 +217,32 @@ def test_logit_targets_and_bad_input():
         attribute(lm, random_clt(lm), tokens(lm, batch=2, seq=4), progress=False)
     with pytest.raises(ValueError, match="batch_size"):
         attribute(lm, random_clt(lm), tokens(lm, batch=1, seq=4)[0], batch_size=0, progress=False)
+
+
+def test_feature_interventions_through_the_core():
+    from avec.circuits.interventions import intervene
+
+    lm = tiny_lm("llama")
+    clt = random_clt(lm, seed=6)
+    ids = tokens(lm, batch=1, seq=6, seed=8)[0]
+    g = attribute(lm, clt, ids, batch_size=16, progress=False)
+    l, p, f = g.features[0].tolist()
+    same = intervene(lm, clt, ids, [(l, p, f, 1.0)], scale=True)  # set to its own activation: nothing changes
+    assert same.activations[0] == pytest.approx(float(g.activations[0]), abs=1e-5)
+    assert torch.equal(same.clean_logits, same.edited_logits) and same.kl == 0.0
+    # turning off the feature with the largest direct effect on the top logit lowers that logit's share
+    direct = g.incoming(g.logit_node(0))[:g.n_features]
+    strongest = int(direct.argmax())
+    l, p, f = g.features[strongest].tolist()
+    off = intervene(lm, clt, ids, [(l, p, f, 0.0)])
+    assert off.kl > 0 and off.edits[0][3] == 0.0
+    top = int(g.logit_ids[0])
+    assert float(off.edited_logits[top] - off.edited_logits.mean()) < float(off.clean_logits[top] - off.clean_logits.mean())
+    frame = off.to_frame()
+    assert {"token", "p clean", "p edited", "logit change"} <= set(frame.columns)
+    off.plot()
+    with pytest.raises(ValueError, match="layer 9 is out of range"):
+        intervene(lm, clt, ids, [(9, 0, 0, 0.0)])
+    with pytest.raises(ValueError, match="position 6 is out of range"):
+        intervene(lm, clt, ids, [(0, 6, 0, 0.0)])
+    assert not lm._dictionaries

@@ -1,9 +1,15 @@
 """Circuit tracing: attribution graphs over a local replacement model (transcoder features, error nodes,
 token embeddings, output logits), their pruning, scores and export.
 
+    attribution  attribute(lm, transcoders, prompt) -> AttributionGraph: the local replacement model's direct
+               effects (features, error nodes, token embeddings, top logits), batched backward passes
     graph      AttributionGraph: nodes, sparse edges, influence, prune, scores, circuit-tracer JSON
+    interventions  intervene(lm, transcoders, prompt, [(layer, pos, feature, value)]): turn graph features
+               off or up through the core, the next-token change shown
 """
 
+from .attribution import attribute, logit_targets
 from .graph import AttributionGraph, Pruned
+from .interventions import FeatureIntervention, intervene
 
 __all__ = ["AttributionGraph", "Pruned"]
