@@ -72,14 +72,17 @@ def tour(out: str = typer.Option("avec-tour.html", help="where to write the HTML
 
 def _register_techniques() -> None:
     """Each technique package adds its own commands (`avec lens`, `avec patch`, ...)."""
+    from .circuits import cli as circuits_cli
     from .dictionaries import cli as dictionaries_cli
+    from .dictionaries import transcoder_cli
     from .lens import cli as lens_cli
     from .maze import cli as maze_cli
     from .patching import cli as patching_cli
     from .probes import cli as probes_cli
     from .steering import cli as steering_cli
 
-    for module in (steering_cli, lens_cli, patching_cli, probes_cli, maze_cli, dictionaries_cli):
+    for module in (steering_cli, lens_cli, patching_cli, probes_cli, maze_cli, dictionaries_cli, transcoder_cli,
+                   circuits_cli):
         module.register(app)
 
 

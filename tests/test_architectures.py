@@ -224,3 +224,26 @@ def test_patching_one_value_head_moves_exactly_its_query_group():
     with pytest.raises(ValueError, match=r"out of range.*2 heads"):
         lm.run(b, interventions=Patch("blocks.1.attn.v", source=src, heads=(3,)))
     assert lm.resolve("blocks.1.attn.hook_v") == ["blocks.1.attn.v"] and lm.resolve("blocks.1.mlp.hook_pre") == ["blocks.1.mlp.pre"]
+
+
+def test_mlp_in_is_the_pre_mlp_norm_output_and_feeds_the_mlp_only(arch_lm):
+    """blocks.{l}.mlp_in = the pre-MLP norm of resid_mid; the MLP (and Gemma's post-norm) of it is mlp_out;
+    an edit there reaches the MLP but not the residual that flows on."""
+    lm = arch_lm
+    x = tokens(lm)
+    c = lm.run(x, cache=["blocks.*.resid_mid", "blocks.*.mlp_in", "blocks.*.mlp_out", "blocks.*.resid_post"]).cache
+    block = lambda l, path: lm.get_module(f"{lm.arch.layers}.{l}.{path}")  # noqa: E731
+    with torch.no_grad():
+        for l in range(lm.n_layers):
+            assert torch.equal(c[f"blocks.{l}.mlp_in"], block(l, lm.arch.mlp_in)(c[f"blocks.{l}.resid_mid"]))
+            out = block(l, "mlp")(c[f"blocks.{l}.mlp_in"])
+            if lm.arch.mlp_out != "mlp":  # Gemma: mlp_out is after the post-feedforward norm
+                out = block(l, lm.arch.mlp_out)(out)
+            assert close(out, c[f"blocks.{l}.mlp_out"])
+    vec = torch.randn(lm.d_model)
+    e = lm.run(x, cache=["blocks.1.resid_mid", "blocks.1.mlp_in", "blocks.1.mlp_out", "blocks.1.resid_post"],
+               interventions=[AddVector("blocks.1.mlp_in", vec)]).cache
+    assert torch.equal(e["blocks.1.resid_mid"], c["blocks.1.resid_mid"])
+    assert close(e["blocks.1.mlp_in"] - c["blocks.1.mlp_in"], vec.expand_as(c["blocks.1.mlp_in"]))
+    assert not close(e["blocks.1.mlp_out"], c["blocks.1.mlp_out"])
+    assert close(e["blocks.1.resid_post"], e["blocks.1.resid_mid"] + e["blocks.1.mlp_out"])

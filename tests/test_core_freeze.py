@@ -76,3 +76,30 @@ def test_freeze_errors():
     with pytest.raises(ValueError, match=r"cannot freeze \['mlps'\]"):
         lm.run(tokens(lm), freeze=["mlps"])
     lm.run(tokens(lm), grad=True, cache=["embed"], metric=_metric, freeze="norms")  # GPT-2's LayerNorms
+
+
+def test_a_vector_metric_gives_one_gradient_row_per_metric():
+    from _tiny import tiny_lm, tokens
+
+    lm = tiny_lm("llama")
+    ids = tokens(lm, batch=2, seq=5, seed=4)
+    points = ["embed", "blocks.1.resid_post"]
+    picks = [3, 5, 7]
+
+    def vector(run):
+        return run.logits[0, -1, picks] - run.logits[1, 2, picks].mean()
+
+    rows = lm.run(ids, cache=points, grad=True, metric=vector, freeze=["norms"])
+    assert rows.metric.shape == (3,)
+    for k, t in enumerate(picks):
+        one = lm.run(ids, cache=points, grad=True, freeze=["norms"],
+                     metric=lambda run, t=t: run.logits[0, -1, t] - run.logits[1, 2, picks].mean())
+        for p in points:
+            assert rows.grads[p].shape == (3, *one.grads[p].shape)
+            assert torch.allclose(rows.grads[p][k], one.grads[p], atol=1e-5)
+        assert float(rows.metric[k]) == pytest.approx(one.metric, abs=1e-5)
+    sel = lm.run(ids, cache=points, grad=True, metric=vector, positions=-1)
+    assert sel.grads["embed"].shape == (3, 2, 1, lm.d_model)
+    assert torch.allclose(sel.grads["embed"][:, :, 0], lm.run(ids, cache=points, grad=True, metric=vector).grads["embed"][:, :, -1])
+    with pytest.raises(ValueError, match="scalar tensor or a vector"):
+        lm.run(ids, cache=points, grad=True, metric=lambda run: run.logits[0, :, :2])

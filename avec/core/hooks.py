@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .norms import ElementwiseNorm
-from .dictionary import PARTS, AttachedDictionary
+from .dictionary import AttachedDictionary
 from .hookpoints import Site
 from .interventions import Intervention
 from .positions import AllPositions, Mask, TokenContext, uncovered_rows
@@ -258,7 +258,8 @@ class _Entry:
     edits: list[tuple[int, Intervention]]  # (index in the edits given to attach, intervention)
     read: bool
     sink: bool = False  # adds pending residual deltas to this module's output
-    dictionaries: list[AttachedDictionary] = field(default_factory=list)  # run on this point's value
+    # dictionary roles at this point, in attach order: (dictionary, "read" | "write", encoder / target index)
+    dictionaries: list[tuple["_LiveDictionary", str, int]] = field(default_factory=list)
 
 
 def _apply(e: _Entry, value: torch.Tensor, ctx: TokenContext, state: HookState, track_use: bool) -> torch.Tensor:
@@ -281,30 +282,95 @@ def _record(e: _Entry, value: torch.Tensor, state: HookState, grad: bool) -> tor
     return value
 
 
-def _run_dictionary(d: AttachedDictionary, x: torch.Tensor, ctx: TokenContext, parts: dict[str, _Entry],
-                    state: HookState, grad: bool, track_use: bool) -> torch.Tensor:
-    """What flows on from a hook point with dictionary ``d`` attached (see ``dictionary.py``)."""
+class _LiveDictionary:
+    """One attached dictionary during a forward pass: the latents of its encoders as they fire (kept
+    until its write points need them), and what flows on from its write points (see ``dictionary.py``)."""
 
-    def point(part: str, value: torch.Tensor) -> torch.Tensor:
-        e = parts.get(d.point(part))
+    def __init__(self, d: AttachedDictionary, parts: dict[str, _Entry]):
+        self.d, self.parts = d, parts
+        self.x: dict[int, torch.Tensor] = {}
+        self.z: dict[int, torch.Tensor] = {}       # latents as encoded in this pass
+        self.edited: dict[int, torch.Tensor] = {}  # the same after the latents point's edits
+        # a module with decode_targets(z, i) / decoder_bias(j) decodes each source once, to all its targets
+        self.by_source = callable(getattr(d.module, "decode_targets", None)) and \
+            callable(getattr(d.module, "decoder_bias", None))
+        self.written: dict[tuple[str, int], torch.Tensor] = {}  # ("z" | "edited", source) -> [..., targets, d]
+
+    def reset(self) -> None:  # a new forward pass: nothing of the last one may leak into it
+        self.x.clear(), self.z.clear(), self.edited.clear(), self.written.clear()
+
+    def _decode(self, j: int, which: str, x_skip: torch.Tensor | None) -> torch.Tensor:
+        """Target j's reconstruction from the sources' latents as encoded (``which="z"``) or as edited."""
+        d, latents = self.d, (self.z if which == "z" else self.edited)
+        sources = d.sources(j)
+        if not self.by_source:
+            return d.decode(j, [latents[i] for i in sources], x_skip)
+        module = d.module
+        out = module.decoder_bias(j)
+        for i in sources:
+            key = (which, i)
+            if key not in self.written:
+                self.written[key] = module.decode_targets(latents[i], i)
+            targets = module.targets(i) if callable(getattr(module, "targets", None)) else [j]
+            out = out + self.written[key][..., targets.index(j), :]
+        if x_skip is not None:
+            skip = d.skip_part(j, x_skip)
+            if skip is not None:
+                out = out + skip
+        return out
+
+    def _point(self, name: str, value: torch.Tensor, ctx: TokenContext, state: HookState, grad: bool,
+               track_use: bool) -> torch.Tensor:
+        e = self.parts.get(name)
         if e is None:
             return value
         return _record(e, _apply(e, value, ctx, state, track_use), state, grad)
 
-    latents = d.module.encode(x)
-    edited = point("latents", latents)
-    recon = d.module.decode(latents)
-    new_recon = point("recon", recon if edited is latents else d.module.decode(edited))
-    error = (x - recon).detach()  # a constant: upstream gradients flow through the latents only
-    new_error = point("error", error)
+    def read(self, i: int, x: torch.Tensor, ctx: TokenContext, state: HookState, grad: bool, track_use: bool) -> None:
+        z = self.d.encode(i, x)
+        self.x[i], self.z[i] = x, z
+        self.edited[i] = self._point(self.d.point("latents", i), z, ctx, state, grad, track_use)
+
+    def write(self, j: int, y: torch.Tensor, ctx: TokenContext, state: HookState, grad: bool,
+              track_use: bool) -> torch.Tensor:
+        d = self.d
+        sources = d.sources(j)
+        missing = [d.reads[i] for i in sources if i not in self.z]
+        if missing:
+            raise RuntimeError(f"{d.point('recon', j)!r} needs the latents read at {missing[:3]}, which this run does "
+                               "not compute (a run started part-way, start_at_layer?)")
+        x_skip = self.x.get(j if d.cross_layer else 0)
+        recon = self._decode(j, "z", x_skip)
+        same = all(self.edited[i] is self.z[i] for i in sources)
+        new_recon = self._point(d.point("recon", j), recon if same else self._decode(j, "edited", x_skip), ctx, state,
+                                grad, track_use)
+        error = (y - recon).detach()  # a constant: upstream gradients flow through the latents only
+        new_error = self._point(d.point("error", j), error, ctx, state, grad, track_use)
+        if d.splice == "recon":
+            return new_recon.to(y.dtype)
+        # recon + error, written so that unedited values give back y bit for bit
+        exact = y if (new_recon is recon and new_error is error) else y + (new_recon - recon) + (new_error - error)
+        if torch.is_grad_enabled() and (new_recon.requires_grad or new_error.requires_grad):
+            live = new_recon + new_error  # the same value; carries d out / d recon = d out / d error = 1
+            exact = exact.detach() + (live - live.detach())
+        return exact.to(y.dtype)
+
+
+def _needed(d: AttachedDictionary, parts: dict[str, _Entry], grad: bool) -> tuple[set[int], set[int]]:
+    """(encoders, targets) of ``d`` that must run: those whose points are read or edited; every target
+    that edited latents decode to (and, in a gradient run, that read latents decode to, so that they
+    are on the path gradients take); every encoder those targets need; all of them for splice="recon"."""
+    n_in, n_out = len(d.reads), len(d.writes)
     if d.splice == "recon":
-        return new_recon.to(x.dtype)
-    # recon + error, written so that unedited values give back x bit for bit
-    exact = x if (new_recon is recon and new_error is error) else x + (new_recon - recon) + (new_error - error)
-    if torch.is_grad_enabled() and (new_recon.requires_grad or new_error.requires_grad):
-        live = new_recon + new_error  # the same value; carries d out / d recon = d out / d error = 1
-        exact = exact.detach() + (live - live.detach())
-    return exact.to(x.dtype)
+        return set(range(n_in)), set(range(n_out))
+    touched = {i for i in range(n_in) if d.point("latents", i) in parts}
+    flowing = {i for i in touched if grad or parts[d.point("latents", i)].edits}
+    targets = {j for j in range(n_out)
+               if d.point("recon", j) in parts or d.point("error", j) in parts or flowing & set(d.sources(j))}
+    sources = set(touched)
+    for j in targets:
+        sources.update(d.sources(j))
+    return sources, targets
 
 
 @contextmanager
@@ -316,7 +382,7 @@ def attach(
     tracker: str | None = None,
     grad: bool = False,
     track_use: bool = False,
-    dictionaries: Sequence[tuple[Site, AttachedDictionary]] = (),
+    dictionaries: Sequence[tuple[AttachedDictionary, dict[str, Site]]] = (),
     frozen_norms: Sequence[str] = (),
     stop_early: bool = False,
 ) -> Iterator[HookState]:
@@ -327,8 +393,9 @@ def attach(
     tracker: module path whose forward arguments tell token positions (a transformer's base model)
     grad:    make recorded values part of the autograd graph, so gradients can be taken w.r.t. them
     track_use: record in ``state.used`` which edits selected at least one column (one sync a pass)
-    dictionaries: (hook point site, dictionary) pairs attached to the model (see ``dictionary.py``);
-             a dictionary runs when it splices its reconstruction in or one of its points is asked for
+    dictionaries: (dictionary, sites of the model points it reads and writes) attached to the model (see
+             ``dictionary.py``); a dictionary runs, as far as needed, when it splices its reconstruction in
+             or one of its points is asked for
     stop_early: raise ``StopForward`` as soon as every site in ``reads`` is recorded: the rest of the
              network is not computed (the caller catches it; there is then no output)
     frozen_norms: module paths of LayerNorm / RMSNorm modules whose per-token scale is held constant for
@@ -354,9 +421,16 @@ def attach(
     for site in reads:
         entry(site).read = True
     n_reads = len({s.name for s in reads})
-    for parent, d in dictionaries:
-        if d.splice == "recon" or any(d.point(p) in parts for p in PARTS):
-            entry(parent).dictionaries.append(d)
+    lives: list[_LiveDictionary] = []
+    for d, points in dictionaries:
+        sources, targets = _needed(d, parts, grad)
+        if not sources and not targets:
+            continue
+        live = _LiveDictionary(d, parts)
+        lives.append(live)
+        roles = [(d.reads[i], "read", i) for i in sorted(sources)] + [(d.writes[j], "write", j) for j in sorted(targets)]
+        for point, role, k in roles:  # an SAE's read and write at one point: read first
+            entry(points[point]).dictionaries.append((live, role, k))
     for e in list(by_site.values()):
         if e.site.delta_to is not None:
             sinks = groups.setdefault((e.site.delta_to, "output"), [])
@@ -380,8 +454,11 @@ def attach(
                 new = view
                 new = _apply(e, new, ctx, state, track_use)
                 new = _record(e, new, state, grad)
-                for d in e.dictionaries:
-                    new = _run_dictionary(d, new, ctx, parts, state, grad, track_use)
+                for live, role, k in e.dictionaries:
+                    if role == "read":
+                        live.read(k, new, ctx, state, grad, track_use)
+                    else:
+                        new = live.write(k, new, ctx, state, grad, track_use)
                 if stop_early and len(state.store) >= n_reads:
                     raise StopForward
                 if new is not view or (grad and e.read and site.heads is not None):
@@ -408,6 +485,8 @@ def attach(
                     state.prompt_ids = ids.detach() if isinstance(ids, torch.Tensor) else None
                 state.calls += 1
                 state.deltas.clear()
+                for live in lives:
+                    live.reset()
 
             handles.append(modules[tracker].register_forward_pre_hook(track, with_kwargs=True))
         for path in frozen_norms:
@@ -425,6 +504,10 @@ def attach(
             handles.append(modules[path].register_forward_hook(freeze))
         for (path, kind), entries in groups.items():
             if path not in modules:
+                needed = [e.site.name for e in entries if e.dictionaries]
+                if needed:  # a skipped layer (start_at_layer): say what needed it
+                    raise RuntimeError(f"dictionary point(s) need {needed[:3]}, which this run does not compute (its "
+                                       f"module {path!r} is not in the model: a run started part-way, start_at_layer?)")
                 raise KeyError(f"module {path!r} not found in the model")
             fn = make(entries)
             if kind == "input":
@@ -444,3 +527,5 @@ def attach(
         for h in handles:
             h.remove()
         state.deltas.clear()
+        for live in lives:  # latents of the last pass are not kept alive past the block
+            live.reset()

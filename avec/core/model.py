@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .dictionary import PARTS, AttachedDictionary, check_attachable
+from .dictionary import AttachedDictionary, check_attachable
 from .norms import ElementwiseNorm
 from .hookpoints import HookPointTable, Site
 from .notices import NonFiniteWarning, UnusedInterventionWarning
@@ -242,21 +242,54 @@ class Model:
         """The dictionaries attached to this model, in the order they were added."""
         return list(self._dictionaries.values())
 
-    def add_dictionary(self, dictionary: Any, at: str, name: str = "sae", splice: str = "error") -> AttachedDictionary:
-        """Attach ``dictionary`` (``encode`` / ``decode``, ``d_in`` / ``d_sae``) at hook point ``at``: its
-        latents, reconstruction and error become hook points ``<at>.<name>.latents / recon / error``
-        (see ``avec.core.dictionary``). ``splice="error"`` keeps the model's output unchanged unless
-        those points are edited; ``"recon"`` runs the model on the reconstruction. Stays until
-        ``remove_dictionary``; ``with model.dictionary(...)`` attaches for a block."""
-        parent = self.site(at)
-        check_attachable(dictionary, parent, name, splice)
-        attached = AttachedDictionary(dictionary, parent.name, name, splice)
-        if attached.prefix in self._dictionaries:
-            raise ValueError(f"a dictionary named {name!r} is already attached at {parent.name!r}; remove it first "
-                             "or pick another name")
-        self.table.insert_after(parent.name, attached.sites(parent))
+    def add_dictionary(self, dictionary: Any, at: str | Sequence[str] | None = None, name: str | None = None,
+                       splice: str = "error", writes: str | Sequence[str] | None = None) -> AttachedDictionary:
+        """Attach ``dictionary`` (see ``avec.core.dictionary``): its latents become hook points
+        ``<at>.<name>.latents`` and its reconstruction and error ``<writes>.<name>.recon / error``.
+
+        at:     the point it reads (an SAE or transcoder), or one point per layer for a cross-layer
+                dictionary (a list, or a glob such as ``"blocks.*.resid_mid"``); default: the
+                dictionary's own ``reads`` (or ``cfg.hook``)
+        writes: the point it reconstructs: ``at`` for an SAE, a later point for a transcoder (e.g.
+                ``"blocks.3.mlp_out"``), one per layer for a cross-layer one; default: the dictionary's
+                own ``writes``, else ``at``
+        name:   default "sae" (reads = writes), "tc" (a transcoder, or a set of per-layer ones) or "clt"
+                (cross-layer)
+        splice: "error" keeps the model's output unchanged unless those points are edited; "recon" runs
+                the model on the reconstruction
+
+        Stays until ``remove_dictionary``; ``with model.dictionary(...)`` attaches for a block."""
+        reads, outs = _default_points(dictionary, at, writes)
+        read_sites = [self.site(n) for n in self._points(reads, "at")]
+        write_sites = [self.site(n) for n in self._points(outs, "writes")]
+        if name is None:
+            from .dictionary import is_cross_layer
+
+            name = ("clt" if is_cross_layer(dictionary) and getattr(dictionary, "cross_layer", True) else
+                    "sae" if [s.name for s in read_sites] == [s.name for s in write_sites] else "tc")
+        order = {n: i for i, n in enumerate(self.table.names)}
+        check_attachable(dictionary, read_sites, write_sites, name, splice, order)
+        attached = AttachedDictionary(dictionary, tuple(s.name for s in read_sites), tuple(s.name for s in write_sites),
+                                      name, splice)
+        taken = [p for p in attached.points() if p in self.table.sites]
+        if attached.prefix in self._dictionaries or taken:
+            raise ValueError(f"a dictionary named {name!r} is already attached at {attached.at!r}"
+                             + (f" (hook points {taken[:3]} exist)" if taken else "")
+                             + "; remove it first or pick another name")
+        for anchor, sites in attached.sites(self.table.sites):
+            self.table.insert_after(anchor, sites)
         self._dictionaries[attached.prefix] = attached
         return attached
+
+    def _points(self, spec: str | Sequence[str], what: str) -> list[str]:
+        if isinstance(spec, str):
+            return self.resolve(spec)
+        if not isinstance(spec, (list, tuple)) or not spec or not all(isinstance(s, str) for s in spec):
+            raise TypeError(f"{what}= takes a hook point name, a glob or a list of names; got {spec!r}")
+        names = []
+        for s in spec:
+            names.extend(self.resolve(s))
+        return names
 
     def remove_dictionary(self, which: AttachedDictionary | str) -> None:
         """Detach a dictionary (the object ``add_dictionary`` returned, or its ``<at>.<name>`` prefix)."""
@@ -265,12 +298,13 @@ class Model:
             have = ", ".join(self._dictionaries) or "none"
             raise KeyError(f"no dictionary {prefix!r} is attached (attached: {have})")
         attached = self._dictionaries.pop(prefix)
-        self.table.remove(attached.point(p) for p in PARTS)
+        self.table.remove(attached.points())
 
     @contextmanager
-    def dictionary(self, dictionary: Any, at: str, name: str = "sae", splice: str = "error") -> Iterator[AttachedDictionary]:
+    def dictionary(self, dictionary: Any, at: str | Sequence[str] | None = None, name: str | None = None,
+                   splice: str = "error", writes: str | Sequence[str] | None = None) -> Iterator[AttachedDictionary]:
         """``add_dictionary`` for the length of a ``with`` block (removed on exit, exception or not)."""
-        attached = self.add_dictionary(dictionary, at, name, splice)
+        attached = self.add_dictionary(dictionary, at, name, splice, writes=writes)
         try:
             yield attached
         finally:
@@ -297,8 +331,9 @@ class Model:
         """Interventions that implement ``freeze`` (language models stop gradients at queries and keys)."""
         return []
 
-    def _attached(self) -> list[tuple[Site, AttachedDictionary]]:
-        return [(self.table.sites[d.at], d) for d in self._dictionaries.values()]
+    def _attached(self) -> list[tuple[AttachedDictionary, dict[str, Site]]]:
+        """Each dictionary with the sites of the model points it reads and writes."""
+        return [(d, {n: self.table.sites[n] for n in (*d.reads, *d.writes)}) for d in self._dictionaries.values()]
 
     def _bind(self, interventions: Iterable[Any]) -> list[tuple[Site, Intervention]]:
         bound = []
@@ -366,7 +401,9 @@ class Model:
 
         positions:   cache only these token positions (prompt-relative; see ``avec.core.positions``)
         grad:        also return ``run.grads``: d metric / d each cached activation; ``metric`` maps
-                     the Run (with live logits) to a scalar tensor
+                     the Run (with live logits) to a scalar tensor, or to a vector ``[k]`` of k metrics: then
+                     each gradient has a leading axis ``[k, ...]`` (one row per metric, from one forward pass
+                     and one batched backward pass: a Jacobian's rows, e.g. attribution targets)
         cache_device, cache_dtype: where and how to store the cache (default: as computed)
         freeze:      for gradients, hold parts of the model fixed at their values in this run (outputs
                      are unchanged): "norms" (every LayerNorm / RMSNorm's per-token scale), and for
@@ -407,23 +444,35 @@ class Model:
             live = dict(state.store)
         run = Run(output=output, cache=Cache(live, self.model_id, self.table), model_id=self.model_id, **extra)
         _warn_if_non_finite(run, edits)
-        grads = None
+        grads, rows = None, False
         if grad:
             with torch.enable_grad():
                 value = metric(run)
-                if not isinstance(value, torch.Tensor) or value.numel() != 1:
-                    raise ValueError(
-                        f"the metric must return a scalar tensor, got {getattr(value, 'shape', type(value).__name__)}"
-                    )
+                if not isinstance(value, torch.Tensor) or value.dim() > 1 or value.numel() == 0:
+                    raise ValueError("the metric must return a scalar tensor or a vector [k] of metrics, got "
+                                     f"{tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}")
                 tensors = [live[n] for n in names]
-                found = torch.autograd.grad(value.reshape(()), tensors, allow_unused=True)
-            grads = {n: (g if g is not None else torch.zeros_like(t)) for n, g, t in zip(names, found, tensors)}
-            run.metric = float(value.detach())
+                rows = value.dim() == 1
+                if rows and value.shape[0] > 1:  # k vector-Jacobian products in one vmapped backward pass
+                    eye = torch.eye(value.shape[0], dtype=value.dtype, device=value.device)
+                    found = torch.autograd.grad(value, tensors, grad_outputs=eye, is_grads_batched=True, allow_unused=True)
+                else:
+                    found = torch.autograd.grad(value.reshape(()), tensors, allow_unused=True)
+                    found = [g[None] if g is not None and rows else g for g in found]
+            shape = (value.shape[0],) if rows else ()
+            grads = {n: (g if g is not None else torch.zeros(*shape, *t.shape, dtype=t.dtype, device=t.device))
+                     for n, g, t in zip(names, found, tensors)}
+            run.metric = value.detach() if rows else float(value.detach())
             run.output = _detach(output)
         ctx = state.prompt_ctx or state.ctx
         run.cache = self._finish(live, selector, ctx, cache_device, cache_dtype)
-        if grads is not None:
+        if grads is not None and not rows:
             run.grads = self._finish(grads, selector, ctx, cache_device, cache_dtype)
+        elif grads is not None:  # one row per metric: positions are selected within each row
+            per_row = [self._finish({n: g[i] for n, g in grads.items()}, selector, ctx, cache_device, cache_dtype)
+                       for i in range(value.shape[0])]
+            run.grads = Cache({n: torch.stack([c[n] for c in per_row]) for n in grads}, self.model_id, self.table,
+                              positions=per_row[0].positions)
         return run
 
     def _finish(self, tensors, selector, ctx: TokenContext | None, device, dtype) -> Cache:
@@ -461,6 +510,20 @@ class Model:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {len(self.table.names)} hook points)"
+
+
+def _default_points(module: Any, at: Any, writes: Any) -> tuple[Any, Any]:
+    """The points a dictionary reads and writes: as given, else its own ``reads`` / ``writes`` (or an
+    SAE's ``cfg.hook``). A transcoder given only ``at`` still writes where it was trained to."""
+    own_reads = getattr(module, "reads", None)
+    if own_reads is None:
+        own_reads = getattr(getattr(module, "cfg", None), "hook", None)
+    own_writes = getattr(module, "writes", None)
+    reads = at if at is not None else own_reads
+    if reads is None:
+        raise ValueError(f"say which hook point {type(module).__name__} reads: at=... (it records none itself)")
+    outs = writes if writes is not None else own_writes if own_writes is not None else reads
+    return reads, outs
 
 
 def _check_freeze(freeze: Iterable[str], allowed: Sequence[str]) -> tuple[str, ...]:

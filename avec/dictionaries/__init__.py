@@ -1,13 +1,20 @@
-"""Dictionaries: sparse autoencoders (and, later, transcoders), the data and activations they are
-trained on, training, evaluation and reading features.
+"""Dictionaries: sparse autoencoders, transcoders and cross-layer transcoders, the data and activations
+they are trained on, training, evaluation and reading features.
 
-They plug into the core as hook points of their own: ``lm.add_dictionary(sae, at=...)`` (see
+They plug into the core as hook points of their own: ``lm.add_dictionary(sae, at=...)``,
+``lm.add_dictionary(transcoder)`` (latents at the point read, recon / error at the point written; see
 ``avec.core.dictionary``).
 
     corpus     default_corpus(), texts(source): the documents SAEs are trained on
     sae        SAE, SAEConfig: ReLU, JumpReLU, TopK and BatchTopK dictionaries, saved as safetensors
+    transcoder Transcoder, TranscoderConfig: MLP input -> MLP output (optional skip connection), same
+               activations; the shared math, loss and files of
+    clt        CrossLayerTranscoder: one encoder per layer, features decoding to their own and every later
+               layer (cross_layer=False: a set of per-layer transcoders)
+    circuit_tracer_io  load_circuit_tracer / save_circuit_tracer: circuit-tracer's transcoder folders
     train      train(...): Adam, schedules, resumable checkpoints, several SAEs from one stream
-    evaluate   evaluate(...): MSE, FVU, L0, dead / dense, CE loss recovered, KL
+    evaluate   evaluate(...): MSE, FVU, L0, dead / dense, CE loss recovered, KL;
+               evaluate_transcoder(...): the same per layer, CE / KL / top-1 agreement with every target spliced
     features   ablate / clamp / steer a feature, logit_effects, filter_features, top_examples
     dashboard  one HTML page per feature and an index
     saelens_io load_saelens / save_saelens: SAELens folders (cfg.json + sae_weights.safetensors)
@@ -19,7 +26,7 @@ They plug into the core as hook points of their own: ``lm.add_dictionary(sae, at
 
 from .corpus import Corpus, CorpusNotInstalled, default_corpus, texts
 from .dashboard import dashboard, write_dashboard
-from .evaluate import ReconstructionStats, SAEEvaluation, evaluate
+from .evaluate import ReconstructionStats, SAEEvaluation, TranscoderEvaluation, evaluate, evaluate_transcoder
 from .features import (
     FeatureEdit, ablate, clamp, decoder_direction, feature_activations, filter_features, logit_effects, steer,
     top_examples,
@@ -27,6 +34,8 @@ from .features import (
 from .saelens_io import SAELensFormatError, load_saelens, save_saelens
 from .store import ActivationStore
 from .sae import SAE, SAEConfig, geometric_median
+from .transcoder import Transcoder, TranscoderConfig, load_transcoder
+from .clt import CrossLayerTranscoder, layer_points
 from .train import TrainConfig, TrainResult, lr_at, train
 
 __all__ = [
@@ -34,5 +43,6 @@ __all__ = [
     "SAE", "SAEConfig", "geometric_median", "TrainConfig", "TrainResult", "lr_at", "train",
     "dashboard", "write_dashboard", "FeatureEdit", "ablate", "clamp", "decoder_direction", "feature_activations",
     "filter_features", "logit_effects", "steer", "top_examples", "SAELensFormatError", "load_saelens", "save_saelens",
-    "ActivationStore",
+    "ActivationStore", "Transcoder", "TranscoderConfig", "load_transcoder", "CrossLayerTranscoder", "layer_points",
+    "TranscoderEvaluation", "evaluate_transcoder",
 ]

@@ -276,3 +276,146 @@ def evaluate(sae: Any, activations: Iterable | None = None, *, lm: Any = None, t
         dense_fraction=float((density > dense_threshold).double().mean()), dense_threshold=dense_threshold,
         cosine=float(stats.cos_sum / stats.n), norm_ratio=float(stats.ratio_sum / stats.n),
         density=density, at=at, **(model_metrics(sums) if lm is not None else {}))
+
+
+# ----------------------------------------------------------------------------- transcoders
+@dataclass(frozen=True)
+class TranscoderEvaluation(Result):
+    """Per-layer metrics of a transcoder or CLT (the definitions above, each layer's target against its
+    reconstruction, skip connection included); model metrics with every target spliced at once (the
+    replacement model: every MLP output replaced by the reconstruction) are None without a model.
+
+    fvu, mse, l0, dead_fraction, dense_fraction, cosine: one value per layer; density [n_layers, d_sae];
+    top1_agreement: fraction of positions where the spliced model's most likely next token is the clean one.
+    """
+
+    n_tokens: int
+    fvu: list
+    mse: list
+    l0: list
+    dead_fraction: list
+    dense_fraction: list
+    cosine: list
+    density: torch.Tensor
+    dense_threshold: float
+    writes: tuple | None = None
+    ce_clean: float | None = None
+    ce_spliced: float | None = None
+    ce_zero_ablation: float | None = None
+    ce_loss_recovered: float | None = None
+    delta_lm_loss: float | None = None
+    kl: float | None = None
+    top1_agreement: float | None = None
+
+    @property
+    def mean_fvu(self) -> float:
+        return sum(self.fvu) / len(self.fvu)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "density"} | {"mean_fvu": self.mean_fvu}
+
+    def to_frame(self):
+        """One row per layer."""
+        import pandas as pd
+
+        return pd.DataFrame({"layer": range(len(self.fvu)), "fvu": self.fvu, "mse": self.mse, "l0": self.l0,
+                             "dead_fraction": self.dead_fraction, "dense_fraction": self.dense_fraction,
+                             "cosine": self.cosine})
+
+    def plot(self, ax=None):
+        """FVU (bars) and L0 (line, right axis) per layer."""
+        from ..plotting import pyplot
+
+        plt = pyplot()
+        fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 3.2))
+        layers = list(range(len(self.fvu)))
+        ax.bar(layers, self.fvu, color="#4477aa", label="FVU")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("fraction of variance unexplained")
+        right = ax.twinx()
+        right.plot(layers, self.l0, color="#cc6677", marker="o", ms=3, label="L0")
+        right.set_ylabel("L0 (active features per token)")
+        extra = f", CE loss recovered {self.ce_loss_recovered:.3g}" if self.ce_loss_recovered is not None else ""
+        ax.set_title(f"{self.n_tokens} tokens; mean FVU {self.mean_fvu:.3g}{extra}", fontsize=9)
+        return fig
+
+
+def evaluate_transcoder(tc: Any, activations: Iterable | None = None, *, lm: Any = None, tokens: Any = None,
+                        dense_threshold: float = DENSE_THRESHOLD,
+                        keep_tokens: Iterable[int] | None = None) -> TranscoderEvaluation:
+    """Evaluate a ``Transcoder`` / ``CrossLayerTranscoder`` (``avec.dictionaries.transcoder``).
+
+    activations: batches its ``pick`` reads (dicts hook -> [n, d] holding its reads and writes points,
+                 or (x, y) pairs); without them, the clean model's activations on ``tokens``
+    lm, tokens:  a LanguageModel and token ids ``[batch, pos]`` (a tensor or an iterable of them): CE /
+                 KL / top-1 agreement of the model with every target spliced (``splice="recon"`` at its
+                 own points, ``tc.cfg.reads`` / ``writes``) against the clean model and against every
+                 target zeroed
+    keep_tokens: token ids at whose positions the model keeps its own values (as ``evaluate``)
+    """
+    if not 0 < dense_threshold < 1:
+        raise ValueError(f"dense_threshold={dense_threshold!r}; allowed: a fraction of tokens in (0, 1)")
+    if (lm is None) != (tokens is None):
+        raise ValueError("model metrics need both lm and tokens (give both, or neither)")
+    if activations is None and lm is None:
+        raise ValueError("nothing to evaluate: give activation batches, or lm and tokens")
+    reads, writes = getattr(tc.cfg, "reads", None), getattr(tc.cfg, "writes", None)
+    if lm is not None and (reads is None or writes is None):
+        raise ValueError("with a model, the transcoder must record the hook points it reads and writes "
+                         "(TranscoderConfig reads= / writes=)")
+    n = tc.n_layers
+    stats = [ReconstructionStats(tc.d_out, tc.d_sae) for _ in range(n)]
+    agree = 0
+
+    def add(batch) -> None:
+        x, y = tc.pick(batch)
+        z, y_hat = tc.reconstruct(x)
+        for l in range(n):
+            stats[l].update(y[l], y_hat[l], z[l])
+
+    was_training = tc.training
+    tc.eval()
+    try:
+        with torch.no_grad():
+            for batch in activations or ():
+                add(batch)
+            sums = None
+            if lm is not None:
+                from ..core.interventions import Zero
+
+                sums = _LossSums()
+                keep = None if keep_tokens is None else torch.tensor(sorted({int(t) for t in keep_tokens}),
+                                                                          dtype=torch.int64)
+                for ids in _as_batches(tokens):
+                    clean = lm.run(ids, cache=[*reads, *writes] if activations is None else None)
+                    if keep is None:
+                        zero = lm.run(ids, interventions=[Zero(w) for w in writes])
+                        with lm.dictionary(tc, name="eval", splice="recon"):
+                            spliced = lm.run(ids)
+                        edit = torch.ones_like(ids, dtype=torch.bool)
+                    else:
+                        edit = ~torch.isin(ids.cpu(), keep.to(ids.dtype)).to(ids.device)
+                        some = bool(edit.any())
+                        zero = lm.run(ids, interventions=[Zero(w, positions=edit) for w in writes] if some else [])
+                        with lm.dictionary(tc, name="eval", splice="error") as d:
+                            spliced = lm.run(ids, interventions=[Zero(d.point("error", j), positions=edit)
+                                                                 for j in range(len(writes))] if some else [])
+                    sums.add(ids, clean.logits, spliced.logits, zero.logits)
+                    agree += int((clean.logits.argmax(-1) == spliced.logits.argmax(-1)).sum())
+                    if activations is None:
+                        m = edit.to(clean.logits.device)
+                        add({h: clean.cache[h][m] for h in (*reads, *writes)})
+    finally:
+        if was_training:
+            tc.train()
+    density = torch.stack([s.density for s in stats])
+    model = {}
+    if sums is not None:
+        model = model_metrics(sums)
+        model["top1_agreement"] = agree / sums.n_kl
+    return TranscoderEvaluation(
+        n_tokens=stats[0].n, fvu=[s.fvu for s in stats], mse=[s.mse for s in stats], l0=[s.l0 for s in stats],
+        dead_fraction=(density == 0).double().mean(1).tolist(),
+        dense_fraction=(density > dense_threshold).double().mean(1).tolist(),
+        cosine=[float(s.cos_sum / s.n) for s in stats], density=density, dense_threshold=dense_threshold,
+        writes=writes, **model)

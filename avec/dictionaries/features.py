@@ -156,8 +156,9 @@ def steer(target: Any, i: Any, coeff: float | torch.Tensor, positions: Any = ALL
         return FeatureEdit(f"{p}.latents", fn=fn, features=ids, positions=positions)
     d_in, d_sae = dims(target)
     ids = _feature_ids(i, d_sae)
-    hook = at or getattr(getattr(target, "cfg", None), "hook", None)
-    if not hook:
+    # a transcoder's decoder writes where it writes, not where it reads
+    hook = at or getattr(target, "writes", None) or getattr(getattr(target, "cfg", None), "hook", None)
+    if not isinstance(hook, str) or not hook:
         raise ValueError("steering with a dictionary module needs its hook point: pass at='blocks.L.resid_post' "
                          "(the SAE's config names none)")
     vec = sum(decoder_direction(target, j) for j in ids)
@@ -173,8 +174,8 @@ def _attached(lm: Any, sae: Any, at: str | None) -> Iterator[AttachedDictionary]
         yield sae
         return
     if at is None:
-        at = getattr(getattr(sae, "cfg", None), "hook", None)
-        if not at:
+        at = getattr(sae, "reads", None) or getattr(getattr(sae, "cfg", None), "hook", None)
+        if not isinstance(at, str) or not at:
             raise ValueError("give at='<hook point>' (the SAE's config names none)")
     parent = lm.site(at).name
     for d in lm.dictionaries:

@@ -148,7 +148,14 @@ def _rect(u: torch.Tensor) -> torch.Tensor:
 
 
 def _sum_to(g: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return g.reshape(-1, like.shape[-1]).sum(0) if g.dim() > 1 else g
+    """``g`` summed over the axes along which ``like`` (a threshold: [d_sae], or [n_layers, 1, d_sae]
+    for a transcoder's layers) was broadcast."""
+    while g.dim() > like.dim():
+        g = g.sum(0)
+    for i, size in enumerate(like.shape):
+        if size == 1 and g.shape[i] != 1:
+            g = g.sum(i, keepdim=True)
+    return g
 
 
 class _JumpReLU(torch.autograd.Function):
@@ -225,6 +232,15 @@ class SAEOutput:
     aux: torch.Tensor
     latents: torch.Tensor
     x_hat: torch.Tensor
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.latents.shape[0])
+
+    @property
+    def fired(self) -> torch.Tensor:
+        """bool [d_sae]: the latents active on some token of the batch."""
+        return (self.latents != 0).any(0)
 
 
 # ----------------------------------------------------------------------------- the module

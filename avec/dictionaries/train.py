@@ -1,10 +1,15 @@
-"""Train SAEs on a stream of activation batches, resumably.
+"""Train SAEs, transcoders and cross-layer transcoders on a stream of activation batches, resumably.
 
     saes = {"l6_topk": SAE(arch="topk", d_in=768, d_sae=16384, k=32, hook="blocks.6.resid_post")}
     result = train(saes, batches, TrainConfig(steps=20_000), out="runs/l6")
 
 ``batches`` yields tensors ``[n, d_in]`` (every SAE reads it) or dicts hook -> tensor (each SAE reads
 ``batch[sae.cfg.hook]``, so several SAEs, one per (hook, config), train from one activation stream).
+A transcoder or CLT (``avec.dictionaries.transcoder``) picks its inputs and targets from the same dict
+(``batch[h] for h in cfg.reads`` / ``cfg.writes``; its ``pick``): the MLP inputs and outputs of every layer,
+collected in one pass by the activation store, train a CLT, a set of per-layer transcoders and SAEs
+side by side. Any module with ``losses``, ``init_from_sample``, ``save`` and a dataclass ``cfg`` trains
+(optionally ``pick``, ``batch_metrics``, ``before_step`` / ``after_step``, ``n_latents``).
 Pass a function ``start -> iterator`` to make resuming cheap; a plain iterable is re-iterated from the
 start and its first ``position`` batches skipped (it must then yield the same batches again).
 
@@ -22,7 +27,9 @@ latent, saved in checkpoints); TopK / BatchTopK feed the dead set to AuxK.
 Files in ``out``: ``checkpoint.safetensors`` (every SAE's tensors, Adam state, dead-latent counters,
 torch RNG state; JSON metadata with step, data position, configs and optimiser hyperparameters),
 written atomically every ``checkpoint_every`` steps and at the end; ``metrics.jsonl`` (one line per
-SAE every ``log_every`` steps; on resume, lines past the checkpoint are dropped); and at the end
+dictionary every ``log_every`` steps: loss terms, batch FVU, L0, dead fraction; for a multi-layer
+transcoder also ``fvu_per_layer``, ``l0_per_layer``, ``dead_per_layer``; on resume, lines past the
+checkpoint are dropped); and at the end
 ``<name>.safetensors`` per SAE (``SAE.save``: normalisation folded in). Training resumes from
 ``checkpoint.safetensors`` when it exists, and the result is identical to an uninterrupted run.
 
@@ -143,9 +150,9 @@ def sparsity_scale_at(step: int, cfg: TrainConfig) -> float:
 
 @dataclass
 class TrainResult(Result):
-    """Trained SAEs (by name) and the logged metrics (one row per SAE per logged step)."""
+    """Trained dictionaries (by name) and the logged metrics (one row per dictionary per logged step)."""
 
-    saes: dict[str, SAE]
+    saes: dict[str, Any]
     history: list[dict] = field(default_factory=list)
     steps: int = 0
     out: Path | None = None
@@ -154,6 +161,17 @@ class TrainResult(Result):
         import pandas as pd
 
         return pd.DataFrame(self.history)
+
+    def per_layer_frame(self):
+        """One row per (dictionary, logged step, layer) of the multi-layer transcoders: batch FVU, L0 and
+        dead fraction of that layer's features."""
+        import pandas as pd
+
+        rows = [{"sae": r["sae"], "step": r["step"], "layer": l, "fvu": f, "l0": r["l0_per_layer"][l],
+                 "dead_fraction": r["dead_per_layer"][l]}
+                for r in self.history if "fvu_per_layer" in r and "dead_per_layer" in r
+                for l, f in enumerate(r["fvu_per_layer"])]
+        return pd.DataFrame(rows, columns=["sae", "step", "layer", "fvu", "l0", "dead_fraction"])
 
     def plot(self, ax=None):
         from ..plotting import pyplot
@@ -181,7 +199,9 @@ def _data_from(batches: Any, position: int) -> Iterator:
     return it
 
 
-def _pick(batch: Any, name: str, sae: SAE) -> torch.Tensor:
+def _pick(batch: Any, name: str, sae: Any) -> Any:
+    if callable(getattr(sae, "pick", None)):  # transcoders: (inputs, targets) of every layer
+        return sae.pick(batch)
     if isinstance(batch, torch.Tensor):
         return batch
     if isinstance(batch, Mapping):
@@ -285,18 +305,30 @@ def _read_log(path: Path, upto: int) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- training
-def _as_named(saes: SAE | Mapping[str, SAE]) -> dict[str, SAE]:
-    if isinstance(saes, SAE):
+def _trainable(x: Any) -> bool:
+    return isinstance(x, torch.nn.Module) and all(callable(getattr(x, a, None)) for a in
+                                                  ("losses", "init_from_sample", "save")) and hasattr(x, "cfg")
+
+
+def _n_latents(sae: Any) -> int:
+    return int(getattr(sae, "n_latents", sae.d_sae))
+
+
+def _as_named(saes: Any) -> dict[str, Any]:
+    if _trainable(saes):
         return {"sae": saes}
-    if not isinstance(saes, Mapping) or not saes or not all(isinstance(s, SAE) for s in saes.values()):
-        raise TypeError("train() takes an SAE or a non-empty dict name -> SAE")
+    if not isinstance(saes, Mapping) or not saes or not all(_trainable(s) for s in saes.values()):
+        raise TypeError("train() takes a dictionary (an SAE, Transcoder or CrossLayerTranscoder) or a non-empty dict "
+                        "name -> dictionary")
     bad = [n for n in saes if not isinstance(n, str) or not n or any(c in n for c in "/\\. ")]
     if bad:
         raise ValueError(f"SAE names become file names and checkpoint keys: no dots, slashes or spaces, got {bad}")
     return dict(saes)
 
 
-def _batch_metrics(x: torch.Tensor, out, sae: SAE) -> dict[str, float]:
+def _batch_metrics(x: Any, out, sae: Any) -> dict[str, Any]:
+    if callable(getattr(sae, "batch_metrics", None)):
+        return sae.batch_metrics(x, out)
     with torch.no_grad():
         x_n = x.reshape(-1, sae.d_in).to(out.x_hat.dtype) * sae.input_scale.to(out.x_hat.dtype)
         var = (x_n - x_n.mean(0)).pow(2).sum()
@@ -305,7 +337,30 @@ def _batch_metrics(x: torch.Tensor, out, sae: SAE) -> dict[str, float]:
                 "fvu": float((out.x_hat - x_n).pow(2).sum() / var.clamp_min(1e-12))}
 
 
-def train(saes: SAE | Mapping[str, SAE], batches: Iterable | Callable[[int], Iterable], config: TrainConfig,
+def _rows(x: Any, d) -> Any:
+    """Every rank's rows of a batch (a tensor, or a tuple of tensors: a transcoder's inputs and targets
+    with their token axis second), gathered in rank order."""
+    if isinstance(x, torch.Tensor):
+        return _dist.gather_rows(x.reshape(-1, x.shape[-1]), d)
+    return tuple(_dist.gather_rows(t.transpose(0, 1), d).transpose(0, 1) for t in x)
+
+
+def _mean_over_ranks(metrics: dict[str, Any], weight: int, d) -> dict[str, Any]:
+    """Token-weighted means of the ranks' metrics; per-layer lists elementwise."""
+    flat = {}
+    for k, v in metrics.items():
+        if isinstance(v, list):
+            flat.update({f"{k}\0{i}": x for i, x in enumerate(v)})
+        else:
+            flat[k] = v
+    mean = _dist.weighted_mean(flat, weight, d)
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        out[k] = [mean[f"{k}\0{i}"] for i in range(len(v))] if isinstance(v, list) else mean[k]
+    return out
+
+
+def train(saes: Any, batches: Iterable | Callable[[int], Iterable], config: TrainConfig,
           out: str | os.PathLike | None = None, *, progress: bool = True) -> TrainResult:
     """Train ``saes`` on ``batches`` for ``config.steps`` steps (see the module docstring); with ``out``,
     checkpoint, log and save there, resuming from ``out/checkpoint.safetensors`` if present."""
@@ -314,7 +369,7 @@ def train(saes: SAE | Mapping[str, SAE], batches: Iterable | Callable[[int], Ite
     named = _as_named(saes)
     d = _dist.setup()
     opts = {n: torch.optim.Adam(s.parameters(), lr=config.lr, betas=config.betas) for n, s in named.items()}
-    since_fired = {n: torch.zeros(s.d_sae, dtype=torch.int64, device=s.W_dec.device) for n, s in named.items()}
+    since_fired = {n: torch.zeros(_n_latents(s), dtype=torch.int64, device=s.b_dec.device) for n, s in named.items()}
     out = Path(out) if out is not None else None
     step = position = 0
     history: list[dict] = []
@@ -335,7 +390,7 @@ def train(saes: SAE | Mapping[str, SAE], batches: Iterable | Callable[[int], Ite
             _dist.broadcast_module(sae, d)
     data = _dist.shard(batches, position, d) if d.on else _data_from(batches, position)
     log = open(out / LOG, "a", encoding="utf-8") if out is not None and d.main else None
-    bar = tqdm(total=config.steps, initial=step, desc="SAE training", disable=not progress or not d.main)
+    bar = tqdm(total=config.steps, initial=step, desc="training " + ", ".join(named), disable=not progress or not d.main)
     try:
         for sae in named.values():
             sae.train()
@@ -355,7 +410,7 @@ def train(saes: SAE | Mapping[str, SAE], batches: Iterable | Callable[[int], Ite
                 x = _pick(batch, name, sae)
                 if step == 0 and config.init:
                     if d.on:  # the global first batch, on rank 0, then broadcast
-                        x_all = _dist.gather_rows(x.reshape(-1, sae.d_in), d)
+                        x_all = _rows(x, d)
                         if d.main:
                             sae.init_from_sample(x_all)
                         _dist.broadcast_module(sae, d)
@@ -368,8 +423,8 @@ def train(saes: SAE | Mapping[str, SAE], batches: Iterable | Callable[[int], Ite
                 opt.zero_grad(set_to_none=True)
                 res = sae.losses(x, sparsity_scale=sp, dead=dead)
                 res.loss.backward()
-                n_tokens = res.latents.shape[0]
-                fired = (res.latents != 0).any(0)
+                n_tokens = local_tokens = res.n_tokens
+                fired = res.fired
                 if d.on:
                     n_tokens = _dist.average_grads(list(sae.parameters()), n_tokens, d)
                     fired = _dist.any_rank(fired, d)
@@ -384,9 +439,13 @@ def train(saes: SAE | Mapping[str, SAE], batches: Iterable | Callable[[int], Ite
                 if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
                     metrics = _batch_metrics(x, res, sae)
                     if d.on:
-                        metrics = _dist.weighted_mean(metrics, res.latents.shape[0], d)
-                    rows.append({"step": step + 1, "sae": name, "lr": lr, "sparsity_scale": sp, **metrics,
-                                 "dead_fraction": float((since_fired[name] >= config.dead_tokens).float().mean())})
+                        metrics = _mean_over_ranks(metrics, local_tokens, d)
+                    dead_now = since_fired[name] >= config.dead_tokens
+                    row = {"step": step + 1, "sae": name, "lr": lr, "sparsity_scale": sp, **metrics,
+                           "dead_fraction": float(dead_now.float().mean())}
+                    if hasattr(sae, "n_layers"):
+                        row["dead_per_layer"] = dead_now.view(sae.n_layers, -1).float().mean(1).tolist()
+                    rows.append(row)
             step += 1
             bar.update(1)
             if rows:

@@ -13,6 +13,9 @@ An adapter is data, not code: module paths for one family. Hook points and their
     blocks.{l}.attn_out        what attention adds to the residual (after Gemma's post-norm)
     blocks.{l}.resid_mid       residual after attention, before the MLP (edits reach the MLP *and* the
                                residual that flows on)
+    blocks.{l}.mlp_in          the MLP's input: the pre-MLP norm's output, gain (and bias) applied
+                               (edits reach the MLP only; circuit-tracer's ``mlp.hook_in``; TransformerLens's
+                               ``ln2.hook_normalized`` is the same before the gain)
     blocks.{l}.mlp.pre         MLP pre-activation (gate projection's output)  [batch, pos, d_mlp]
     blocks.{l}.mlp.pre_linear  gated MLPs: the up projection's output; post = act(pre) * pre_linear
     blocks.{l}.mlp.post        MLP neurons, the input of its down projection  [batch, pos, d_mlp]
@@ -47,7 +50,7 @@ class Architecture:
     embed: str  # module whose output enters block 0
     attn: str  # attention module (returns (output, weights))
     attn_out: str  # module whose output is exactly what attention adds to the residual
-    mlp_in: str  # module whose *input* is resid_mid (the MLP's pre-norm)
+    mlp_in: str  # the MLP's pre-norm: its input is resid_mid, its output the hook point mlp_in
     mlp_out: str  # module whose output is exactly what the MLP adds to the residual
     attn_o: str  # attention output projection (its input is z)
     mlp_down: str  # MLP down projection (its input is the neurons)
@@ -219,6 +222,7 @@ def hook_table(arch: Architecture, dims: Dims) -> HookPointTable:
             Site(f"blocks.{l}.attn.z", f"{layer}.{arch.attn_o}", kind="input", pos_axis=1, heads=dims.n_heads, width=(dims.n_heads, dims.d_head), layer=l),
             Site(f"blocks.{l}.attn_out", f"{layer}.{arch.attn_out}", pos_axis=1, width=d, layer=l),
             Site(f"blocks.{l}.resid_mid", f"{layer}.{arch.mlp_in}", kind="input", pos_axis=1, delta_to=layer, width=d, layer=l),
+            Site(f"blocks.{l}.mlp_in", f"{layer}.{arch.mlp_in}", pos_axis=1, width=d, layer=l),
             *pre,
             Site(f"blocks.{l}.mlp.post", f"{layer}.{arch.mlp_down}", kind="input", pos_axis=1, width=(dims.d_mlp,), layer=l),
             Site(f"blocks.{l}.mlp_out", f"{layer}.{arch.mlp_out}", pos_axis=1, width=d, layer=l),

@@ -1,0 +1,250 @@
+"""Attribution graphs of one prompt through a local replacement model.
+
+The local replacement model of a prompt is the model with every MLP replaced by a transcoder's features
+(a cross-layer transcoder, or one transcoder per layer), an error node per (layer, position) holding what
+the features miss (so the output is exactly the model's), and the attention patterns and norm scales held
+at their values in the real run. In it every node's input is a linear function of the nodes before it:
+
+    feature (l, p, f):  pre-activation = sum of incoming edges + constant (encoder bias, decoder biases ...)
+    logit t:            logit t - mean logit = sum of incoming edges (+ constant)
+
+An edge's weight is the source's activation times the gradient of the target with respect to it, with
+gradients stopped at every feature's activation (features are nodes: what reaches them is an edge to
+them, not through them), at the attention patterns and norm scales (``run(freeze=["norms",
+"attention"])``) and carried through an MLP only as its features and error. One backward pass gives the
+incoming edges of one target; ``batch_size`` targets share a pass (one copy of the prompt each).
+
+    graph = attribute(lm, clt, "Fact: the capital of the state containing Dallas is")
+    graph.prune()              # nodes carrying 80% of the influence, edges carrying 98%
+    graph.save_json("g.json")  # what circuit-tracer's and Neuronpedia's frontends read
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import torch
+
+from ..core.interventions import StopGradient
+from .graph import AttributionGraph
+
+
+def logit_targets(lm: Any, logits: torch.Tensor, max_n_logits: int = 10, desired_logit_prob: float = 0.95
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The most likely next tokens, fewest first whose probabilities sum to ``desired_logit_prob`` (at most
+    ``max_n_logits``): ``(token ids [k], probabilities [k], directions [k, d_model])``, each direction the
+    token's unembedding column minus the mean column (so an edge attributes logit - mean logit)."""
+    if isinstance(max_n_logits, bool) or not isinstance(max_n_logits, int) or max_n_logits < 1:
+        raise ValueError(f"max_n_logits={max_n_logits!r}; it must be a positive int")
+    if not 0 < desired_logit_prob <= 1:
+        raise ValueError(f"desired_logit_prob={desired_logit_prob!r}; it is a probability in (0, 1]")
+    probs = torch.softmax(logits.float(), -1)
+    top_p, top_i = probs.topk(min(max_n_logits, probs.shape[-1]))
+    keep = int(torch.searchsorted(top_p.cumsum(0), torch.tensor(desired_logit_prob))) + 1
+    top_p, top_i = top_p[:keep], top_i[:keep]
+    W_U = lm.W_U.detach().float()  # [d_model, vocab]
+    dirs = (W_U[:, top_i] - W_U.mean(-1, keepdim=True)).T
+    return top_i, top_p, dirs
+
+
+def _check_replacement(lm: Any, d: Any) -> None:
+    """The dictionary must replace every MLP: one target per layer, at that layer's mlp_out."""
+    L = lm.n_layers
+    want = [f"blocks.{l}.mlp_out" for l in range(L)]
+    if list(d.writes) != want:
+        raise ValueError(f"an attribution graph needs every MLP replaced: a transcoder set writing {want[0]} .. "
+                         f"{want[-1]} ({L} layers); this one writes {list(d.writes)[:3]}{' ...' if len(d.writes) > 3 else ''} "
+                         f"({len(d.writes)} point(s))")
+    if not callable(getattr(d.module, "pre_activations", None)):
+        raise TypeError(f"{type(d.module).__name__} has no pre_activations(x, layer): attribution needs each "
+                        "feature's pre-activation as a function of its input (avec's Transcoder / CrossLayerTranscoder)")
+
+
+class _Context:
+    """The prompt's clean run with the dictionary attached: active features, errors, embeddings."""
+
+    def __init__(self, lm: Any, d: Any, ids: torch.Tensor):
+        self.lm, self.d, self.ids = lm, d, ids
+        L = lm.n_layers
+        self.lat = [d.point("latents", l) for l in range(L)]
+        self.err = [d.point("error", l) for l in range(L)]
+        with torch.no_grad():
+            run = lm.run(ids, cache=["embed", *self.lat, *self.err])
+        self.logits = run.logits[0, -1].detach()
+        self.embed = run.cache["embed"][0].float()                             # [n, d_model]
+        self.errors = torch.stack([run.cache[p][0].float() for p in self.err])  # [L, n, d_model]
+        feats, acts = [], []
+        for l, p in enumerate(self.lat):
+            z = run.cache[p][0].float()                                        # [n, d_sae]
+            nz = z.nonzero()                                                   # (pos, f), row-major
+            feats.append(torch.cat([torch.full((nz.shape[0], 1), l), nz], 1))
+            acts.append(z[nz[:, 0], nz[:, 1]])
+        self.features = torch.cat(feats) if feats else torch.zeros(0, 3, dtype=torch.long)  # [n_feat, 3]
+        self.activations = torch.cat(acts) if acts else torch.zeros(0)
+        self.n_pos = ids.shape[1]
+
+    def rows(self, specs: Sequence[tuple], selected: torch.Tensor) -> torch.Tensor:
+        """Incoming edges of each target in ``specs`` over the sources (selected features, errors, tokens):
+        ``[len(specs), n_selected + L * n + n]``. A spec is ("logit", direction [d_model]) or
+        ("feature", layer, pos, feature id)."""
+        lm, d, n = self.lm, self.d, self.n_pos
+        B = len(specs)
+        reads = sorted({s[1] for s in specs if s[0] == "feature"})
+        read_pts = [d.reads[l] for l in reads]
+        module = d.module
+
+        def metric(run):  # one value per target: the run's gradients get a leading target axis
+            values = []
+            for s in specs:
+                if s[0] == "logit":
+                    values.append(run.cache["final_norm"][0, -1].float() @ s[1].to(run.cache["final_norm"].device))
+                else:
+                    _, l, p, f = s
+                    values.append(module.pre_activations(run.cache[d.reads[l]][0, p], l)[f].float())
+            return torch.stack(values)
+
+        cache = ["embed", *self.lat, *self.err, *read_pts] + (["final_norm"] if any(s[0] == "logit" for s in specs) else [])
+        run = lm.run(self.ids, cache=cache, grad=True, metric=metric, freeze=["norms", "attention"],
+                     interventions=[StopGradient(p) for p in self.lat])
+        g = {k: v[:, 0] for k, v in run.grads.items()}                          # [B, n, ...] (batch of one prompt)
+        sel = self.features[selected]
+        feat_edges = torch.zeros(B, sel.shape[0])
+        for l in range(lm.n_layers):
+            m = sel[:, 0] == l
+            if bool(m.any()):
+                grad = g[self.lat[l]].float()                                   # [B, n, d_sae]
+                feat_edges[:, m] = grad[:, sel[m, 1], sel[m, 2]] * self.activations[selected][m]
+        err_edges = torch.stack([(g[p].float() * self.errors[l]).sum(-1) for l, p in enumerate(self.err)], 1)  # [B, L, n]
+        tok_edges = (g["embed"].float() * self.embed).sum(-1)                   # [B, n]
+        return torch.cat([feat_edges, err_edges.reshape(B, -1), tok_edges], 1)
+
+
+def _strs(lm: Any, ids: torch.Tensor) -> list[str]:
+    """Each token id as text (``<id>`` for a model without a tokenizer)."""
+    tok = getattr(lm, "tokenizer", None)
+    return [tok.decode([int(i)]) if tok is not None else f"<{int(i)}>" for i in ids.tolist()]
+
+
+def _tokens(lm: Any, prompt: Any) -> torch.Tensor:
+    if isinstance(prompt, str):
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        return lm.tokenize(prompt)[0]
+    ids = torch.as_tensor(prompt, dtype=torch.long)
+    if ids.dim() == 2 and ids.shape[0] == 1:
+        ids = ids[0]
+    if ids.dim() != 1 or ids.numel() == 0:
+        raise ValueError(f"give one prompt: a string or token ids [n_pos]; got shape {tuple(ids.shape)}")
+    return ids[None]
+
+
+def attribute(lm: Any, transcoders: Any, prompt: Any, *, max_n_logits: int = 10, desired_logit_prob: float = 0.95,
+              batch_size: int = 16, max_feature_nodes: int | None = None, progress: bool = True) -> AttributionGraph:
+    """The attribution graph of ``prompt`` (a string or token ids ``[n_pos]``) through the local replacement
+    model made with ``transcoders`` (a cross-layer transcoder or a set of per-layer transcoders covering every
+    layer, or such a dictionary already attached with ``lm.add_dictionary``).
+
+    max_n_logits, desired_logit_prob: which output logits are nodes (``logit_targets``)
+    batch_size:        targets per backward pass (one forward pass and one batched backward pass per batch;
+                       memory grows with it)
+    max_feature_nodes: attribute at most this many features, the most influential first (influence estimated
+                       from the edges found so far, as circuit-tracer does); None: every active feature
+    """
+    from tqdm.auto import tqdm
+
+    from ..core.dictionary import AttachedDictionary
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}; it must be a positive int")
+    if max_feature_nodes is not None and (isinstance(max_feature_nodes, bool) or not isinstance(max_feature_nodes, int)
+                                          or max_feature_nodes < 0):
+        raise ValueError(f"max_feature_nodes={max_feature_nodes!r}; give a number of features >= 0, or None for all")
+    ids = _tokens(lm, prompt)
+    t0 = time.perf_counter()
+    attached = transcoders if isinstance(transcoders, AttachedDictionary) else None
+    d = attached or lm.add_dictionary(transcoders)
+    try:
+        _check_replacement(lm, d)
+        ctx = _Context(lm, d, ids)
+        n, L = ctx.n_pos, lm.n_layers
+        n_active = ctx.features.shape[0]
+        tok_ids, probs, dirs = logit_targets(lm, ctx.logits, max_n_logits, desired_logit_prob)
+        n_logits = tok_ids.shape[0]
+        budget = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
+        every = torch.arange(n_active)
+        bar = tqdm(total=n_logits + budget, desc="attribution", unit="node", disable=not progress)
+        # rows over all active features first (columns of unvisited features are dropped at the end)
+        logit_rows = torch.cat([ctx.rows([("logit", v) for v in dirs[i:i + batch_size]], every)
+                                for i in range(0, n_logits, batch_size)])
+        bar.update(n_logits)
+        visited: list[int] = []
+        feat_rows: list[torch.Tensor] = []
+        seen = torch.zeros(n_active, dtype=torch.bool)
+        while len(visited) < budget:
+            if budget == n_active:
+                queue = every[~seen]
+            else:  # the most influential unvisited features by the edges found so far
+                influence = _partial_influence(logit_rows, feat_rows, visited, probs, n_active)
+                order = influence[:n_active].argsort(descending=True)
+                queue = order[~seen[order]][:min(4 * batch_size, budget - len(visited))]
+            for i in range(0, len(queue), batch_size):
+                chunk = queue[i:i + batch_size].tolist()
+                specs = [("feature", *ctx.features[j].tolist()) for j in chunk]
+                feat_rows.append(ctx.rows(specs, every))
+                visited += chunk
+                seen[chunk] = True
+                bar.update(len(chunk))
+        bar.close()
+        # nodes: the visited features (in (layer, pos, feature) order), errors, tokens, logits
+        selected = torch.tensor(sorted(visited), dtype=torch.long)
+        n_sel = selected.shape[0]
+        rows = torch.cat([*feat_rows, logit_rows]) if feat_rows else logit_rows
+        row_nodes = torch.cat([torch.searchsorted(selected, torch.tensor(visited, dtype=torch.long)),
+                               n_sel + L * n + n + torch.arange(n_logits)])
+        keep_cols = torch.cat([selected, n_active + torch.arange(L * n + n)])
+        rows = rows[:, keep_cols]
+        nz = rows.nonzero()
+        targets = row_nodes[nz[:, 0]]
+        sources = nz[:, 1]
+        weights = rows[nz[:, 0], nz[:, 1]]
+        seconds = time.perf_counter() - t0
+        graph = AttributionGraph(
+            prompt=prompt if isinstance(prompt, str) else "".join(_strs(lm, ids[0])),
+            token_ids=ids[0].clone(), token_strs=tuple(_strs(lm, ids[0])),
+            features=ctx.features[selected].clone(), activations=ctx.activations[selected].clone(), n_layers=L,
+            logit_ids=tok_ids, logit_strs=tuple(_strs(lm, tok_ids)), logit_probs=probs,
+            targets=targets, sources=sources, weights=weights.float(),
+            meta={"model": getattr(lm, "name", ""), "dictionary": type(d.module).__name__, "reads": d.reads[0].split(".", 2)[-1],
+                  "n_active_features": int(n_active), "n_feature_nodes": int(n_sel), "n_logits": int(n_logits),
+                  "batch_size": batch_size, "seconds": round(seconds, 3)})
+        return graph
+    finally:
+        if attached is None:
+            lm.remove_dictionary(d)
+
+
+def _partial_influence(logit_rows: torch.Tensor, feat_rows: list[torch.Tensor], visited: list[int],
+                       probs: torch.Tensor, n_active: int) -> torch.Tensor:
+    """Influence of every source on the logits through the rows found so far (circuit-tracer's ranking of
+    which features to attribute next). Sources are indexed as in ``_Context.rows`` with every feature."""
+    rows = torch.cat([logit_rows, *feat_rows]).abs()
+    rows = rows / rows.sum(1, keepdim=True).clamp_min(1e-10)
+    n_src = rows.shape[1]
+    # row r belongs to node: logits -> themselves (weights = probs); feature rows -> that feature's column
+    row_of_source = torch.full((n_src,), -1, dtype=torch.long)
+    k = logit_rows.shape[0]
+    if visited:
+        row_of_source[torch.tensor(visited)] = torch.arange(k, k + len(visited))
+    cur = torch.zeros(rows.shape[0])
+    cur[:k] = probs.float()
+    total = torch.zeros(n_src)
+    for _ in range(n_src + 1):
+        nxt = cur @ rows                                   # [n_src] influence arriving at each source
+        if not bool(nxt.any()):
+            break
+        total += nxt
+        cur = torch.zeros(rows.shape[0])
+        has = row_of_source >= 0
+        cur[row_of_source[has]] = nxt[has]
+    return total
