@@ -138,7 +138,7 @@ class AttributionGraph(Result):
     def adjacency(self) -> torch.Tensor:
         """The sparse ``[n_nodes, n_nodes]`` matrix, rows = targets, columns = sources (float32)."""
         idx = torch.stack([self.targets, self.sources])
-        return torch.sparse_coo_tensor(idx, self.weights.float(), (self.n_nodes, self.n_nodes)).coalesce()
+        return torch.sparse_coo_tensor(idx, self.weights.float(), (self.n_nodes, self.n_nodes), check_invariants=True).coalesce()
 
     def incoming(self, node: int) -> torch.Tensor:
         """``[n_nodes]`` dense: the direct effect of every node on ``node``."""
