@@ -218,10 +218,14 @@ def test_bad_heads_and_read_only_points():
         lm.run(tokens(lm), interventions=[Zero("blocks.0.attn.pattern")])
 
 
-def test_grad_needs_scalar_metric():
+def test_grad_needs_a_scalar_or_vector_metric():
     lm = tiny_lm("llama")
-    with pytest.raises(ValueError, match="scalar"):
-        lm.run(tokens(lm), cache=["blocks.0.resid_pre"], grad=True, metric=lambda r: r.logits[:, -1, 0])
+    with pytest.raises(ValueError, match="scalar tensor or a vector"):
+        lm.run(tokens(lm), cache=["blocks.0.resid_pre"], grad=True, metric=lambda r: r.logits[:, -2:, 0])
+    with pytest.raises(ValueError, match="scalar tensor or a vector"):
+        lm.run(tokens(lm), cache=["blocks.0.resid_pre"], grad=True, metric=lambda r: 1.0)
+    rows = lm.run(tokens(lm), cache=["blocks.0.resid_pre"], grad=True, metric=lambda r: r.logits[:, -1, 0])
+    assert rows.grads["blocks.0.resid_pre"].shape[0] == 2  # one gradient row per metric (see test_core_freeze)
 
 
 # -- plain modules -----------------------------------------------------------------------------
