@@ -87,11 +87,16 @@ class _Context:
     def rows(self, specs: Sequence[tuple], selected: torch.Tensor) -> torch.Tensor:
         """Incoming edges of each target in ``specs`` over the sources (selected features, errors, tokens):
         ``[len(specs), n_selected + L * n + n]``. A spec is ("logit", direction [d_model]) or
-        ("feature", layer, pos, feature id)."""
-        lm, d, n = self.lm, self.d, self.n_pos
+        ("feature", layer, pos, feature id).
+
+        Only what can reach the targets is run: the prompt up to the last target position (the model is
+        causal), gradients read at the layers below the deepest target (backward passes stop there)."""
+        lm, d, n, L = self.lm, self.d, self.n_pos, self.lm.n_layers
         B = len(specs)
-        reads = sorted({s[1] for s in specs if s[0] == "feature"})
-        read_pts = [d.reads[l] for l in reads]
+        logits = any(s[0] == "logit" for s in specs)
+        upto = n if logits else max(s[2] for s in specs) + 1               # positions that can matter
+        below = L if logits else max(s[1] for s in specs)                  # layers whose nodes can be sources
+        read_pts = sorted({d.reads[s[1]] for s in specs if s[0] == "feature"})
         module = d.module
 
         def metric(run):  # one value per target: the run's gradients get a leading target axis
@@ -104,19 +109,23 @@ class _Context:
                     values.append(module.pre_activations(run.cache[d.reads[l]][0, p], l)[f].float())
             return torch.stack(values)
 
-        cache = ["embed", *self.lat, *self.err, *read_pts] + (["final_norm"] if any(s[0] == "logit" for s in specs) else [])
-        run = lm.run(self.ids, cache=cache, grad=True, metric=metric, freeze=["norms", "attention"],
+        cache = ["embed", *self.lat[:below], *self.err[:below], *read_pts] + (["final_norm"] if logits else [])
+        run = lm.run(self.ids[:, :upto], cache=cache, grad=True, metric=metric, freeze=["norms", "attention"],
                      interventions=[StopGradient(p) for p in self.lat])
-        g = {k: v[:, 0] for k, v in run.grads.items()}                          # [B, n, ...] (batch of one prompt)
+        g = {k: v[:, 0] for k, v in run.grads.items()}                          # [B, upto, ...] (one prompt)
         sel = self.features[selected]
+        acts = self.activations[selected]
         feat_edges = torch.zeros(B, sel.shape[0])
-        for l in range(lm.n_layers):
-            m = sel[:, 0] == l
+        for l in range(below):
+            m = (sel[:, 0] == l) & (sel[:, 1] < upto)
             if bool(m.any()):
-                grad = g[self.lat[l]].float()                                   # [B, n, d_sae]
-                feat_edges[:, m] = grad[:, sel[m, 1], sel[m, 2]] * self.activations[selected][m]
-        err_edges = torch.stack([(g[p].float() * self.errors[l]).sum(-1) for l, p in enumerate(self.err)], 1)  # [B, L, n]
-        tok_edges = (g["embed"].float() * self.embed).sum(-1)                   # [B, n]
+                grad = g[self.lat[l]].float()                                   # [B, upto, d_sae]
+                feat_edges[:, m] = grad[:, sel[m, 1], sel[m, 2]] * acts[m]
+        err_edges = torch.zeros(B, L, n)
+        for l in range(below):
+            err_edges[:, l, :upto] = (g[self.err[l]].float() * self.errors[l, :upto]).sum(-1)
+        tok_edges = torch.zeros(B, n)
+        tok_edges[:, :upto] = (g["embed"].float() * self.embed[:upto]).sum(-1)
         return torch.cat([feat_edges, err_edges.reshape(B, -1), tok_edges], 1)
 
 
@@ -173,6 +182,9 @@ def attribute(lm: Any, transcoders: Any, prompt: Any, *, max_n_logits: int = 10,
         n_logits = tok_ids.shape[0]
         budget = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
         every = torch.arange(n_active)
+        # batches of targets that share a prompt prefix and a depth are cheapest (see _Context.rows)
+        by_place = torch.tensor(sorted(range(n_active), key=lambda j: (int(ctx.features[j, 1]), int(ctx.features[j, 0]))),
+                                dtype=torch.long) if n_active else every
         bar = tqdm(total=n_logits + budget, desc="attribution", unit="node", disable=not progress)
         # rows over all active features first (columns of unvisited features are dropped at the end)
         logit_rows = torch.cat([ctx.rows([("logit", v) for v in dirs[i:i + batch_size]], every)
@@ -183,7 +195,7 @@ def attribute(lm: Any, transcoders: Any, prompt: Any, *, max_n_logits: int = 10,
         seen = torch.zeros(n_active, dtype=torch.bool)
         while len(visited) < budget:
             if budget == n_active:
-                queue = every[~seen]
+                queue = by_place[~seen[by_place]]
             else:  # the most influential unvisited features by the edges found so far
                 influence = _partial_influence(logit_rows, feat_rows, visited, probs, n_active)
                 order = influence[:n_active].argsort(descending=True)
