@@ -134,7 +134,7 @@ def test_a_perfect_transcoder_spliced_alone_reproduces_the_model(family):
     clean = lm.run(x)
     with lm.dictionary(PerfectTranscoder(lm, 1), at="blocks.1.mlp_in", writes="blocks.1.mlp_out", splice="recon"):
         spliced = lm.run(x, cache=["blocks.1.mlp_out.tc.error"])
-    assert torch.allclose(spliced.logits, clean.logits, atol=1e-6, rtol=0)
+    assert torch.equal(spliced.logits, clean.logits)  # the same operations: bit for bit
     assert spliced.cache["blocks.1.mlp_out.tc.error"].abs().max() < 1e-6
     # and an imperfect one does change the output
     with lm.dictionary(RandomTranscoder(skip=False), at="blocks.1.mlp_in", writes="blocks.1.mlp_out", splice="recon"):
@@ -168,7 +168,7 @@ def test_a_perfect_clt_spliced_alone_reproduces_the_model(family):
     x = tokens(lm, batch=2, seq=6)
     with lm.dictionary(PerfectCLT(lm), at="blocks.*.mlp_in", writes="blocks.*.mlp_out", splice="recon"):
         spliced = lm.run(x)
-    assert torch.allclose(spliced.logits, lm.run(x).logits, atol=1e-6, rtol=0)
+    assert torch.equal(spliced.logits, lm.run(x).logits)
 
 
 def test_zeroing_a_clt_latent_moves_exactly_its_decoder_contributions(lm):

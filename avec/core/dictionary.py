@@ -20,10 +20,10 @@ Three shapes, told apart by their methods:
                  ``blocks.3.mlp_out.tc.recon / error``
     cross-layer  ``n_layers`` encoders and targets: ``encode_layer(x, l)``, ``decode_layer(zs, l)`` and no
                  ``encode``; ``zs`` are the latents of ``sources(l)``, by default layers 0..l (a CLT's target
-                 l is reconstructed from every layer's features up to l); optionally ``skip_layer(x_l, l)``,
-                 ``d_out``; attached with one
-                 read and one write point per layer (``at="blocks.*.resid_mid", writes="blocks.*.mlp_out"``):
-                 ``blocks.{l}.resid_mid.clt.latents`` and ``blocks.{l}.mlp_out.clt.recon / error``
+                 l is reconstructed from every layer's features up to l); optionally ``skip_layer(x_l, l)``
+                 and ``d_out``; attached with one read and one write point per layer (``at=
+                 "blocks.*.resid_mid", writes="blocks.*.mlp_out"``): ``blocks.{l}.resid_mid.clt.latents``
+                 and ``blocks.{l}.mlp_out.clt.recon / error``
 
 Latents are computed when their read point fires (after that point's own edits); a write point's
 reconstruction uses the latents of its sources as edited, so an edit of layer l's latents reaches the
@@ -45,10 +45,12 @@ gradient run also run the write points concerned.
 
 Gradients (``run(..., grad=True)``): the error term is a constant, as in a replacement model with
 error nodes, so the gradient at ``recon`` equals the one at ``error``, the one at ``latents`` is that
-through the decoder(s), and the model's own computation between the read and write points (a
-transcoder's MLP) carries no gradient: once a point of the dictionary is read, gradients reach the
-read point only through the latents (and the skip connection). An unread dictionary with
-``splice="error"`` leaves the model untouched.
+through the decoder(s), and the computation that produced ``y`` (a transcoder's MLP) carries no gradient:
+once a point of the dictionary is read, what flows on from a write point depends on the model only
+through the latents (and the skip connection); other paths (the residual stream around the MLP) are
+untouched. ``StopGradient`` at every latents point then makes each latents gradient the features'
+direct effect, as attribution graphs need. An unread dictionary with ``splice="error"`` leaves the
+model untouched.
 
 ``avec.dictionaries`` provides trained ones (``SAE``, ``Transcoder``, ``CrossLayerTranscoder``).
 """

