@@ -66,6 +66,7 @@ FORMAT = "avec.transcoder/1"
 
 
 SPARSE_BELOW = 0.08  # decode through the active features alone when fewer than this fraction are active
+GATHER_BELOW = 1 << 24  # up to this many gathered weights, gather rows (vmappable backward) rather than embedding_bag
 
 
 def sparse_mm(z: torch.Tensor, w: torch.Tensor, support: torch.Tensor | None = None) -> torch.Tensor:
@@ -79,6 +80,14 @@ def sparse_mm(z: torch.Tensor, w: torch.Tensor, support: torch.Tensor | None = N
     if flat.shape[0] == 0 or float(mask.float().mean()) >= SPARSE_BELOW:
         return (flat.to(w.dtype) @ w).reshape(*lead, w.shape[-1])
     rows, cols = mask.nonzero(as_tuple=True)  # row-major: each row's entries are contiguous
+    if rows.numel() * w.shape[-1] <= GATHER_BELOW:
+        # few tokens (a prompt, not a training batch): gather the active rows and add them up. Its backward
+        # is plain indexing, which batched (vmapped) gradients run at once; embedding_bag's per-sample-weight
+        # backward has no batching rule and runs once per gradient row (minutes for an attribution graph)
+        vals = flat[rows, cols].to(w.dtype)
+        out = torch.zeros(flat.shape[0], w.shape[-1], dtype=w.dtype, device=w.device)
+        out = out.index_add(0, rows, w[cols] * vals[:, None])
+        return out.reshape(*lead, w.shape[-1])
     offsets = torch.zeros(flat.shape[0], dtype=torch.long, device=z.device)
     offsets[1:] = torch.bincount(rows, minlength=flat.shape[0]).cumsum(0)[:-1]
     out = nn.functional.embedding_bag(cols, w.contiguous(), offsets, mode="sum",
