@@ -110,6 +110,9 @@ class _Context:
             return torch.stack(values)
 
         cache = ["embed", *self.lat[:below], *self.err[:below], *read_pts] + (["final_norm"] if logits else [])
+        # reading a pattern runs the model with eager attention, whose backward (plain matrix products) the batched
+        # gradients vectorise; the fused attention kernel's backward would run once per target (8x slower here)
+        cache.append("blocks.0.attn.pattern")
         run = lm.run(self.ids[:, :upto], cache=cache, grad=True, metric=metric, freeze=["norms", "attention"],
                      interventions=[StopGradient(p) for p in self.lat])
         g = {k: v[:, 0] for k, v in run.grads.items()}                          # [B, upto, ...] (one prompt)
