@@ -213,6 +213,8 @@ def test_logit_targets_and_bad_input():
     with pytest.raises(ValueError, match="needs every MLP replaced"):
         attribute(lm, half, tokens(lm, batch=1, seq=4)[0], progress=False)
     assert not lm._dictionaries  # detached again after the error
+    with lm.dictionary(random_clt(lm), splice="recon") as d, pytest.raises(ValueError, match="splice='error'"):
+        attribute(lm, d, tokens(lm, batch=1, seq=4)[0], progress=False)
     with pytest.raises(ValueError, match="one prompt"):
         attribute(lm, random_clt(lm), tokens(lm, batch=2, seq=4), progress=False)
     with pytest.raises(ValueError, match="batch_size"):

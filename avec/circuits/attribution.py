@@ -56,6 +56,9 @@ def _check_replacement(lm: Any, d: Any) -> None:
         raise ValueError(f"an attribution graph needs every MLP replaced: a transcoder set writing {want[0]} .. "
                          f"{want[-1]} ({L} layers); this one writes {list(d.writes)[:3]}{' ...' if len(d.writes) > 3 else ''} "
                          f"({len(d.writes)} point(s))")
+    if d.splice != "error":
+        raise ValueError(f"the local replacement model keeps the model's output exactly through error nodes: attach "
+                         f"the transcoders with splice='error' (this one has splice={d.splice!r})")
     if not callable(getattr(d.module, "pre_activations", None)):
         raise TypeError(f"{type(d.module).__name__} has no pre_activations(x, layer): attribution needs each "
                         "feature's pre-activation as a function of its input (avec's Transcoder / CrossLayerTranscoder)")
