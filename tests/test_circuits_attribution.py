@@ -171,14 +171,21 @@ def test_each_edge_is_the_effect_of_doubling_its_source_in_the_frozen_model(arch
     assert all(v > 0 for v in checked.values()), checked
 
 
-def test_batch_size_and_order_do_not_change_the_edges():
+def test_batch_size_order_and_decoder_cache_do_not_change_the_edges(monkeypatch):
+    """Batches of 1 (one forward per position prefix), of 64 (one forward in all), and decoder vectors
+    read for each batch rather than kept: the same graph."""
+    import avec.circuits.attribution as attribution
+
     lm = tiny_lm("llama")
     clt = random_clt(lm, seed=1)
     ids = tokens(lm, batch=1, seq=5, seed=3)[0]
     a = attribute(lm, clt, ids, batch_size=1, progress=False)
     b = attribute(lm, clt, ids, batch_size=64, progress=False)
-    A, B = a.adjacency().to_dense(), b.adjacency().to_dense()
-    assert torch.allclose(A, B, atol=1e-5)
+    monkeypatch.setattr(attribution, "DECODER_CACHE_BYTES", 0)
+    c = attribute(lm, clt, ids, batch_size=3, progress=False)
+    A, B, C = (g.adjacency().to_dense() for g in (a, b, c))
+    assert A.abs().sum() > 0
+    assert torch.allclose(A, B, atol=1e-5) and torch.allclose(A, C, atol=1e-5)
 
 
 def test_a_feature_budget_keeps_the_most_influential_features():
