@@ -285,6 +285,14 @@ def _read_log(path: Path, upto: int) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- training
+def adam(sae: SAE, config: TrainConfig) -> torch.optim.Adam:
+    """The SAE's Adam. Fused (one kernel over each tensor instead of ~10 passes; the same update to float
+    rounding: ~3x faster on CPU, a sixth of a TopK step) where torch has that kernel."""
+    params = list(sae.parameters())
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64) for p in params)
+    return torch.optim.Adam(params, lr=config.lr, betas=config.betas, fused=fused or None)
+
+
 def _as_named(saes: SAE | Mapping[str, SAE]) -> dict[str, SAE]:
     if isinstance(saes, SAE):
         return {"sae": saes}
@@ -301,7 +309,7 @@ def _batch_metrics(x: torch.Tensor, out, sae: SAE) -> dict[str, float]:
         x_n = x.reshape(-1, sae.d_in).to(out.x_hat.dtype) * sae.input_scale.to(out.x_hat.dtype)
         var = (x_n - x_n.mean(0)).pow(2).sum()
         return {"loss": float(out.loss), "mse": float(out.mse), "sparsity": float(out.sparsity),
-                "aux": float(out.aux), "l0": float((out.latents != 0).sum(-1).float().mean()),
+                "aux": float(out.aux), "l0": float(out.codes.active()) / out.n_tokens,
                 "fvu": float((out.x_hat - x_n).pow(2).sum() / var.clamp_min(1e-12))}
 
 
@@ -313,7 +321,7 @@ def train(saes: SAE | Mapping[str, SAE], batches: Iterable | Callable[[int], Ite
 
     named = _as_named(saes)
     d = _dist.setup()
-    opts = {n: torch.optim.Adam(s.parameters(), lr=config.lr, betas=config.betas) for n, s in named.items()}
+    opts = {n: adam(s, config) for n, s in named.items()}
     since_fired = {n: torch.zeros(s.d_sae, dtype=torch.int64, device=s.W_dec.device) for n, s in named.items()}
     out = Path(out) if out is not None else None
     step = position = 0
@@ -368,8 +376,8 @@ def train(saes: SAE | Mapping[str, SAE], batches: Iterable | Callable[[int], Ite
                 opt.zero_grad(set_to_none=True)
                 res = sae.losses(x, sparsity_scale=sp, dead=dead)
                 res.loss.backward()
-                n_tokens = res.latents.shape[0]
-                fired = (res.latents != 0).any(0)
+                n_tokens = res.n_tokens
+                fired = res.codes.fired()
                 if d.on:
                     n_tokens = _dist.average_grads(list(sae.parameters()), n_tokens, d)
                     fired = _dist.any_rank(fired, d)
@@ -384,7 +392,7 @@ def train(saes: SAE | Mapping[str, SAE], batches: Iterable | Callable[[int], Ite
                 if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
                     metrics = _batch_metrics(x, res, sae)
                     if d.on:
-                        metrics = _dist.weighted_mean(metrics, res.latents.shape[0], d)
+                        metrics = _dist.weighted_mean(metrics, res.n_tokens, d)
                     rows.append({"step": step + 1, "sae": name, "lr": lr, "sparsity_scale": sp, **metrics,
                                  "dead_fraction": float((since_fired[name] >= config.dead_tokens).float().mean())})
             step += 1
