@@ -187,7 +187,8 @@ class Setup:
     avec_coeff: float
     saelens_coeff: float
     bandwidth: float
-    init_threshold: float
+    avec_threshold: float
+    saelens_threshold: float
 
 
 def input_scale(x: torch.Tensor) -> float:
@@ -200,7 +201,7 @@ def train_avec(s: Setup, feeder: Feeder):
     from avec.dictionaries.train import TrainConfig, train
 
     kw = dict(k=s.k) if s.arch == "topk" else dict(sparsity_coeff=s.avec_coeff, bandwidth=s.bandwidth,
-                                                   init_threshold=s.init_threshold)
+                                                   init_threshold=s.avec_threshold)
     sae = SAE(arch=s.arch, d_in=D_IN, d_sae=WIDTH, hook=HOOK, **kw)
     cfg = TrainConfig(steps=s.steps, lr=s.lr, decay="none", warmup_steps=0, clip_grad_norm=1.0,
                       dead_tokens=(s.dead_steps + 1) * s.batch, log_every=s.steps, checkpoint_every=0)
@@ -218,9 +219,11 @@ def train_saelens(s: Setup, feeder: Feeder, scale: float):
     if s.arch == "topk":
         sae = TopKTrainingSAE(TopKTrainingSAEConfig(k=s.k, **common))
     else:
+        # decoder rows at norm 1 as avec's (SAELens's default 0.1 would put its pre-activations on a 10x
+        # smaller scale, so that the same threshold and bandwidth would mean something else)
         sae = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(
-            l0_coefficient=s.saelens_coeff, jumprelu_bandwidth=s.bandwidth,
-            jumprelu_init_threshold=s.init_threshold, jumprelu_sparsity_loss_mode="step", **common))
+            l0_coefficient=s.saelens_coeff, jumprelu_bandwidth=s.bandwidth, decoder_init_norm=1.0,
+            jumprelu_init_threshold=s.saelens_threshold, jumprelu_sparsity_loss_mode="step", **common))
     cfg = SAETrainerConfig(total_training_samples=s.steps * s.batch, train_batch_size_samples=s.batch, lr=s.lr,
                            lr_end=s.lr, lr_scheduler_name="constant", lr_warm_up_steps=0, device="cpu",
                            dead_feature_window=s.dead_steps, feature_sampling_window=10 ** 9,
@@ -263,25 +266,30 @@ def run_pair(s: Setup, data: torch.Tensor, chunk: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- measures
-def timing(feeders: dict, batch: int, chunk: int, warmup: int) -> dict:
-    """Tokens/s per turn of each trainer (steps after ``warmup``), medians, and the per-turn ratio."""
-    per_turn = {}
+def timing(feeders: dict, batch: int, chunk: int, warmup: int, before: int) -> dict:
+    """Tokens/s per turn of each trainer (steps after ``warmup``), medians, and the ratio per pair of
+    adjacent turns, over all turns and over the turns of steps < ``before`` (no latent can be dead yet,
+    so AuxK runs on neither side)."""
+    per_turn, first_step = {}, []
     for name, f in feeders.items():
         times = f.step_times()
-        turns = []
+        turns, starts = [], []
         for c in range(0, len(times), chunk):
             ts = [t for j, t in enumerate(times[c:c + chunk], start=c) if j >= warmup]
             if ts:
                 turns.append(batch * len(ts) / sum(ts))
+                starts.append(c + chunk)  # the turn's steps are < c + chunk
         per_turn[name] = turns
+        first_step = starts
         all_ts = times[warmup:]
         per_turn[name + "_overall"] = batch * len(all_ts) / sum(all_ts)
     a, b = per_turn["avec"], per_turn["saelens"]
     ratios = [x / y for x, y in zip(a, b)]
+    early = [r for r, end in zip(ratios, first_step) if end <= before]
     return {"avec": statistics.median(a), "saelens": statistics.median(b), "ratio": statistics.median(ratios),
-            "ratio_min": min(ratios), "ratio_max": max(ratios), "turns": len(ratios),
-            "avec_overall": per_turn["avec_overall"], "saelens_overall": per_turn["saelens_overall"],
-            "steps_timed": len(feeders["avec"].step_times()) - warmup}
+            "ratio_min": min(ratios), "ratio_max": max(ratios), "turns": len(ratios), "ratios": ratios,
+            "ratio_early": statistics.median(early) if early else float("nan"), "turns_early": len(early),
+            "avec_overall": per_turn["avec_overall"], "saelens_overall": per_turn["saelens_overall"]}
 
 
 @torch.no_grad()
@@ -320,7 +328,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--avec-coeff", type=float, default=1e-3, help="avec's JumpReLU sparsity coefficient")
     ap.add_argument("--saelens-coeff", type=float, default=1e-3, help="SAELens's JumpReLU l0_coefficient")
     ap.add_argument("--bandwidth", type=float, default=0.05, help="JumpReLU STE bandwidth (both)")
-    ap.add_argument("--init-threshold", type=float, default=0.5, help="JumpReLU initial threshold (both)")
+    ap.add_argument("--avec-threshold", type=float, default=0.6, help="avec's JumpReLU initial threshold")
+    ap.add_argument("--saelens-threshold", type=float, default=1.0, help="SAELens's JumpReLU initial threshold")
     ap.add_argument("--chunk", type=int, default=10, help="steps per turn")
     ap.add_argument("--warmup", type=int, default=10, help="first steps of each trainer left out of the timing")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
@@ -343,10 +352,10 @@ def main(argv=None) -> dict:
     for arch in args.archs.split(","):
         s = Setup(arch=arch, steps=steps, batch=args.batch, lr=args.lr, dead_steps=args.dead_steps, k=args.k,
                   avec_coeff=args.avec_coeff, saelens_coeff=args.saelens_coeff, bandwidth=args.bandwidth,
-                  init_threshold=args.init_threshold)
+                  avec_threshold=args.avec_threshold, saelens_threshold=args.saelens_threshold)
         t = time.perf_counter()
         run = run_pair(s, train_x[: steps * args.batch], args.chunk)
-        tm = timing(run["feeders"], args.batch, args.chunk, args.warmup)
+        tm = timing(run["feeders"], args.batch, args.chunk, args.warmup, args.dead_steps)
         q = evaluate_pair(run["saes"], held_x)
         results[arch] = {"timing": tm, "quality": q, "setup": s}
         print(f"\n{arch}: {steps} steps x {args.batch} tokens, turns of {args.chunk} steps, {tm['turns']} turn pairs, "
@@ -357,8 +366,10 @@ def main(argv=None) -> dict:
             print(f"  {name:8} {tm[name]:9.0f} {tm[name + '_overall']:11.0f} {q[name]['fvu']:7.4f} "
                   f"{q[name]['l0']:7.1f} {q[name]['dead']:6.3f}")
         print(f"  avec / SAELens: {tm['ratio']:.2f}x (median over turn pairs; range {tm['ratio_min']:.2f}-"
-              f"{tm['ratio_max']:.2f}; all timed steps {tm['avec_overall'] / tm['saelens_overall']:.2f}x)",
-              flush=True)
+              f"{tm['ratio_max']:.2f}; all timed steps {tm['avec_overall'] / tm['saelens_overall']:.2f}x; "
+              f"{tm['ratio_early']:.2f}x over the {tm['turns_early']} turn pairs before step {args.dead_steps}, "
+              f"when no latent can be dead)")
+        print("  per turn pair: " + " ".join(f"{r:.2f}" for r in tm["ratios"]), flush=True)
     return results
 
 

@@ -118,8 +118,8 @@ def test_an_input_that_needs_its_gradient_gets_it():
 
 
 def test_the_real_density_picks_the_route(monkeypatch):
-    """k = 6 of 160 latents is 3.75%: dense under the shipped 2% limit, sparse under a 5% one; both train
-    the same step."""
+    """k just above the shipped density limit takes the dense route, below a higher limit the sparse one;
+    both train the same step."""
     calls = {"sparse": 0}
     real = sc._Gather.apply
 
@@ -128,11 +128,13 @@ def test_the_real_density_picks_the_route(monkeypatch):
         return real(*a)
 
     monkeypatch.setattr(sc._Gather, "apply", counting)
+    k = int(D_SAE * sc.SPARSE_MAX_DENSITY) + 2
     sae, x, _ = _sae("topk", "float64")
-    assert Pattern.per_row(sae.encode(x).topk(6).indices, D_SAE).density == pytest.approx(6 / D_SAE)
+    sae = SAE(sae.cfg, k=k).init_from_sample(x)
+    assert Pattern.per_row(sae.encode(x).topk(k).indices, D_SAE).density == pytest.approx(k / D_SAE)
     dense = sae.losses(x).loss
     assert calls["sparse"] == 0
-    monkeypatch.setattr(sc, "SPARSE_MAX_DENSITY", 0.05)
+    monkeypatch.setattr(sc, "SPARSE_MAX_DENSITY", (k + 1) / D_SAE)
     sparse = sae.losses(x).loss
     assert calls["sparse"] == 1
     torch.testing.assert_close(sparse, dense)

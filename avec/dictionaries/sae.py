@@ -184,7 +184,7 @@ class _Step(torch.autograd.Function):
         pre, theta = ctx.saved_tensors
         eps = ctx.bandwidth
         g_theta = -(1.0 / eps) * _rect((pre - theta) / eps) * g
-        return torch.zeros_like(pre), _sum_to(g_theta, theta), None
+        return None, _sum_to(g_theta, theta), None  # None: no gradient to pre (not a tensor of zeros)
 
 
 # ----------------------------------------------------------------------------- helpers
