@@ -226,6 +226,12 @@ def test_logit_targets_and_bad_input():
         attribute(lm, random_clt(lm), tokens(lm, batch=2, seq=4), progress=False)
     with pytest.raises(ValueError, match="batch_size"):
         attribute(lm, random_clt(lm), tokens(lm, batch=1, seq=4)[0], batch_size=0, progress=False)
+    # a prompt whose edges would not fit the memory budget: refused before any backward pass, with what fits
+    with pytest.raises(ValueError, match=r"max_memory_gb=1e-06: attribute fewer features \(max_feature_nodes <= 0"):
+        attribute(lm, random_clt(lm), tokens(lm, batch=1, seq=4)[0], max_memory_gb=1e-6, progress=False)
+    with pytest.raises(ValueError, match="max_memory_gb"):
+        attribute(lm, random_clt(lm), tokens(lm, batch=1, seq=4)[0], max_memory_gb=0, progress=False)
+    assert not lm._dictionaries
 
 
 def test_feature_interventions_through_the_core():

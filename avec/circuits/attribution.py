@@ -211,7 +211,8 @@ def _tokens(lm: Any, prompt: Any) -> torch.Tensor:
 
 
 def attribute(lm: Any, transcoders: Any, prompt: Any, *, max_n_logits: int = 10, desired_logit_prob: float = 0.95,
-              batch_size: int = 16, max_feature_nodes: int | None = None, progress: bool = True) -> AttributionGraph:
+              batch_size: int = 16, max_feature_nodes: int | None = None, max_memory_gb: float = 8.0,
+              progress: bool = True) -> AttributionGraph:
     """The attribution graph of ``prompt`` (a string or token ids ``[n_pos]``) through the local replacement
     model made with ``transcoders`` (a cross-layer transcoder or a set of per-layer transcoders covering every
     layer, or such a dictionary already attached with ``lm.add_dictionary``).
@@ -221,6 +222,9 @@ def attribute(lm: Any, transcoders: Any, prompt: Any, *, max_n_logits: int = 10,
                        order, and the batches at one prompt prefix share its forward pass
     max_feature_nodes: attribute at most this many features, the most influential first (influence estimated
                        from the edges found so far, as circuit-tracer does); None: every active feature
+    max_memory_gb:     refuse up front (naming the sizes and what would fit) a prompt whose edges, one row of
+                       floats per attributed node over every active feature, error and token, would take more
+                       (the dense rows are what influence ranking and pruning read)
     """
     from tqdm.auto import tqdm
 
@@ -228,6 +232,8 @@ def attribute(lm: Any, transcoders: Any, prompt: Any, *, max_n_logits: int = 10,
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}; it must be a positive int")
+    if isinstance(max_memory_gb, bool) or not isinstance(max_memory_gb, (int, float)) or not max_memory_gb > 0:
+        raise ValueError(f"max_memory_gb={max_memory_gb!r}; give a positive number of gigabytes")
     if max_feature_nodes is not None and (isinstance(max_feature_nodes, bool) or not isinstance(max_feature_nodes, int)
                                           or max_feature_nodes < 0):
         raise ValueError(f"max_feature_nodes={max_feature_nodes!r}; give a number of features >= 0, or None for all")
@@ -243,6 +249,14 @@ def attribute(lm: Any, transcoders: Any, prompt: Any, *, max_n_logits: int = 10,
         tok_ids, probs, dirs = logit_targets(lm, ctx.logits, max_n_logits, desired_logit_prob)
         n_logits = tok_ids.shape[0]
         budget = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
+        n_cols = n_active + L * n + n
+        need = (budget + n_logits) * n_cols * 4 / 2**30
+        if need > max_memory_gb:
+            fits = max(0, int(max_memory_gb * 2**30 / (4 * n_cols)) - n_logits)
+            raise ValueError(f"the graph of this {n}-token prompt ({n_active:,} active features) would hold "
+                             f"{budget + n_logits:,} x {n_cols:,} edge weights, {need:.1f} GB > max_memory_gb="
+                             f"{max_memory_gb}: attribute fewer features (max_feature_nodes <= {fits:,} fits), give "
+                             "a shorter prompt, or raise max_memory_gb")
         every = torch.arange(n_active)
         # batches of targets that share a prompt prefix and a depth are cheapest (see _Context.rows)
         by_place = torch.tensor(sorted(range(n_active), key=lambda j: (int(ctx.features[j, 1]), int(ctx.features[j, 0]))),
