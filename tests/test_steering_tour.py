@@ -4,9 +4,9 @@ code paths, not the behaviour (the real tour runs on SmolLM2 and Gemma 3)."""
 
 import pytest
 
-from avec.report.context import TourContext
-from avec.report.html import Section
-from avec.steering.tour_sections import GEMMA, SECTIONS, _layer
+from avec.app.tour.context import TourContext
+from avec.app.report.html import Section
+from avec.app.tour.steering import GEMMA, SECTIONS, _layer
 
 from _steering_tiny import tiny_lm_with_tokenizer
 

@@ -22,7 +22,7 @@ BAD_INPUT = (ValueError, KeyError, TypeError, IndexError, FileNotFoundError, Fil
 @app.command()
 def models() -> None:
     """List the bundled models and whether their packages are installed and float caches built."""
-    from .models import bundled_models, cache_root
+    from ...models import bundled_models, cache_root
 
     typer.echo(f"cache: {cache_root()}  (set AVEC_CACHE_DIR to move it)")
     for row in bundled_models():
@@ -34,7 +34,7 @@ def models() -> None:
 def hooks(model: str = typer.Argument(..., help="bundled name, HF id, local dir or .gguf"),
           pattern: Optional[str] = typer.Option(None, help="glob filter, e.g. 'blocks.3.*'")) -> None:
     """Print a model's hook points (in forward order) with their shapes."""
-    from .models import load
+    from ...models import load
 
     lm = load(model)
     names = lm.resolve(pattern) if pattern else lm.hook_points
@@ -54,8 +54,8 @@ def tour(out: str = typer.Option("avec-tour.html", help="where to write the HTML
     """Run every technique on the bundled models and write one self-contained HTML report."""
     import torch
 
-    from .io import check_out_option
-    from .report.tour import run_tour
+    from ...io import check_out_option
+    from ..tour import run_tour
 
     check_out_option(out, (".html", ".htm"))
     if threads is not None and threads < 1:
@@ -72,14 +72,14 @@ def tour(out: str = typer.Option("avec-tour.html", help="where to write the HTML
 
 def _register_techniques() -> None:
     """Each technique package adds its own commands (`avec lens`, `avec patch`, ...)."""
-    from .circuits import cli as circuits_cli
-    from .dictionaries import cli as dictionaries_cli
-    from .dictionaries import transcoder_cli
-    from .lens import cli as lens_cli
-    from .maze import cli as maze_cli
-    from .patching import cli as patching_cli
-    from .probes import cli as probes_cli
-    from .steering import cli as steering_cli
+    from . import circuits as circuits_cli
+    from . import dictionaries as dictionaries_cli
+    from . import lens as lens_cli
+    from . import maze as maze_cli
+    from . import patching as patching_cli
+    from . import probes as probes_cli
+    from . import steering as steering_cli
+    from . import transcoders as transcoder_cli
 
     for module in (steering_cli, lens_cli, patching_cli, probes_cli, maze_cli, dictionaries_cli, transcoder_cli,
                    circuits_cli):

@@ -4,7 +4,7 @@
 Each is ``fn(ctx, s)`` and reports what it measures, whatever that is. ``ctx.lm`` is the model,
 ``ctx.quick`` asks for smaller samples. Layers are written for SmolLM2's 30 layers and moved to the same
 relative depth on other models (``_layer``). Greedy decoding unless said; sample sizes are small (CPU,
-< 1 minute each) and say so. ``avec.report.context.on_model(name, fn)`` pins a section to one model (the Gemma 3 sections),
+< 1 minute each) and say so. ``avec.app.tour.context.on_model(name, fn)`` pins a section to one model (the Gemma 3 sections),
 sharing the tour's model cache.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..report.context import on_model
+from .context import on_model
 
 NEUTRAL = ["I went up to my friend and said", "Yesterday, my neighbour told me that",
            "The most important thing in life is", "When I woke up this morning,"]
@@ -60,7 +60,7 @@ def _cells(lm, prompts, cells, max_new_tokens, **kw) -> dict[Any, list[str]]:
 
 
 def _sent(texts):
-    from .evaluate import sentiment
+    from ...steering.evaluate import sentiment
 
     return sum(sentiment(texts)) / len(texts)
 
@@ -68,7 +68,7 @@ def _sent(texts):
 def love_hate(ctx: Any, s: Any) -> None:
     import pandas as pd
 
-    from .contrast import contrast
+    from ...steering.contrast import contrast
 
     lm = ctx.lm
     t0 = time.time()
@@ -100,9 +100,9 @@ WEDDING_PAIRS = [("I love weddings", "I love cooking"), ("We talked about the we
 def wedding(ctx: Any, s: Any) -> None:
     import pandas as pd
 
-    from .caa import mean_difference
-    from .contrast import contrast
-    from .evaluate import effectiveness, perplexity_ratio, wedding_rate
+    from ...steering.caa import mean_difference
+    from ...steering.contrast import contrast
+    from ...steering.evaluate import effectiveness, perplexity_ratio, wedding_rate
 
     lm = ctx.lm
     t0 = time.time()
@@ -152,8 +152,8 @@ def wedding(ctx: Any, s: Any) -> None:
 def french(ctx: Any, s: Any) -> None:
     import pandas as pd
 
-    from .contrast import contrast
-    from .evaluate import language_rate
+    from ...steering.contrast import contrast
+    from ...steering.evaluate import language_rate
 
     lm = ctx.lm
     t0 = time.time()
@@ -180,8 +180,8 @@ def french(ctx: Any, s: Any) -> None:
 def composition(ctx: Any, s: Any) -> None:
     import pandas as pd
 
-    from .contrast import contrast
-    from .evaluate import wedding_rate
+    from ...steering.contrast import contrast
+    from ...steering.evaluate import wedding_rate
 
     lm = ctx.lm
     t0 = time.time()
@@ -205,9 +205,9 @@ def composition(ctx: Any, s: Any) -> None:
 def caa_ab(ctx: Any, s: Any) -> None:
     import pandas as pd
 
-    from ..core.positions import From
-    from .caa import ab_pairs, behaviours, load_ab, mean_difference
-    from .evaluate import ab_eval
+    from ...core.positions import From
+    from ...steering.caa import ab_pairs, behaviours, load_ab, mean_difference
+    from ...steering.evaluate import ab_eval
 
     lm = ctx.lm
     t0 = time.time()
@@ -232,8 +232,8 @@ def caa_ab(ctx: Any, s: Any) -> None:
 
 
 def scan_section(ctx: Any, s: Any) -> None:
-    from .contrast import contrast
-    from .scan import coefficient_scan
+    from ...steering.contrast import contrast
+    from ...steering.scan import coefficient_scan
 
     lm = ctx.lm
     t0 = time.time()

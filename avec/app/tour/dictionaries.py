@@ -27,8 +27,8 @@ NEUTRAL = ["In the morning I walked down to the", "The most important thing abou
 
 
 def _shipped(ctx):
-    from ..models.lm import LanguageModel
-    from .shipped import info, load_shipped
+    from ...models.lm import LanguageModel
+    from ...dictionaries.shipped import info, load_shipped
 
     lm = ctx.lm
     rec = info(SHIPPED)
@@ -42,8 +42,8 @@ def _heldout_contexts(lm, n: int, context: int = 64):
     """``[n, context]`` token ids of held-out documents (shuffled), cut as in training (BOS first)."""
     import torch
 
-    from .contexts import context_rule, iter_contexts
-    from .heldout import split_documents
+    from ...dictionaries.contexts import context_rule, iter_contexts
+    from ...dictionaries.heldout import split_documents
 
     rule = context_rule(lm.tokenizer, context, prepend_bos=True)
     docs = split_documents("default", "heldout", 2, shuffle=True, seed=0)
@@ -54,7 +54,7 @@ def sae_section(ctx, s) -> None:
     import pandas as pd
     import torch
 
-    from .heldout import evaluate_heldout
+    from ...dictionaries.heldout import evaluate_heldout
 
     lm, sae, rec = _shipped(ctx)
     at = rec["hook"]
@@ -107,8 +107,8 @@ def _embed(page: str, height: int = 520) -> str:
 def features_section(ctx, s) -> None:
     import pandas as pd
 
-    from .dashboard import feature_page
-    from .features import filter_features, logit_effects, top_examples
+    from ...dictionaries.dashboard import feature_page
+    from ...dictionaries.features import filter_features, logit_effects, top_examples
 
     lm, sae, rec = _shipped(ctx)
     at = rec["hook"]
@@ -146,8 +146,8 @@ def steering_section(ctx, s) -> None:
     import pandas as pd
     import torch
 
-    from ..core.interventions import Zero
-    from .features import ablate, filter_features, steer
+    from ...core.interventions import Zero
+    from ...dictionaries.features import ablate, filter_features, steer
 
     lm, sae, rec = _shipped(ctx)
     at = rec["hook"]
@@ -185,9 +185,9 @@ def steering_section(ctx, s) -> None:
 def probe_section(ctx, s) -> None:
     import pandas as pd
 
-    from ..data.labelled import load
-    from ..probes import fit_probes, probe
-    from .features import feature_activations
+    from ...data.labelled import load
+    from ...probes import fit_probes, probe
+    from ...dictionaries.features import feature_activations
 
     lm, sae, rec = _shipped(ctx)
     at = rec["hook"]
