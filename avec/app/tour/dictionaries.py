@@ -8,7 +8,6 @@ ablated. The recorded training metrics are shown beside them, labelled as record
 from __future__ import annotations
 
 import html
-import itertools
 import time
 
 SHIPPED = "smollm2-blocks.12.resid_post-topk-4608"
@@ -36,18 +35,6 @@ def _shipped(ctx):
         raise RuntimeError(f"the shipped SAE {SHIPPED!r} reads {rec['model']} ({rec['model_id']}); this tour's model "
                            f"is {getattr(lm, 'model_id', lm)!r}: run the tour with --model smollm2")
     return lm, load_shipped(SHIPPED), rec
-
-
-def _heldout_contexts(lm, n: int, context: int = 64):
-    """``[n, context]`` token ids of held-out documents (shuffled), cut as in training (BOS first)."""
-    import torch
-
-    from ...dictionaries.contexts import context_rule, iter_contexts
-    from ...dictionaries.heldout import split_documents
-
-    rule = context_rule(lm.tokenizer, context, prepend_bos=True)
-    docs = split_documents("default", "heldout", 2, shuffle=True, seed=0)
-    return torch.stack(list(itertools.islice(iter_contexts(docs, lm.tokenizer, rule), n)))
 
 
 def sae_section(ctx, s) -> None:
@@ -108,6 +95,7 @@ def features_section(ctx, s) -> None:
     import pandas as pd
 
     from ...dictionaries.dashboard import feature_page
+    from ...dictionaries.heldout import heldout_contexts
     from ...dictionaries.features import filter_features, logit_effects, top_examples
 
     lm, sae, rec = _shipped(ctx)
@@ -121,7 +109,7 @@ def features_section(ctx, s) -> None:
         s.text("No latent passes this filter on this model, so there are no features to read here.")
         return
     ids = list(found.features[:6])
-    texts = _heldout_contexts(lm, 48 if ctx.quick else 96)
+    texts = heldout_contexts(lm.tokenizer, 48 if ctx.quick else 96)
     examples = top_examples(lm, sae, at, texts, ids, k=5)
     effects = {f: logit_effects(lm, sae, f, k=8) for f in ids}
     rows = []
