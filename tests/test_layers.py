@@ -57,3 +57,13 @@ def test_the_presentation_modules_left_the_technique_packages():
         assert not (AVEC / technique / "tour_sections.py").exists(), technique
     assert not (AVEC / "dictionaries" / "transcoder_cli.py").exists()
     assert not (AVEC / "steering" / "reproduce.py").exists()
+
+
+def test_the_old_cli_module_is_a_thin_alias():
+    """``avec.cli`` stays importable for console scripts installed before the move; it defines nothing."""
+    import avec.app.cli
+    import avec.cli
+
+    assert avec.cli.main is avec.app.cli.main and avec.cli.app is avec.app.cli.app
+    tree = ast.parse((AVEC / "cli.py").read_text(encoding="utf-8"))
+    assert not [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
