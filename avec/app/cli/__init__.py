@@ -70,6 +70,28 @@ def tour(out: str = typer.Option("avec-tour.html", help="where to write the HTML
         raise typer.Exit(1)
 
 
+@app.command()
+def serve(model: str = typer.Option("smollm2", help="language model, loaded once and shared by every page"),
+          host: str = typer.Option("127.0.0.1", help="address to listen on (anything but localhost exposes the "
+                                   "app, and the model's compute, to the network)"),
+          port: int = typer.Option(8000, help="port to listen on"),
+          data_dir: Optional[str] = typer.Option(None, "--data-dir", help="folder of saved vectors (.safetensors) "
+                                                 "the pages may load; no other file is ever read")) -> None:
+    """Start the local web app: steering playground, logit lens and DLA (open the printed address)."""
+    from pathlib import Path
+
+    from ..server import LOCAL_HOSTS, serve as run_server
+
+    if not 1 <= port <= 65535:
+        raise typer.BadParameter(f"--port must be in 1..65535, got {port}")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise typer.BadParameter(f"--data-dir {data_dir!r} is not a folder")
+    if host not in LOCAL_HOSTS:
+        typer.echo(f"warning: listening on {host}, not localhost: anyone who can reach this machine can use the "
+                   "app and run the model on their input", err=True)
+    run_server(model, host=host, port=port, data_dir=data_dir, echo=typer.echo)
+
+
 def _register_techniques() -> None:
     """Each technique package adds its own commands (`avec lens`, `avec patch`, ...)."""
     from . import circuits as circuits_cli

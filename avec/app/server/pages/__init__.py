@@ -1,0 +1,109 @@
+"""Pages of the web app. A page is an HTML body, its script and its JSON endpoints; the server mounts
+every page it is given (``create_app(pages=...)``), lists them in the navigation and on the index.
+
+A new view (the maze explorer, SAE feature dashboards, the attribution-graph viewer) is one more module
+here with a ``PAGE``: its endpoints compute a result in a model slot (``state.lm``, or its own slot via
+``state.slot(name, loader)``) and answer the result's ``to_dict()``; its script draws that with Plotly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from ..inputs import MAX_BODY_BYTES, BadInput
+
+log = logging.getLogger("avec.server")
+
+# what avec's own checks raise for bad arguments (as the command line treats them): answered 400
+BAD_INPUT = (ValueError, KeyError, TypeError, IndexError)
+
+Handler = Callable[[Any, dict], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Page:
+    """slug: the page's URL (``/<slug>``) and API prefix (``/api/<slug>/...``); body: HTML inside
+    ``<main>``; script: JavaScript run once Plotly and ``avec.js`` are loaded; endpoints: ``{name:
+    handler}``, each ``async handler(state, body) -> JSON data`` served at ``POST /api/<slug>/<name>``
+    (``GET`` when the name ends in ``:get``; body is then ``{}``)."""
+
+    slug: str
+    title: str
+    summary: str
+    body: str
+    script: str
+    endpoints: dict[str, Handler] = field(default_factory=dict)
+
+    def routes(self) -> list[Route]:
+        out = []
+        for name, handler in self.endpoints.items():
+            method = "GET" if name.endswith(":get") else "POST"
+            path = f"/api/{self.slug}/{name.removesuffix(':get')}"
+            out.append(Route(path, json_endpoint(handler, method == "POST"), methods=[method]))
+        return out
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def read_json(request: Request) -> Any:
+    """The request's JSON body: application/json only (a cross-site form cannot send that without a CORS
+    preflight, which this server never grants), at most ``MAX_BODY_BYTES``."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise _Refused(415, f"send JSON (content-type application/json), got {kind or 'no content type'!r}")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _Refused(413, f"the request body is {declared} bytes; at most {MAX_BODY_BYTES} are allowed")
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise _Refused(413, f"the request body is over {MAX_BODY_BYTES} bytes")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise BadInput(f"the request body is not valid JSON: {e}") from None
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def json_endpoint(handler: Handler, has_body: bool = True) -> Callable[[Request], Awaitable[JSONResponse]]:
+    """A Starlette endpoint around ``handler``: bad input -> 400 with the reason, anything else that goes
+    wrong -> 500 with the exception's type and message (logged with its traceback); the server stays up."""
+
+    async def endpoint(request: Request) -> JSONResponse:
+        try:
+            body = await read_json(request) if has_body else {}
+            return JSONResponse(await handler(request.app.state.avec, body))
+        except _Refused as e:
+            return error(e.status, str(e))
+        except BAD_INPUT as e:
+            msg = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 else e
+            return error(400, " ".join(str(msg).split()) or type(e).__name__)
+        except Exception as e:  # noqa: BLE001 - answered, logged, and the server goes on
+            log.error("error in %s:\n%s", request.url.path, traceback.format_exc())
+            return error(500, f"internal error: {type(e).__name__}: {' '.join(str(e).split())}")
+
+    return endpoint
+
+
+def default_pages() -> list[Page]:
+    """The pages ``avec serve`` shows, in navigation order."""
+    from .lens import PAGE as lens
+    from .steering import PAGE as steering
+
+    return [steering, lens]
