@@ -88,7 +88,10 @@ def create_app(lm: Any = "smollm2", *, data_dir: str | Path | None = None, pages
     async def avec_css(request):
         return Response(CSS, media_type="text/css")
 
-    routes = [Route("/", home), Route("/static/plotly.min.js", plotly_file), Route("/static/avec.js", avec_js),
+    async def no_icon(request):  # browsers ask for one; answered, so the console shows no 404
+        return Response(status_code=204)
+
+    routes = [Route("/", home), Route("/favicon.ico", no_icon), Route("/static/plotly.min.js", plotly_file), Route("/static/avec.js", avec_js),
               Route("/static/avec.css", avec_css), Route("/api/model", json_endpoint(model_info, False))]
     for page in pages:
         routes += [page_route(page), *page.routes()]

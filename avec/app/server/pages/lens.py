@@ -65,7 +65,7 @@ function drawLens(L) {
   const text = L.top_labels.map((point) => cols.map((s) => point[0][s]));
   const top = L.top_probs.map((point) => cols.map((s) => point[0][s]));
   Plotly.react("lens-plot", [{
-    type: "heatmap", x: x, y: L.point_labels, z: z, text: text, customdata: top, colorscale: "Blues",
+    type: "heatmap", x: x, y: L.point_labels, z: z, text: text, customdata: top, colorscale: "Blues", reversescale: true,
     zmin: 0, zmax: 1, texttemplate: "%{text}", textfont: {size: 9},
     hovertemplate: "%{y}, position %{x}<br>lens top-1: %{text} (p %{customdata:.3f})<br>" +
                    "p(final top-1): %{z:.3f}<extra></extra>",
@@ -84,7 +84,7 @@ function drawDla(D) {
   const heads = D.heads[0];
   Plotly.react("heads-plot", [{
     type: "heatmap", z: heads, x: heads[0].map((_, h) => "H" + h), y: heads.map((_, l) => "L" + l),
-    colorscale: "RdBu", zmid: 0, reversescale: true,
+    colorscale: "RdBu", zmid: 0,  // Plotly's RdBu: low blue, high red (positive writes red, as avec's plots)
     hovertemplate: "%{y} %{x}: %{z:.4f}<extra></extra>",
   }], {title: {text: "per head" + (D.frozen_post_norm ? " (post-norm scale frozen)" : ""), font: {size: 13}},
        margin: {t: 40}, yaxis: {type: "category"}}, {responsive: true});

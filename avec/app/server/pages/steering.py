@@ -228,8 +228,14 @@ $("coeff").addEventListener("input", () => { markCoeff(); clearTimeout(timer); t
 $("generate").addEventListener("click", () => { generate(); scan(); });
 $("scan").addEventListener("click", scan);
 for (const r of document.querySelectorAll("input[name=source]")) r.addEventListener("change", toggleSource);
-avec.model().then((m) => { $("layer").max = m.n_layers - 1; });
-loadVectors().then(() => { generate(); scan(); });
+(async () => {
+  const m = await avec.model();  // the default layer, 6, is SmolLM2's 30 / 5: smaller models get their last
+  $("layer").max = m.n_layers - 1;
+  $("layer").value = Math.min(avec.int($("layer").value), m.n_layers - 1);
+  await loadVectors();
+  generate();
+  scan();
+})().catch((e) => avec.showError(e.message));
 """
 
 PAGE = Page("steering", "Steering playground", "Steer generation with a vector; move the coefficient and compare.",
