@@ -264,3 +264,54 @@ def test_smollm2_end_to_end(smollm2):
         assert status == 200, d
         assert d["lens"]["top_labels"][-1][0][-1] == " Paris" and d["dla"]["target"] == [" Paris"]
         assert sum(d["dla"]["components"][0]) + d["dla"]["constant"][0] == pytest.approx(d["dla"]["logit"][0], abs=1e-2)
+
+
+def _events(url: str, body, raw: bytes | None = None) -> list[tuple[str, dict]]:
+    data = raw if raw is not None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"content-type": "application/json",
+                                                          "accept": "text/event-stream"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        text = r.read().decode()
+    out = []
+    for block in text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        out.append((lines["event"], json.loads(lines["data"])))
+    return out
+
+
+def test_progress_streams_as_server_sent_events(server):
+    body = {"prompt": PROMPT, "coeff": 6.0, "max_new_tokens": 8, **PAIR}
+    events = _events(server.url + "/api/steering/generate", body)
+    kinds = [k for k, _ in events]
+    assert kinds[-1] == "result" and set(kinds[:-1]) == {"progress"}
+    stages = [e for k, e in events if k == "progress"]
+    assert stages[0]["stage"] == "queued" and stages[1] == {"stage": "running", "model": "tiny-llama-tok"}
+    assert [(e["done"], e["total"]) for e in stages[2:]] == [(k, 8) for k in range(1, 9)]  # one per token
+    assert events[-1][1] == call(server.url + "/api/steering/generate", body)[1]  # the same answer as plain JSON
+    # refused input: an error event with the status and the reason; the lens answers in the same way
+    assert _events(server.url + "/api/steering/generate", {**body, "layer": 7})[-1] == \
+        ("error", {"status": 400, "error": "layer must be in 0..2, got 7"})
+    lens = _events(server.url + "/api/lens/run", {"prompt": "Hello there"})
+    assert [e.get("stage") for _, e in lens[:-1]] == ["queued", "running"] and lens[-1][0] == "result"
+
+
+def test_queued_requests_hear_how_many_are_ahead(server):
+    bodies = [{"prompt": PROMPT, "coeff": float(c), "max_new_tokens": 48, **PAIR} for c in range(4)]
+    results = [None] * len(bodies)
+    start = threading.Barrier(len(bodies))
+
+    def fire(i):
+        start.wait()
+        results[i] = _events(server.url + "/api/steering/generate", bodies[i])
+
+    threads = [threading.Thread(target=fire, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ahead = sorted(r[0][1]["ahead"] for r in results)
+    # one model, one worker: calls that arrive together queue, each told its place (exactly [0, 1, 2, 3]
+    # unless a loaded machine delays an arrival past the end of an earlier call)
+    assert ahead[0] == 0 and ahead[-1] >= 1 and all(a <= i for i, a in enumerate(ahead)), ahead
+    assert all(r[-1][0] == "result" for r in results)

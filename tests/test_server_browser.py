@@ -57,6 +57,10 @@ def test_steering_slider_moves_the_text_and_the_plot(page, server):
     assert _marker(page) == -15 and page.locator("#coeff-value").inner_text() == "-15"
     assert page.locator("#unsteered").inner_text() == unsteered  # 0 x v: the same plain completion
     assert "-15 x (Love - Hate)" in page.locator("#steered-title").inner_text()
+    # the answer streamed: queued, running, then one progress event per generated token
+    stages = page.evaluate("avec.progressLog.map((p) => p.stage)")
+    assert stages[:2] == ["queued", "running"] and stages.count("generating") % 24 == 0 and "generating" in stages
+    assert page.locator("#status").inner_text() == ""  # cleared once the answer came
     page.screenshot(path=str(artifacts_dir() / "serve-steering-slid.png"), full_page=True)
     assert not page.errors
     assert all(u.startswith(server.url) for u in page.requests), "nothing is fetched from elsewhere"

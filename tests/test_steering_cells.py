@@ -51,3 +51,15 @@ def test_bad_cells_are_refused(lm):
         generate_cells(lm, PROMPTS, [("a", "love", 1.0)], 4)
     with pytest.raises(TypeError, match="tuple"):
         generate_cells(lm, PROMPTS, [("a", love)], 4)
+
+
+def test_generate_reports_each_step_and_changes_nothing(lm):
+    seen = []
+    out = lm.generate(PROMPTS, 6, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(k, 6) for k in range(1, 7)] and out == lm.generate(PROMPTS, 6)
+    love = contrast(lm, "Love", "Hate", at=1)
+    seen.clear()
+    cells = generate_cells(lm, PROMPTS, [("a", None, 0.0), ("b", love, 5.0)], 4, do_sample=True, top_p=0.5, seed=2,
+                           progress=lambda done, total: seen.append(done))
+    assert seen == [1, 2, 3, 4]
+    assert cells == generate_cells(lm, PROMPTS, [("a", None, 0.0), ("b", love, 5.0)], 4, do_sample=True, top_p=0.5, seed=2)

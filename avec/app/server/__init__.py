@@ -6,7 +6,8 @@
 Pages (``pages/``): the steering playground and the logit lens / DLA view. Each page's endpoints check
 every input (``inputs.py``), run the model on the model's one worker thread (``state.py``: a request's
 hooks never meet another's) and answer a result's ``to_dict()``; the page draws it with Plotly, served
-from the installed plotly package. Files are read only from the folder given at start (``data_dir``),
+from the installed plotly package. A client that accepts ``text/event-stream`` gets progress events
+first (``progress.py``). Files are read only from the folder given at start (``data_dir``),
 never from a path the browser sends; safetensors only (no pickle), nothing evaluated.
 """
 

@@ -47,6 +47,41 @@ const avec = {
     return this._fetch(url, {method: "POST", headers: {"content-type": "application/json"}, body: JSON.stringify(body)});
   },
   get(url) { return this._fetch(url, {method: "GET"}); },
+  // POST whose answer comes as server-sent events: onProgress(event) for each progress event, then the
+  // result (or the error, thrown). Every progress event is also kept in avec.progressLog.
+  progressLog: [],
+  async stream(url, body, onProgress) {
+    this._track(1);
+    try {
+      const r = await fetch(url, {method: "POST", body: JSON.stringify(body),
+                                  headers: {"content-type": "application/json", "accept": "text/event-stream"}});
+      if (!r.ok) {  // refused before it started (bad JSON, too large): a plain JSON error
+        let data; try { data = await r.json(); } catch (e) { data = {error: "HTTP " + r.status}; }
+        throw new Error(data.error || ("HTTP " + r.status));
+      }
+      const reader = r.body.getReader(), decoder = new TextDecoder();
+      let buffer = "";
+      for (;;) {
+        const {value, done} = await reader.read();
+        if (done) throw new Error("the server closed the stream without an answer");
+        buffer += decoder.decode(value, {stream: true});
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, cut); buffer = buffer.slice(cut + 2);
+          const event = (block.match(/^event: (.*)$/m) || [])[1], data = JSON.parse((block.match(/^data: (.*)$/m) || [])[1]);
+          if (event === "progress") { this.progressLog.push(data); if (onProgress) onProgress(data); }
+          else if (event === "result") { this.showProgress(null); return data; }
+          else if (event === "error") { this.showProgress(null); throw new Error(data.error); }
+        }
+      }
+    } finally { this._track(-1); }
+  },
+  showProgress(p) {
+    const s = document.getElementById("status");
+    if (!s) return;
+    s.textContent = !p ? "" : p.stage === "queued" ? (p.ahead ? "waiting for the model: " + p.ahead + " ahead" : "starting")
+      : p.stage === "running" ? "running" : p.stage + ": " + p.done + "/" + p.total;
+  },
   _model: null,
   model() { return this._model || (this._model = this.get("/api/model")); },
   int(value) { const n = Number(value); return Number.isInteger(n) ? n : value; },

@@ -10,6 +10,7 @@ CPU torch already spreads one forward pass over the cores, so a second concurren
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,8 @@ class ModelSlot:
         self._load_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"avec-{name}")
         self.calls = 0
+        self.pending = 0  # calls submitted and not finished (the one running included)
+        self._count_lock = threading.Lock()
         self.memo: OrderedDict = OrderedDict()  # what pages keep between calls (touched on the worker thread only)
 
     @property
@@ -41,14 +44,26 @@ class ModelSlot:
             return self._model
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``fn(model, *args, **kwargs)`` on this slot's worker thread; awaits its result."""
+        """``fn(model, *args, **kwargs)`` on this slot's worker thread; awaits its result. The request's
+        context (its progress stream) goes along; it hears how many calls are ahead, then that it runs."""
+        from .progress import report
+
         loop = asyncio.get_running_loop()
+        with self._count_lock:
+            ahead = self.pending
+            self.pending += 1
+        report(stage="queued", ahead=ahead, model=self.name)
 
         def work():
-            self.calls += 1
-            return fn(self.model, *args, **kwargs)
+            try:
+                self.calls += 1
+                report(stage="running", model=self.name)
+                return fn(self.model, *args, **kwargs)
+            finally:
+                with self._count_lock:
+                    self.pending -= 1
 
-        return await loop.run_in_executor(self._executor, work)
+        return await loop.run_in_executor(self._executor, contextvars.copy_context().run, work)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

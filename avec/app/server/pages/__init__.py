@@ -8,6 +8,7 @@ here with a ``PAGE``: its endpoints compute a result in a model slot (``state.lm
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import traceback
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from ..inputs import MAX_BODY_BYTES, BadInput
@@ -81,24 +82,65 @@ class _Refused(Exception):
         self.status = status
 
 
-def json_endpoint(handler: Handler, has_body: bool = True) -> Callable[[Request], Awaitable[JSONResponse]]:
+def json_endpoint(handler: Handler, has_body: bool = True) -> Callable[[Request], Awaitable[Any]]:
     """A Starlette endpoint around ``handler``: bad input -> 400 with the reason, anything else that goes
-    wrong -> 500 with the exception's type and message (logged with its traceback); the server stays up."""
+    wrong -> 500 with the exception's type and message (logged with its traceback); the server stays up.
+    A client that accepts ``text/event-stream`` gets the answer as server-sent events, progress first
+    (``progress.py``)."""
 
-    async def endpoint(request: Request) -> JSONResponse:
+    async def answer(request: Request, body: Any) -> tuple[int, Any]:
         try:
-            body = await read_json(request) if has_body else {}
-            return JSONResponse(await handler(request.app.state.avec, body))
-        except _Refused as e:
-            return error(e.status, str(e))
+            return 200, await handler(request.app.state.avec, body)
         except BAD_INPUT as e:
             msg = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 else e
-            return error(400, " ".join(str(msg).split()) or type(e).__name__)
+            return 400, {"error": " ".join(str(msg).split()) or type(e).__name__}
         except Exception as e:  # noqa: BLE001 - answered, logged, and the server goes on
             log.error("error in %s:\n%s", request.url.path, traceback.format_exc())
-            return error(500, f"internal error: {type(e).__name__}: {' '.join(str(e).split())}")
+            return 500, {"error": f"internal error: {type(e).__name__}: {' '.join(str(e).split())}"}
+
+    async def endpoint(request: Request):
+        try:
+            body = await read_json(request) if has_body else {}
+        except _Refused as e:
+            return error(e.status, str(e))
+        except BadInput as e:
+            return error(400, str(e))
+        if "text/event-stream" not in request.headers.get("accept", ""):
+            status, payload = await answer(request, body)
+            return JSONResponse(payload, status_code=status)
+        return StreamingResponse(_events(answer(request, body)), media_type="text/event-stream",
+                                 headers={"cache-control": "no-store"})
 
     return endpoint
+
+
+def _sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, allow_nan=False)}\n\n"
+
+
+async def _events(work: Awaitable[tuple[int, Any]]):
+    """``progress`` events while ``work`` runs (it reports through ``progress.report``), then its answer."""
+    from .. import progress
+
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    token = progress._sink.set(lambda event: loop.call_soon_threadsafe(queue.put_nowait, event))
+    try:
+        task = asyncio.ensure_future(work)  # the task copies the context: reports reach this queue
+    finally:
+        progress._sink.reset(token)
+    while True:
+        getter = asyncio.ensure_future(queue.get())
+        done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+        if getter in done:
+            yield _sse("progress", getter.result())
+            continue
+        getter.cancel()
+        while not queue.empty():
+            yield _sse("progress", queue.get_nowait())
+        status, payload = task.result()
+        yield _sse("result", payload) if status == 200 else _sse("error", {"status": status, **payload})
+        return
 
 
 def default_pages() -> list[Page]:

@@ -12,6 +12,7 @@ from typing import Any
 from ....steering import SteeringVector, coefficient_scan, contrast, generate_cells
 from ....steering.generation import Completions
 from .. import inputs as I
+from ..progress import generation_steps
 from . import Page
 
 _MAX_VECTORS = 32  # vectors kept per model: a slider drag re-uses the same vector
@@ -63,7 +64,7 @@ def _generate(lm: Any, prompt: str, source: tuple, coeff: float, max_new_tokens:
               temperature: float, memo: OrderedDict) -> dict:
     I.prompt_tokens(lm, prompt)
     vector = _vector(lm, source, memo)
-    kw = dict(seed=seed, do_sample=sample, temperature=temperature)
+    kw = dict(seed=seed, do_sample=sample, temperature=temperature, progress=generation_steps())
     # both in one batched call: the unsteered row is the same whatever the coefficient (0 * v adds nothing)
     out = generate_cells(lm, [prompt], [("unsteered", None, 0.0), ("steered", vector, coeff)], max_new_tokens, **kw)
     settings = (f"sampled T={temperature:g}" if sample else "greedy") + f", {max_new_tokens} tokens, seed {seed}"
@@ -134,6 +135,7 @@ BODY = """
   <label>seed <input id="seed" type="number" value="0" min="0"></label>
   <label>temperature <input id="temperature" type="number" value="1" min="0.1" max="5" step="0.1"></label>
   <button id="generate">Generate</button>
+  <span id="status" class="meta" aria-live="polite"></span>
 </section>
 <section class="side-by-side">
   <div><h3>unsteered</h3><pre id="unsteered" class="completion"></pre></div>
@@ -175,7 +177,7 @@ async function generate() {
                 sample: $("sample").checked, seed: avec.int($("seed").value),
                 temperature: parseFloat($("temperature").value), ...source()};
   try {
-    const d = await avec.post("/api/steering/generate", body);
+    const d = await avec.stream("/api/steering/generate", body, (p) => { if (mine === genSeq) avec.showProgress(p); });
     if (mine !== genSeq) return;  // a later request (the slider moved on) owns the display
     const c = d.completions;
     avec.completion($("unsteered"), c.prompts[0], c.unsteered[0]);
