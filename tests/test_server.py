@@ -315,3 +315,43 @@ def test_queued_requests_hear_how_many_are_ahead(server):
     # unless a loaded machine delays an arrival past the end of an earlier call)
     assert ahead[0] == 0 and ahead[-1] >= 1 and all(a <= i for i, a in enumerate(ahead)), ahead
     assert all(r[-1][0] == "result" for r in results)
+
+
+def test_maze_field_equals_the_python_api(server):
+    from avec.maze.experiments import cheese_vector, top_right_vector
+    from avec.maze.fields import vector_field
+    from avec.maze.policy import load_policy
+    from avec.maze.world import Maze
+
+    assert call(server.url + "/api/maze/policies") == (200, {"policies": ["region15", "region5"]})
+    status, d = call(server.url + "/api/maze/field", {"seed": 7, "size": 13, "policy": "region5", "cheese": -1.0,
+                                                      "top_right": 2.0})
+    assert status == 200, d
+    policy, maze = load_policy("region5"), Maze.from_seed(7, size=13)
+    base = vector_field(policy, maze)
+    steered = vector_field(policy, maze, steer=-1.0 * cheese_vector(policy, maze) + 2.0 * top_right_vector(policy, maze))
+    import numpy as np
+
+    assert np.allclose(d["diff"]["b"]["probs"], base.probs, atol=1e-9)
+    assert np.allclose(d["diff"]["a"]["probs"], steered.probs, atol=1e-9)
+    assert not np.allclose(steered.probs, base.probs, atol=1e-3)  # the vectors did something
+    assert d["diff"]["a"]["label"] == "-1 x cheese + 2 x top-right" and d["diff"]["b"]["maze"]["seed"] == 7
+    assert d["decision"]["original"]["p_cheese"] == pytest.approx(base.decision()["p_cheese"])
+    _, plain = call(server.url + "/api/maze/field", {"seed": 7, "size": 13, "policy": "region5"})
+    assert plain["diff"]["a"]["label"] == "not steered" and not any(any(r) for r in plain["diff"]["probs"])
+
+
+MAZE_BAD = [
+    ({"seed": -1, "policy": "region5"}, "seed must be in 0..1000000000"),
+    ({"seed": 1, "size": 12, "policy": "region5"}, "size must be odd"),
+    ({"seed": 1, "size": 27, "policy": "region5"}, "size must be in 3..25"),
+    ({"seed": 1, "policy": "../checkpoints/region5"}, "unknown policy '../checkpoints/region5'; shipped: ['region15', 'region5']"),
+    ({"seed": 1, "policy": "region5", "cheese": 50}, "cheese must be in [-10, 10]"),
+    ({"seed": 1, "policy": "region5", "top_right": "1"}, "top_right must be a number"),
+]
+
+
+@pytest.mark.parametrize("body, says", MAZE_BAD, ids=[s for _, s in MAZE_BAD])
+def test_maze_bad_input(server, body, says):
+    status, d = call(server.url + "/api/maze/field", body)
+    assert status == 400 and says in d["error"], d

@@ -120,3 +120,23 @@ def test_lens_page_heatmaps_hover_and_errors(page, server):
     _settle(page, "document.getElementById('error').hidden")
     assert page.evaluate("document.getElementById('lens-plot').data[0].x[0]") == "0:The"
     assert page.errors and all("400 (Bad Request)" in e for e in page.errors)  # the refused request, only
+
+
+def test_maze_explorer_arrows_follow_the_coefficient(page, server):
+    page.goto(server.url + "/maze")
+    _settle(page, "document.getElementById('field-diff').data !== undefined")
+    assert page.locator("#policy option").all_inner_texts() == ["region15", "region5"]
+    diff = "document.getElementById('field-diff').data[1].x.filter((v) => v !== null)"
+    before = page.evaluate(diff)
+    assert page.evaluate("document.getElementById('field-original').data[1].x.length") > 30
+    assert page.evaluate("document.getElementById('field-steered').layout.title.text") == "-1 x cheese"
+    page.screenshot(path=str(artifacts_dir() / "serve-maze.png"), full_page=True)
+    page.evaluate("() => { const s = document.getElementById('cheese'); s.value = -3; "
+                  "s.dispatchEvent(new Event('input', {bubbles: true})); }")
+    _settle(page, "document.getElementById('field-steered').layout.title.text.startsWith('-3 x cheese')")
+    assert page.evaluate(diff) != before
+    assert page.locator("#decision").inner_text().startswith("At the decision square")
+    page.fill("#size", "12")
+    page.click("#run")
+    _settle(page, "!document.getElementById('error').hidden")
+    assert "size must be odd" in page.locator("#error").inner_text()

@@ -23,7 +23,7 @@ pre.completion .prompt{color:#777}
 .error{background:#fde8e8;border:1px solid #d33;color:#900;padding:0.5em 0.8em;margin:0.5em 0}
 .plot{min-height:360px} .plot.tall{min-height:560px} .meta{color:#666;font-size:0.85em}
 .busy{opacity:0.6} button{font:inherit;padding:3px 12px}
-ul.pages li{margin:0.4em 0}
+ul.pages li{margin:0.4em 0} .fields{display:flex;flex-wrap:wrap;gap:0.5em}
 """
 
 # Every request goes through avec.post / avec.get: the number of requests in flight is on

@@ -146,6 +146,7 @@ async def _events(work: Awaitable[tuple[int, Any]]):
 def default_pages() -> list[Page]:
     """The pages ``avec serve`` shows, in navigation order."""
     from .lens import PAGE as lens
+    from .maze import PAGE as maze
     from .steering import PAGE as steering
 
-    return [steering, lens]
+    return [steering, lens, maze]
