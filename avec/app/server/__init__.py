@@ -3,7 +3,7 @@
     from avec.app.server import create_app
     app = create_app(lm)                    # an ASGI app; a loaded model, or a name loaded on first use
 
-Pages (``pages/``): the steering playground and the logit lens / DLA view. Each page's endpoints check
+Pages (``pages/``): the steering playground, the logit lens / DLA view and the maze explorer. Each page's endpoints check
 every input (``inputs.py``), run the model on the model's one worker thread (``state.py``: a request's
 hooks never meet another's) and answer a result's ``to_dict()``; the page draws it with Plotly, served
 from the installed plotly package. A client that accepts ``text/event-stream`` gets progress events
