@@ -189,8 +189,8 @@ def test_cli_registrars_add_commands():
     import typer
     from typer.testing import CliRunner
 
-    from avec.lens.cli import register as register_lens
-    from avec.patching.cli import register as register_patching
+    from avec.app.cli.lens import register as register_lens
+    from avec.app.cli.patching import register as register_patching
 
     app = typer.Typer()
     register_lens(app)
@@ -203,8 +203,8 @@ def test_cli_registrars_add_commands():
 
 
 def test_tour_sections_are_listed():
-    from avec.lens.tour_sections import SECTIONS as LENS
-    from avec.patching.tour_sections import SECTIONS as PATCH
+    from avec.app.tour.lens import SECTIONS as LENS
+    from avec.app.tour.patching import SECTIONS as PATCH
 
     for title, fn in LENS + PATCH:
         assert isinstance(title, str) and callable(fn)

@@ -1,8 +1,8 @@
-"""`avec tour` sections for the lenses (wired into ``avec.report.tour.SECTIONS`` by the tour)."""
+"""`avec tour` sections for the lenses (wired into ``avec.app.tour.SECTIONS`` by the tour)."""
 
 from __future__ import annotations
 
-from ..report.context import on_model
+from .context import on_model
 
 GEMMA = "gemma3-270m"
 
@@ -10,7 +10,7 @@ FACT = "The Eiffel Tower is in the city of"
 
 
 def logit_lens_section(ctx, s) -> None:
-    from .logit_lens import logit_lens
+    from ...lens.logit_lens import logit_lens
 
     lm = ctx.lm
     ll = logit_lens(lm, FACT, tokens=[" Paris"])
@@ -24,7 +24,7 @@ def logit_lens_section(ctx, s) -> None:
 
 
 def dla_section(ctx, s) -> None:
-    from .dla import dla
+    from ...lens.dla import dla
 
     lm = ctx.lm
     res = dla(lm, FACT, target=" Paris", against=" Rome", heads=True, neurons=True)
@@ -38,7 +38,7 @@ def dla_section(ctx, s) -> None:
 
 
 def norm_growth_section(ctx, s) -> None:
-    from .norms import growth_rate, residual_norms, weight_norms
+    from ...lens.norms import growth_rate, residual_norms, weight_norms
 
     lm = ctx.lm
     prompts = ["The Eiffel Tower is in the city of Paris, which is the capital of France.",
@@ -59,8 +59,8 @@ def norm_growth_section(ctx, s) -> None:
 def tuned_lens_section(ctx, s) -> None:
     import time
 
-    from ..data import reference_texts
-    from .tuned_lens import compare_lenses, train_tuned_lens
+    from ...data import reference_texts
+    from ...lens.tuned_lens import compare_lenses, train_tuned_lens
 
     lm = ctx.lm
     t = time.perf_counter()

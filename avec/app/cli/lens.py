@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from ..io import FIGURE_SUFFIXES, atomic_savefig, check_out_option
+from ...io import FIGURE_SUFFIXES, atomic_savefig, check_out_option
 
 
 def _save(fig, out: Optional[str]) -> None:
@@ -23,8 +23,8 @@ def register(app: typer.Typer) -> None:
                  points: str = typer.Option("resid_pre", help="resid_pre | resid_mid | resid_post | all"),
                  out: Optional[str] = typer.Option(None, help="save the heatmap here (.png)")) -> None:
         """Logit lens: what each layer's residual predicts at the last token (and a heatmap of all tokens)."""
-        from ..models import load
-        from .logit_lens import logit_lens
+        from ...models import load
+        from ...lens.logit_lens import logit_lens
 
         check_out_option(out, FIGURE_SUFFIXES)
         lm = load(model)
@@ -44,8 +44,8 @@ def register(app: typer.Typer) -> None:
                 top: int = typer.Option(10, help="rows of the head table"),
                 out: Optional[str] = typer.Option(None, help="save the plot here (.png)")) -> None:
         """Direct logit attribution at the prompt's last token, per layer component and per head."""
-        from ..models import load
-        from .dla import dla
+        from ...models import load
+        from ...lens.dla import dla
 
         check_out_option(out, FIGURE_SUFFIXES)
         lm = load(model)
@@ -69,9 +69,9 @@ def register(app: typer.Typer) -> None:
         """Train a tuned lens, save it, and compare it with the logit lens on held-out text."""
         from pathlib import Path
 
-        from ..data import reference_texts
-        from ..models import load
-        from .tuned_lens import compare_lenses, train_tuned_lens
+        from ...data import reference_texts
+        from ...models import load
+        from ...lens.tuned_lens import compare_lenses, train_tuned_lens
 
         check_out_option(out_dir, what="OUT_DIR", folder=True)
         check_out_option(out, FIGURE_SUFFIXES)
@@ -99,8 +99,8 @@ def register(app: typer.Typer) -> None:
                   model: str = typer.Option("smollm2"),
                   out: Optional[str] = typer.Option(None, help="save the weight-norm plot here (.png)")) -> None:
         """Norm growth: residual norm by layer and Frobenius norms of W_OV and W_out."""
-        from ..models import load
-        from .norms import growth_rate, residual_norms, weight_norms
+        from ...models import load
+        from ...lens.norms import growth_rate, residual_norms, weight_norms
 
         check_out_option(out, FIGURE_SUFFIXES)
         lm = load(model)

@@ -4,7 +4,7 @@
 Each is ``fn(ctx, s)`` and reports what it measures, whatever that is. ``ctx.lm`` is the model,
 ``ctx.quick`` asks for smaller samples. Layers are written for SmolLM2's 30 layers and moved to the same
 relative depth on other models (``_layer``). Greedy decoding unless said; sample sizes are small (CPU,
-< 1 minute each) and say so. ``avec.report.context.on_model(name, fn)`` pins a section to one model (the Gemma 3 sections),
+< 1 minute each) and say so. ``avec.app.tour.context.on_model(name, fn)`` pins a section to one model (the Gemma 3 sections),
 sharing the tour's model cache.
 """
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import torch
 
-from ..report.context import on_model
+from ...steering.generation import generate_cells
+from .context import on_model
 
 NEUTRAL = ["I went up to my friend and said", "Yesterday, my neighbour told me that",
            "The most important thing in life is", "When I woke up this morning,"]
@@ -33,34 +33,8 @@ def _layers(lm, layers) -> list[int]:
     return sorted({_layer(lm, l) for l in layers})
 
 
-def _is_smollm2(lm) -> bool:
-    return lm.n_layers == REFERENCE_LAYERS and lm.d_model == 576
-
-
-def _cells(lm, prompts, cells, max_new_tokens, **kw) -> dict[Any, list[str]]:
-    """Completions of every prompt in every cell ``(key, vector or None, coeff)`` in ONE generate call.
-
-    Row block k holds the prompts of cell k; each distinct vector gets one coefficient per row: the cell's
-    on its own rows, 0 elsewhere (adding 0 * v leaves a row exactly as it was). One call instead of one per
-    cell matters most on large vocabularies: a decoding step of Gemma 3 reads its 262k x 640 unembedding
-    whatever the batch size.
-    """
-    n = len(prompts)
-    rows = [p for _ in cells for p in prompts]
-    vectors: list[Any] = []
-    for _, v, _ in cells:
-        if v is not None and not any(v is u for u in vectors):
-            vectors.append(v)
-    ivs = []
-    for v in vectors:
-        per_row = torch.tensor([float(c) if u is v else 0.0 for _, u, c in cells for _ in prompts])
-        ivs += v.as_interventions(coeff=per_row)
-    out = lm.generate(rows, max_new_tokens, interventions=ivs, **kw)
-    return {key: out[i * n:(i + 1) * n] for i, (key, _, _) in enumerate(cells)}
-
-
 def _sent(texts):
-    from .evaluate import sentiment
+    from ...steering.evaluate import sentiment
 
     return sum(sentiment(texts)) / len(texts)
 
@@ -68,7 +42,7 @@ def _sent(texts):
 def love_hate(ctx: Any, s: Any) -> None:
     import pandas as pd
 
-    from .contrast import contrast
+    from ...steering.contrast import contrast
 
     lm = ctx.lm
     t0 = time.time()
@@ -77,7 +51,7 @@ def love_hate(ctx: Any, s: Any) -> None:
     coeffs = [5.0, 10.0] if ctx.quick else [2.0, 5.0, 10.0]
     vectors = {layer: contrast(lm, "Love", "Hate", at=layer) for layer in layers}
     cells = [(("-", 0.0), None, 0.0)] + [((layer, c), vectors[layer], c) for layer in layers for c in coeffs]
-    outs = _cells(lm, prompts, cells, 20)
+    outs = generate_cells(lm, prompts, cells, 20)
     rows = [{"layer": layer, "coeff": c, "mean VADER compound": _sent(out)} for (layer, c), out in outs.items()]
     l6 = _layer(lm, 6)
     v6 = vectors[l6]
@@ -100,9 +74,9 @@ WEDDING_PAIRS = [("I love weddings", "I love cooking"), ("We talked about the we
 def wedding(ctx: Any, s: Any) -> None:
     import pandas as pd
 
-    from .caa import mean_difference
-    from .contrast import contrast
-    from .evaluate import effectiveness, perplexity_ratio, wedding_rate
+    from ...steering.caa import mean_difference
+    from ...steering.contrast import contrast
+    from ...steering.evaluate import effectiveness, perplexity_ratio, wedding_rate
 
     lm = ctx.lm
     t0 = time.time()
@@ -119,7 +93,7 @@ def wedding(ctx: Any, s: Any) -> None:
         cells += [(("mean diff (all positions)", layer, c), v, c) for c in [0.5, 1.0, 1.5]]
     vectors = {key: v for key, v, _ in cells}
     rows, best = [], (None, -1.0)
-    for (name, layer, c), out in _cells(lm, plist, cells, 24, **sampling).items():
+    for (name, layer, c), out in generate_cells(lm, plist, cells, 24, **sampling).items():
         r = wedding_rate(out)
         rows.append({"vector": name, "layer": layer, "coeff": c, **r})
         if name.startswith("mean diff") and r["texts with a wedding word"] > best[1]:
@@ -130,11 +104,9 @@ def wedding(ctx: Any, s: Any) -> None:
            "hand-written pairs (wedding vs other topic, read at the last token), added at every position. "
            f"{len(plist)} sampled completions per cell (top-p 0.3, T 1, 24 tokens, seed 0) of neutral prompts; fraction of "
            "completions with a wedding word (ActAdd list) and wedding words / all words. The original found > 90% vs ~2% "
-           "at the best layer of GPT-2-XL."
-           + (" On SmolLM2-135M the front-position ActAdd vector did not produce wedding words in our trials "
-              "(coefficients 4-40, layers 4-12); the all-positions vector works only in a narrow coefficient window "
-              "(about 1x its norm; 2x already degrades text into repetition)." if _is_smollm2(lm) else ""))
+           "at the best layer of GPT-2-XL.")
     s.table(pd.DataFrame(rows))
+    s.text(_wedding_outcome(rows))
     if best[0] is not None:
         layer, c, v = best[0]
         refs = ["The committee met on Tuesday to discuss the budget for the next school year.",
@@ -149,11 +121,25 @@ def wedding(ctx: Any, s: Any) -> None:
     s.text(f"({time.time() - t0:.0f} s)")
 
 
+def _wedding_outcome(rows: list[dict]) -> str:
+    """What this run's table shows, read from the rows (whatever the model): each vector's best cell
+    against the unsteered baseline."""
+    key = "texts with a wedding word"
+    base = next(r[key] for r in rows if r["vector"] == "none")
+    parts = []
+    for name in dict.fromkeys(r["vector"] for r in rows if r["vector"] != "none"):
+        best = max((r for r in rows if r["vector"] == name), key=lambda r: (r[key], -r["coeff"]))
+        verdict = "above" if best[key] > base else "not above"
+        parts.append(f"{name}: at best {best[key]:.0%} (layer {best['layer']}, coeff {best['coeff']:g}), {verdict} "
+                     f"the unsteered {base:.0%}")
+    return "In this run, completions with a wedding word - " + "; ".join(parts) + "."
+
+
 def french(ctx: Any, s: Any) -> None:
     import pandas as pd
 
-    from .contrast import contrast
-    from .evaluate import language_rate
+    from ...steering.contrast import contrast
+    from ...steering.evaluate import language_rate
 
     lm = ctx.lm
     t0 = time.time()
@@ -165,7 +151,7 @@ def french(ctx: Any, s: Any) -> None:
         v = contrast(lm, plus, minus, at=layer)
         cells += [((layer, c), v, c) for c in [4.0, 8.0]]
     rows, example = [], None
-    for (layer, c), out in _cells(lm, prompts, cells, 24).items():
+    for (layer, c), out in generate_cells(lm, prompts, cells, 24).items():
         rows.append({"layer": layer, "coeff": c, "fraction French (langdetect)": language_rate(out)})
         if layer != "-" and (example is None or rows[-1]["fraction French (langdetect)"] > example[0]):
             example = (rows[-1]["fraction French (langdetect)"], layer, c, out)
@@ -180,8 +166,8 @@ def french(ctx: Any, s: Any) -> None:
 def composition(ctx: Any, s: Any) -> None:
     import pandas as pd
 
-    from .contrast import contrast
-    from .evaluate import wedding_rate
+    from ...steering.contrast import contrast
+    from ...steering.evaluate import wedding_rate
 
     lm = ctx.lm
     t0 = time.time()
@@ -194,7 +180,7 @@ def composition(ctx: Any, s: Any) -> None:
         ("none", None), ("5 love", 5 * love), ("6 wedding", 6 * wed), (f"5 love + 6 wedding (layer {a})", 5 * love + 6 * wed),
         (f"5 love @{a} + 6 wedding @{b}", 5 * love + 6 * other_layer)]]
     rows = [{"steering": name, "mean VADER compound": _sent(out), **wedding_rate(out), "example": out[0][:90]}
-            for name, out in _cells(lm, prompts, cells, 24).items()]
+            for name, out in generate_cells(lm, prompts, cells, 24).items()]
     s.text(f"{lm.name}: vector algebra: the sum of two ActAdd vectors at one layer is one addition (per-position tensors zero-padded "
            "to the longer); at two layers it is two additions. Greedy 24-token completions of 3 prompts (all rows in "
            "one batched generate call).")
@@ -205,9 +191,9 @@ def composition(ctx: Any, s: Any) -> None:
 def caa_ab(ctx: Any, s: Any) -> None:
     import pandas as pd
 
-    from ..core.positions import From
-    from .caa import ab_pairs, behaviours, load_ab, mean_difference
-    from .evaluate import ab_eval
+    from ...core.positions import From
+    from ...steering.caa import ab_pairs, behaviours, load_ab, mean_difference
+    from ...steering.evaluate import ab_eval
 
     lm = ctx.lm
     t0 = time.time()
@@ -232,8 +218,8 @@ def caa_ab(ctx: Any, s: Any) -> None:
 
 
 def scan_section(ctx: Any, s: Any) -> None:
-    from .contrast import contrast
-    from .scan import coefficient_scan
+    from ...steering.contrast import contrast
+    from ...steering.scan import coefficient_scan
 
     lm = ctx.lm
     t0 = time.time()

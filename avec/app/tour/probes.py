@@ -1,4 +1,4 @@
-"""`avec tour` sections for probes and CCS (wired into ``avec.report.tour.SECTIONS`` by the tour)."""
+"""`avec tour` sections for probes and CCS (wired into ``avec.app.tour.SECTIONS`` by the tour)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ def _layers(ctx):
 def probe_by_layer_section(ctx, s) -> None:
     import pandas as pd
 
-    from ..data.labelled import load
-    from .linear import probe
+    from ...data.labelled import load
+    from ...probes.linear import probe
 
     lm = ctx.lm
     rows = []
@@ -39,8 +39,8 @@ def probe_by_layer_section(ctx, s) -> None:
 
 
 def ccs_section(ctx, s) -> None:
-    from ..data.labelled import load
-    from .ccs import confound_experiment
+    from ...data.labelled import load
+    from ...probes.ccs import confound_experiment
 
     lm = ctx.lm
     data = load("truth/capitals").sample(80 if ctx.quick else 120, seed=0)
@@ -64,8 +64,8 @@ def steering_section(ctx, s) -> None:
     import pandas as pd
     import torch
 
-    from ..data.labelled import load
-    from .linear import probe
+    from ...data.labelled import load
+    from ...probes.linear import probe
 
     lm = ctx.lm
     data = load("truth/capitals")

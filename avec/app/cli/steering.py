@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from ..io import FIGURE_SUFFIXES, atomic_savefig, atomic_write, check_out_option
+from ...io import FIGURE_SUFFIXES, atomic_savefig, atomic_write, check_out_option
 
 VECTOR_SUFFIXES = (".safetensors", ".gguf")
 
@@ -45,9 +45,9 @@ def steer(
     save: Optional[str] = typer.Option(None, help="also save the vector (.safetensors or .gguf)"),
 ) -> None:
     """Steer generation with an ActAdd vector (A minus B) and print unsteered vs steered completions."""
-    from ..models import load
-    from .contrast import contrast
-    from .generation import side_by_side
+    from ...models import load
+    from ...steering.contrast import contrast
+    from ...steering.generation import side_by_side
 
     check_out_option(save, VECTOR_SUFFIXES, what="--save")
     lm = load(model)
@@ -60,7 +60,7 @@ def steer(
     if save:
         if save.endswith(".gguf"):
             typer.echo("a per-position ActAdd vector cannot go to GGUF; saving its mean over positions")
-            from .vector import SteeringVector
+            from ...steering.vector import SteeringVector
 
             mean = SteeringVector.make(lm, layer, (coeff * vector)[vector.hooks[0]].mean(0), positions="all",
                                        recipe=dict(vector.recipe))
@@ -87,9 +87,9 @@ def scan(
     csv: Optional[str] = typer.Option(None, help="write the coefficient x component table to this CSV"),
 ) -> None:
     """Injection coefficient scan: n coefficients in one batched run, the metric decomposed by component."""
-    from ..models import load
-    from .contrast import contrast
-    from .scan import coefficient_scan
+    from ...models import load
+    from ...steering.contrast import contrast
+    from ...steering.scan import coefficient_scan
 
     check_out_option(plot, FIGURE_SUFFIXES, what="--plot")
     check_out_option(csv, (".csv",), what="--csv")
@@ -127,9 +127,9 @@ def caa(
     save: Optional[str] = typer.Option(None, help="save the vector (.safetensors or .gguf)"),
 ) -> None:
     """CAA on a shipped A/B dataset: mean difference on the train split, p(match)/(p(A)+p(B)) on the test split."""
-    from ..models import load
-    from .caa import ab_pairs, load_ab, mean_difference
-    from .evaluate import ab_eval
+    from ...models import load
+    from ...steering.caa import ab_pairs, load_ab, mean_difference
+    from ...steering.evaluate import ab_eval
 
     check_out_option(save, VECTOR_SUFFIXES, what="--save")
     values = _coeffs(coeffs)
@@ -155,7 +155,7 @@ def _reproduction_command(name: str, title: str):
         quick: bool = typer.Option(False, help="smaller samples (as `avec tour --quick`)"),
         threads: Optional[int] = typer.Option(None, help="torch CPU threads (use 1 when other jobs share the cores)"),
     ) -> None:
-        from .reproduce import reproduce
+        from ..tour.reproduce import reproduce
 
         check_out_option(out, (".html", ".htm"))
         _threads(threads)
@@ -174,7 +174,7 @@ def _reproduction_command(name: str, title: str):
 
 def reproductions_app() -> typer.Typer:
     """`avec steer-repro NAME`: each reproduction of the steering tour as its own command."""
-    from .tour_sections import REPRODUCTIONS
+    from ..tour.steering import REPRODUCTIONS
 
     sub = typer.Typer(no_args_is_help=True, help="Run one steering reproduction (the same code as its `avec tour` "
                       "section), print its tables and optionally write an HTML report.")

@@ -1,8 +1,8 @@
-"""`avec tour` sections for patching (wired into ``avec.report.tour.SECTIONS`` by the tour)."""
+"""`avec tour` sections for patching (wired into ``avec.app.tour.SECTIONS`` by the tour)."""
 
 from __future__ import annotations
 
-from ..report.context import on_model
+from .context import on_model
 
 GEMMA = "gemma3-270m"
 
@@ -12,8 +12,8 @@ IOI = ("When Mary and John went to the store, John gave a drink to",
 
 
 def country_section(ctx, s) -> None:
-    from .activation import activation_patching
-    from .attribution import attribution_patching
+    from ...patching.activation import activation_patching
+    from ...patching.attribution import attribution_patching
 
     lm = ctx.lm
     clean, corrupt, answer, wrong = COUNTRY
@@ -34,8 +34,8 @@ def country_section(ctx, s) -> None:
 
 
 def ioi_section(ctx, s) -> None:
-    from .activation import activation_patching
-    from .attribution import attribution_patching
+    from ...patching.activation import activation_patching
+    from ...patching.attribution import attribution_patching
 
     lm = ctx.lm
     clean, corrupt, answer, wrong = IOI
@@ -57,7 +57,7 @@ def ioi_section(ctx, s) -> None:
 def ablation_section(ctx, s) -> None:
     import pandas as pd
 
-    from .ablation import directional_ablation, orthogonalize
+    from ...patching.ablation import directional_ablation, orthogonalize
 
     lm = ctx.lm
     prompt = "The capital of France is"

@@ -21,9 +21,9 @@ from typing import Any, Optional
 
 import typer
 
-from ..io import atomic_write_json, check_out_option
-from .cli import PREPEND_BOS_HELP
-from .heldout import describe_split as _describe, prepend_bos_default as _prepend_bos, split_documents
+from ...io import atomic_write_json, check_out_option
+from .dictionaries import PREPEND_BOS_HELP
+from ...dictionaries.heldout import describe_split as _describe, prepend_bos_default as _prepend_bos, split_documents
 
 ARCHS = ("relu", "jumprelu", "topk", "batchtopk")
 KINDS = ("clt", "plt")
@@ -59,9 +59,9 @@ def _heldout_eval(lm: Any, tc: Any, corpus: str, holdout: int, context: int, eva
                   prepend_bos: bool) -> tuple[Any, dict]:
     import torch
 
-    from .contexts import iter_contexts
-    from .evaluate import evaluate_transcoder
-    from .store import ActivationStore
+    from ...dictionaries.contexts import iter_contexts
+    from ...dictionaries.evaluate import evaluate_transcoder
+    from ...dictionaries.store import ActivationStore
 
     hooks = list(tc.cfg.reads) + list(tc.cfg.writes)
     store = ActivationStore(lm, hooks, split_documents(corpus, "heldout", holdout), context=context,
@@ -154,11 +154,11 @@ def register(app: typer.Typer) -> None:
         check_out_option(cache_dir, folder=True, what="--cache-dir")
         import torch
 
-        from ..models import load
-        from .clt import layer_points
-        from .store import ActivationStore
-        from .train import TrainConfig, train
-        from .transcoder import TranscoderConfig, build
+        from ...models import load
+        from ...dictionaries.clt import layer_points
+        from ...dictionaries.store import ActivationStore
+        from ...dictionaries.train import TrainConfig, train
+        from ...dictionaries.transcoder import TranscoderConfig, build
 
         if threads:
             torch.set_num_threads(threads)
@@ -226,7 +226,7 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"no such file or folder: {file}", param_hint="FILE")
         import torch
 
-        from ..models import load
+        from ...models import load
 
         if threads:
             torch.set_num_threads(threads)
@@ -249,8 +249,8 @@ def register(app: typer.Typer) -> None:
         folder = check_out_option(out, folder=True)
         if not Path(file).is_file():
             raise typer.BadParameter(f"no such file: {file}", param_hint="FILE")
-        from .circuit_tracer_io import save_circuit_tracer
-        from .transcoder import load_transcoder
+        from ...dictionaries.circuit_tracer_io import save_circuit_tracer
+        from ...dictionaries.transcoder import load_transcoder
 
         save_circuit_tracer(load_transcoder(file), folder, model_name=model_name, scan=scan, overwrite=overwrite)
         typer.echo(f"wrote {folder}")
@@ -266,7 +266,7 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"no such folder: {folder}", param_hint="FOLDER")
         lm = None
         if model:
-            from ..models import load
+            from ...models import load
 
             lm = load(model)
         tc = _load_any(folder, lm)
@@ -276,8 +276,8 @@ def register(app: typer.Typer) -> None:
 
 def _load_any(path: str, lm: Any) -> Any:
     """A transcoder from an avec file or a circuit-tracer folder, in float32 (fp16 / bf16 files included)."""
-    from .circuit_tracer_io import load_circuit_tracer
-    from .transcoder import load_transcoder
+    from ...dictionaries.circuit_tracer_io import load_circuit_tracer
+    from ...dictionaries.transcoder import load_transcoder
 
     tc = load_circuit_tracer(path, lm=lm) if Path(path).is_dir() else load_transcoder(path)
     return tc.float()

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from ..io import atomic_write_text, check_out_option
+from ...io import atomic_write_text, check_out_option
 
 
 def register(app: typer.Typer) -> None:
@@ -37,10 +37,10 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("the prompt is empty", param_hint="PROMPT")
         import torch
 
-        from ..dictionaries.transcoder_cli import _load_any
-        from ..models import load
-        from .attribution import attribute
-        from .view import save_graph_page
+        from .transcoders import _load_any
+        from ...models import load
+        from ...circuits.attribution import attribute
+        from ...circuits.view import save_graph_page
 
         if threads:
             torch.set_num_threads(threads)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from .context import TourContext, on_model  # noqa: F401 - re-exported for sections
-from .html import Report, Section
+from ..report.html import Report, Section
 
 
 def model_card(ctx: TourContext, s: Section) -> None:
@@ -48,7 +48,7 @@ def model_card(ctx: TourContext, s: Section) -> None:
 
 
 def residual_norm_section(ctx: TourContext, s: Section) -> None:
-    from ..lens import residual_norms
+    from ...lens import residual_norms
 
     prompts = ["The Eiffel Tower is in the city of Paris, which is the capital of France.",
                "I hate you because you never listen to me.",
@@ -63,13 +63,8 @@ def residual_norm_section(ctx: TourContext, s: Section) -> None:
 
 
 def _sections() -> list[tuple[str, Callable[[TourContext, Section], None]]]:
-    """Every technique's sections, in reading order (each package lists its own in tour_sections.py)."""
-    from ..dictionaries import tour_sections as dictionaries
-    from ..lens import tour_sections as lens
-    from ..maze import tour_sections as maze
-    from ..patching import tour_sections as patching
-    from ..probes import tour_sections as probes
-    from ..steering import tour_sections as steering
+    """Every technique's sections, in reading order (each technique lists its own in avec/app/tour/<technique>.py)."""
+    from . import dictionaries, lens, maze, patching, probes, steering
 
     return [("Model card", model_card), ("Residual stream norms by layer", residual_norm_section),
             *steering.SECTIONS, *lens.SECTIONS, *patching.SECTIONS, *probes.SECTIONS,

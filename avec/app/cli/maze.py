@@ -13,8 +13,8 @@ from typing import List, Optional
 
 import typer
 
-from ..io import FIGURE_SUFFIXES, atomic_savefig, check_out_option
-from .world import WORLD
+from ...io import FIGURE_SUFFIXES, atomic_savefig, check_out_option
+from ...maze.world import WORLD
 
 STATS = ("cheese", "top_right", "both", "random", "averaged", "transfer", "all_layers")
 KINDS = ("cheese", "top_right")
@@ -30,13 +30,13 @@ def _choice(value: str, allowed, what: str) -> str:
 
 def _load(policy: str, region: Optional[int]):
     """(policy, region): the region is --region, else the checkpoint's, else 5."""
-    from .policy import load_policy
+    from ...maze.policy import load_policy
 
     try:
         p = load_policy(policy)
     except (FileNotFoundError, ValueError) as e:
         raise typer.BadParameter(f"cannot load policy {policy!r}: {e}") from None
-    from .evaluate import resolve_region
+    from ...maze.evaluate import resolve_region
 
     if region is not None and not 1 <= region <= WORLD:
         raise typer.BadParameter(f"--region must be in 1..{WORLD}, got {region}")
@@ -45,7 +45,7 @@ def _load(policy: str, region: Optional[int]):
 
 def spatial_hooks(policy) -> list[str]:
     """Hook points the maze vectors can live at: every ``embedder.block*`` output."""
-    from .fields import as_model
+    from ...maze.fields import as_model
 
     return [h for h in as_model(policy).hook_points if h.startswith("embedder.block")]
 
@@ -99,7 +99,7 @@ def register(app: typer.Typer) -> None:
                   context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
     def train(ctx: typer.Context) -> None:
         """Train a maze policy (BC + DAgger); all options as `python -m avec.maze.train --help`."""
-        from .train import main
+        from ...maze.train import main
 
         main(list(ctx.args))
 
@@ -110,9 +110,9 @@ def register(app: typer.Typer) -> None:
               hook: str = typer.Option("embedder.block2.res1.resadd_out", help=HOOK_HELP),
               out: str = typer.Option("maze-field.png", help="where to write the picture")) -> None:
         """Vector field of a policy on one maze, unsteered vs cheese-vector steered (procgen-tools style)."""
-        from .experiments import cheese_vector
-        from .fields import vector_field
-        from .world import Maze
+        from ...maze.experiments import cheese_vector
+        from ...maze.fields import vector_field
+        from ...maze.world import Maze
 
         out, coeff = _out(out), _finite(coeff, "--coeff")
         p, _ = _load(policy, None)
@@ -137,8 +137,8 @@ def register(app: typer.Typer) -> None:
         P(cheese) / P(top-right) before and after, and how often they move the intended way."""
         import pandas as pd
 
-        from . import experiments as ex
-        from .evaluate import off_region_mazes
+        from ...maze import experiments as ex
+        from ...maze.evaluate import off_region_mazes
 
         chosen = [_choice(e, STATS, "experiment") for e in (experiment or STATS)]
         n, seed_base = _n(n), _seed_base(seed_base)
@@ -178,8 +178,8 @@ def register(app: typer.Typer) -> None:
         P(top-right) at the decision square per coefficient (all pairs in one batch)."""
         import numpy as np
 
-        from .evaluate import off_region_mazes
-        from .experiments import coefficient_sweep
+        from ...maze.evaluate import off_region_mazes
+        from ...maze.experiments import coefficient_sweep
 
         kind, out, n, seed_base = _choice(kind, KINDS, "kind"), _out(out), _n(n), _seed_base(seed_base)
         _finite(lo, "--min"), _finite(hi, "--max")
@@ -201,8 +201,8 @@ def register(app: typer.Typer) -> None:
                                                         "residual-block output)"),
                region: Optional[int] = typer.Option(None, help="test-maze region (default: the policy's, else 5)")) -> None:
         """Layer sweep: the cheese-vector statistic with the vector taken and applied at each hook point."""
-        from .evaluate import off_region_mazes
-        from .experiments import layer_sweep
+        from ...maze.evaluate import off_region_mazes
+        from ...maze.experiments import layer_sweep
 
         n, coeff, seed_base = _n(n), _finite(coeff, "--coeff"), _seed_base(seed_base)
         p, region = _load(policy, region)
@@ -231,8 +231,8 @@ def register(app: typer.Typer) -> None:
         target cell and compare the path probability toward it (geometric mean of on-path moves)."""
         import json
 
-        from .evaluate import off_region_mazes
-        from .retarget import retarget_experiment
+        from ...maze.evaluate import off_region_mazes
+        from ...maze.retarget import retarget_experiment
 
         out, n, value, seed_base = _out(out), _n(n), _finite(value, "--value"), _seed_base(seed_base)
         if scale != "auto":
@@ -264,7 +264,7 @@ def register(app: typer.Typer) -> None:
         cheese-top-right and decision-square-cheese distances (the original: 71.4 % / 82.4 %)."""
         import json
 
-        from .behaviour import ORIGINAL_AGENT, behaviour_statistics
+        from ...maze.behaviour import ORIGINAL_AGENT, behaviour_statistics
 
         if max_steps < 1:
             raise typer.BadParameter(f"--max-steps must be >= 1, got {max_steps}")

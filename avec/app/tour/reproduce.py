@@ -44,7 +44,7 @@ class EchoSection(Section):
 
 
 def reproduction_names() -> list[str]:
-    from .tour_sections import REPRODUCTIONS
+    from .steering import REPRODUCTIONS
 
     return list(REPRODUCTIONS)
 
@@ -57,8 +57,8 @@ def reproduce(name: str, model: Any = "smollm2", *, out: str | Path | None = Non
     out:   also write the report as a self-contained HTML file
     echo:  called with each text and table (as text) as the section produces them, e.g. ``print``
     """
-    from ..report.context import TourContext
-    from .tour_sections import REPRODUCTIONS
+    from .context import TourContext
+    from .steering import REPRODUCTIONS
 
     if name not in REPRODUCTIONS:
         raise ValueError(f"unknown reproduction {name!r}; choose one of {', '.join(REPRODUCTIONS)}")

@@ -8,7 +8,6 @@ ablated. The recorded training metrics are shown beside them, labelled as record
 from __future__ import annotations
 
 import html
-import itertools
 import time
 
 SHIPPED = "smollm2-blocks.12.resid_post-topk-4608"
@@ -27,8 +26,8 @@ NEUTRAL = ["In the morning I walked down to the", "The most important thing abou
 
 
 def _shipped(ctx):
-    from ..models.lm import LanguageModel
-    from .shipped import info, load_shipped
+    from ...models.lm import LanguageModel
+    from ...dictionaries.shipped import info, load_shipped
 
     lm = ctx.lm
     rec = info(SHIPPED)
@@ -38,23 +37,11 @@ def _shipped(ctx):
     return lm, load_shipped(SHIPPED), rec
 
 
-def _heldout_contexts(lm, n: int, context: int = 64):
-    """``[n, context]`` token ids of held-out documents (shuffled), cut as in training (BOS first)."""
-    import torch
-
-    from .contexts import context_rule, iter_contexts
-    from .heldout import split_documents
-
-    rule = context_rule(lm.tokenizer, context, prepend_bos=True)
-    docs = split_documents("default", "heldout", 2, shuffle=True, seed=0)
-    return torch.stack(list(itertools.islice(iter_contexts(docs, lm.tokenizer, rule), n)))
-
-
 def sae_section(ctx, s) -> None:
     import pandas as pd
     import torch
 
-    from .heldout import evaluate_heldout
+    from ...dictionaries.heldout import evaluate_heldout
 
     lm, sae, rec = _shipped(ctx)
     at = rec["hook"]
@@ -107,8 +94,9 @@ def _embed(page: str, height: int = 520) -> str:
 def features_section(ctx, s) -> None:
     import pandas as pd
 
-    from .dashboard import feature_page
-    from .features import filter_features, logit_effects, top_examples
+    from ...dictionaries.dashboard import feature_page
+    from ...dictionaries.heldout import heldout_contexts
+    from ...dictionaries.features import filter_features, logit_effects, top_examples
 
     lm, sae, rec = _shipped(ctx)
     at = rec["hook"]
@@ -121,7 +109,7 @@ def features_section(ctx, s) -> None:
         s.text("No latent passes this filter on this model, so there are no features to read here.")
         return
     ids = list(found.features[:6])
-    texts = _heldout_contexts(lm, 48 if ctx.quick else 96)
+    texts = heldout_contexts(lm.tokenizer, 48 if ctx.quick else 96)
     examples = top_examples(lm, sae, at, texts, ids, k=5)
     effects = {f: logit_effects(lm, sae, f, k=8) for f in ids}
     rows = []
@@ -146,8 +134,8 @@ def steering_section(ctx, s) -> None:
     import pandas as pd
     import torch
 
-    from ..core.interventions import Zero
-    from .features import ablate, filter_features, steer
+    from ...core.interventions import Zero
+    from ...dictionaries.features import ablate, filter_features, steer
 
     lm, sae, rec = _shipped(ctx)
     at = rec["hook"]
@@ -185,9 +173,9 @@ def steering_section(ctx, s) -> None:
 def probe_section(ctx, s) -> None:
     import pandas as pd
 
-    from ..data.labelled import load
-    from ..probes import fit_probes, probe
-    from .features import feature_activations
+    from ...data.labelled import load
+    from ...probes import fit_probes, probe
+    from ...dictionaries.features import feature_activations
 
     lm, sae, rec = _shipped(ctx)
     at = rec["hook"]

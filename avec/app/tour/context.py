@@ -19,7 +19,7 @@ class TourContext:
     @property
     def lm(self):
         if self.model_name not in self._models:
-            from ..models import load
+            from ...models import load
 
             t = time.time()
             self._models[self.model_name] = load(self.model_name)

@@ -5,17 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-CHECKPOINTS = Path(__file__).parent / "checkpoints"
+CHECKPOINTS = Path(__file__).resolve().parents[2] / "maze" / "checkpoints"
 SHIPPED = ("region5", "region15")
 
 
 def policies_section(ctx, s) -> None:
     import pandas as pd
 
-    from .evaluate import off_region_mazes
-    from .experiments import cheese_vector
-    from .fields import vector_field
-    from .policy import load_policy
+    from ...maze.evaluate import off_region_mazes
+    from ...maze.experiments import cheese_vector
+    from ...maze.fields import vector_field
+    from ...maze.policy import load_policy
 
     rows = []
     for name in SHIPPED:
@@ -49,8 +49,8 @@ def policies_section(ctx, s) -> None:
 def vectors_section(ctx, s) -> None:
     import pandas as pd
 
-    from .evaluate import off_region_mazes
-    from .experiments import (
+    from ...maze.evaluate import off_region_mazes
+    from ...maze.experiments import (
         DEFAULT_HOOK,
         all_layers_stats,
         averaged_cheese_stats,
@@ -63,7 +63,7 @@ def vectors_section(ctx, s) -> None:
         top_right_stats,
         transfer_stats,
     )
-    from .policy import load_policy
+    from ...maze.policy import load_policy
 
     n = 30 if ctx.quick else 100
     policy = load_policy("region5")
@@ -94,10 +94,10 @@ def vectors_section(ctx, s) -> None:
 def retarget_section(ctx, s) -> None:
     import pandas as pd
 
-    from .evaluate import off_region_mazes
-    from .experiments import DEFAULT_HOOK
-    from .policy import load_policy
-    from .retarget import retarget_experiment
+    from ...maze.evaluate import off_region_mazes
+    from ...maze.experiments import DEFAULT_HOOK
+    from ...maze.policy import load_policy
+    from ...maze.retarget import retarget_experiment
 
     n, n_cal = (12, 12) if ctx.quick else (50, 40)
     s.text(f"Channel retargeting at {DEFAULT_HOOK}. On {n_cal} calibration mazes (seeds from 2e9) we find the 8 "
@@ -138,8 +138,8 @@ def retarget_section(ctx, s) -> None:
 def behaviour_section(ctx, s) -> None:
     import pandas as pd
 
-    from .behaviour import ORIGINAL_AGENT, behaviour_statistics
-    from .policy import load_policy
+    from ...maze.behaviour import ORIGINAL_AGENT, behaviour_statistics
+    from ...maze.policy import load_policy
 
     n = 40 if ctx.quick else 200
     s.text(f"Behavioural statistics by the protocol Grietzer & Turner used on the original agent: {n} standard test "

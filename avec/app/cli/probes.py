@@ -6,12 +6,12 @@ from typing import Optional
 
 import typer
 
-from ..io import FIGURE_SUFFIXES, atomic_savefig, check_out_option
+from ...io import FIGURE_SUFFIXES, atomic_savefig, check_out_option
 
 
 def _data(name: str, text: str, label: str, kind: Optional[str], limit: Optional[int]):
     """A bundled set by name, or a user CSV / JSONL file."""
-    from ..data import labelled as L
+    from ...data import labelled as L
 
     if name.endswith(".csv"):
         data = L.from_csv(name, text, label, kind)
@@ -53,8 +53,8 @@ def register(app: typer.Typer) -> None:
                                                             "vector (.safetensors)"),
                   out: Optional[str] = typer.Option(None, help="save the accuracy-by-layer plot (.png)")) -> None:
         """Linear probes at every layer: test accuracy (or R^2), best layer, mean-difference baseline."""
-        from ..models import load
-        from .linear import KINDS, probe
+        from ...models import load
+        from ...probes.linear import KINDS, probe
 
         if kind is not None and kind not in KINDS:
             raise typer.BadParameter(f"{kind!r} is not a kind; use one of {', '.join(KINDS)} (or leave it out to "
@@ -93,8 +93,8 @@ def register(app: typer.Typer) -> None:
                 confound: bool = typer.Option(False, help="also run the distractor-word confound experiment"),
                 out: Optional[str] = typer.Option(None, help="save the plot (.png)")) -> None:
         """CCS vs a supervised probe on contrast pairs (Yes/No), test accuracy up to sign, per layer."""
-        from ..models import load
-        from .ccs import ccs, confound_experiment
+        from ...models import load
+        from ...probes.ccs import ccs, confound_experiment
 
         check_out_option(out, FIGURE_SUFFIXES)
         lm = load(model)

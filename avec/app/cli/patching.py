@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from ..io import FIGURE_SUFFIXES, atomic_savefig, check_out_option
+from ...io import FIGURE_SUFFIXES, atomic_savefig, check_out_option
 
 
 def register(app: typer.Typer) -> None:
@@ -23,9 +23,9 @@ def register(app: typer.Typer) -> None:
                   chunk_size: int = typer.Option(32, help="patches per forward pass"),
                   out: Optional[str] = typer.Option(None, help="save the heatmap here (.png)")) -> None:
         """Activation patching sweep (batched): normalised logit difference, 1 = clean, 0 = corrupted."""
-        from ..models import load
-        from .activation import activation_patching
-        from .attribution import attribution_patching
+        from ...models import load
+        from ...patching.activation import activation_patching
+        from ...patching.attribution import attribution_patching
 
         check_out_option(out, FIGURE_SUFFIXES)
         if chunk_size < 1:

@@ -25,8 +25,8 @@ from typing import Any, Iterator, Optional
 
 import typer
 
-from ..io import atomic_write_json, check_out_option
-from .heldout import describe_split, evaluate_heldout, held_out, prepend_bos_default, split_documents  # noqa: F401
+from ...io import atomic_write_json, check_out_option
+from ...dictionaries.heldout import describe_split, evaluate_heldout, held_out, prepend_bos_default, split_documents  # noqa: F401
 
 ARCHS = ("relu", "jumprelu", "topk", "batchtopk")
 PREPEND_BOS_HELP = ("start every context with the BOS token (default: yes when the tokenizer has one). Models whose "
@@ -98,10 +98,10 @@ def register(app: typer.Typer) -> None:
         check_out_option(cache_dir, folder=True, what="--cache-dir")
         import torch
 
-        from ..models import load
-        from .sae import SAE
-        from .store import ActivationStore
-        from .train import TrainConfig, train
+        from ...models import load
+        from ...dictionaries.sae import SAE
+        from ...dictionaries.store import ActivationStore
+        from ...dictionaries.train import TrainConfig, train
 
         if threads:
             torch.set_num_threads(threads)
@@ -166,9 +166,9 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"no such file: {sae_file}", param_hint="SAE_FILE")
         import torch
 
-        from ..models import load
-        from .sae import SAE
-        from .shipped import cast
+        from ...models import load
+        from ...dictionaries.sae import SAE
+        from ...dictionaries.shipped import cast
 
         if threads:
             torch.set_num_threads(threads)
@@ -203,10 +203,10 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"{features!r}: give comma-separated feature ids", param_hint="--features") from None
         if not Path(sae_file).is_file():
             raise typer.BadParameter(f"no such file: {sae_file}", param_hint="SAE_FILE")
-        from ..models import load
-        from .dashboard import dashboard
-        from .sae import SAE
-        from .shipped import cast
+        from ...models import load
+        from ...dictionaries.dashboard import dashboard
+        from ...dictionaries.sae import SAE
+        from ...dictionaries.shipped import cast
 
         sae = cast(SAE.load(sae_file), "float32")  # fp16 files (the shipped ones) run in fp32
         bad = [i for i in ids if not 0 <= i < sae.d_sae]
@@ -217,7 +217,7 @@ def register(app: typer.Typer) -> None:
         lm = load(model)
         import torch
 
-        from .contexts import context_rule, iter_contexts
+        from ...dictionaries.contexts import context_rule, iter_contexts
 
         rule = context_rule(lm.tokenizer, context, prepend_bos=prepend_bos_default(lm, None))  # as in training
         ctxs = list(itertools.islice(iter_contexts(split_documents(corpus, "heldout", holdout), lm.tokenizer, rule),
