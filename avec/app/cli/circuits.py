@@ -25,12 +25,16 @@ def register(app: typer.Typer) -> None:
                   max_features: Optional[int] = typer.Option(None, help="attribute at most this many features "
                                                              "(the most influential first)"),
                   batch_size: int = typer.Option(32, help="targets per backward pass"),
+                  max_memory_gb: float = typer.Option(8.0, help="refuse a prompt whose edge rows would take more "
+                                                      "(the error says which --max-features fits)"),
                   threads: Optional[int] = typer.Option(None, help="torch threads")) -> None:
         """Attribution graph of PROMPT through the local replacement model made with TRANSCODERS."""
         folder = check_out_option(out, folder=True)
         for name, v in (("--node-threshold", node_threshold), ("--edge-threshold", edge_threshold)):
             if not 0.0 <= v <= 1.0:
                 raise typer.BadParameter(f"{v}: a share of the influence, in [0, 1]", param_hint=name)
+        if not max_memory_gb > 0:
+            raise typer.BadParameter(f"{max_memory_gb}: a positive number of gigabytes", param_hint="--max-memory-gb")
         if not Path(transcoders).exists():
             raise typer.BadParameter(f"no such file or folder: {transcoders}", param_hint="--transcoders")
         if not prompt.strip():
@@ -47,7 +51,7 @@ def register(app: typer.Typer) -> None:
         lm = load(model)
         tc = _load_any(transcoders, lm)
         t = time.perf_counter()
-        g = attribute(lm, tc, prompt, batch_size=batch_size, max_feature_nodes=max_features)
+        g = attribute(lm, tc, prompt, batch_size=batch_size, max_feature_nodes=max_features, max_memory_gb=max_memory_gb)
         seconds = time.perf_counter() - t
         g.save_json(folder / "graph.json", node_threshold, edge_threshold, slug=folder.name or "graph")
         save_graph_page(g, folder / "graph.html", node_threshold=node_threshold, edge_threshold=edge_threshold)
