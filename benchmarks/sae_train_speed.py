@@ -89,7 +89,7 @@ def activations(cache: Path, n_train: int, n_heldout: int, holdout: int = 3, bat
     documents (``crc32 % 100 < holdout``), each ``[n, 576]`` float32. Built once into ``cache`` (the
     store's on-disk cache), read back on later runs."""
     import avec
-    from avec.dictionaries.cli import _describe, split_documents
+    from avec.dictionaries.heldout import describe_split, split_documents
     from avec.dictionaries.store import ActivationStore
 
     lm = avec.load("smollm2")
@@ -101,7 +101,7 @@ def activations(cache: Path, n_train: int, n_heldout: int, holdout: int = 3, bat
         # the store counts context tokens (BOS / EOS included, then dropped): ask for 5% more
         store = ActivationStore(lm, HOOK, docs, context=128, batch_tokens=batch, buffer_tokens=2 ** 16,
                                 max_tokens=int(want * 1.05) + 128, seed=seed, prepend_bos=True,
-                                cache_dir=cache / part, corpus=_describe("default", part, holdout, part == "train", seed),
+                                cache_dir=cache / part, corpus=describe_split("default", part, holdout, part == "train", seed),
                                 progress=progress)
         acts = torch.cat([b[HOOK] for b in store])
         if acts.shape[0] < n:
@@ -333,6 +333,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--chunk", type=int, default=10, help="steps per turn")
     ap.add_argument("--warmup", type=int, default=10, help="first steps of each trainer left out of the timing")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    ap.add_argument("--frontier", default="", help="comma-separated avec JumpReLU coefficients: also train avec "
+                    "alone with each (untimed) and print FVU and L0, to compare FVU at SAELens's L0")
+    ap.add_argument("--frontier-only", action="store_true", help="only the --frontier runs (no SAELens)")
     ap.add_argument("--prepare", action="store_true", help="only build the activation cache")
     args = ap.parse_args(argv)
     if not args.prepare:
@@ -345,10 +348,16 @@ def main(argv=None) -> dict:
           f"({time.perf_counter() - t:.0f} s)", flush=True)
     if args.prepare:
         return {}
-    import sae_lens
-
     steps = args.train_tokens // args.batch
     results = {}
+    if args.frontier_only:
+        s = Setup(arch="jumprelu", steps=steps, batch=args.batch, lr=args.lr, dead_steps=args.dead_steps, k=args.k,
+                  avec_coeff=args.avec_coeff, saelens_coeff=args.saelens_coeff, bandwidth=args.bandwidth,
+                  avec_threshold=args.avec_threshold, saelens_threshold=args.saelens_threshold)
+        return {"frontier": frontier(s, train_x[: steps * args.batch], held_x,
+                                     [float(c) for c in args.frontier.split(",") if c])}
+    import sae_lens
+
     for arch in args.archs.split(","):
         s = Setup(arch=arch, steps=steps, batch=args.batch, lr=args.lr, dead_steps=args.dead_steps, k=args.k,
                   avec_coeff=args.avec_coeff, saelens_coeff=args.saelens_coeff, bandwidth=args.bandwidth,
@@ -370,7 +379,31 @@ def main(argv=None) -> dict:
               f"{tm['ratio_early']:.2f}x over the {tm['turns_early']} turn pairs before step {args.dead_steps}, "
               f"when no latent can be dead)")
         print("  per turn pair: " + " ".join(f"{r:.2f}" for r in tm["ratios"]), flush=True)
+        if arch == "jumprelu" and args.frontier:
+            results["frontier"] = frontier(s, train_x[: steps * args.batch], held_x,
+                                           [float(c) for c in args.frontier.split(",")])
     return results
+
+
+def frontier(s: Setup, data: torch.Tensor, held_x: torch.Tensor, coeffs: list[float]) -> list[dict]:
+    """avec's JumpReLU trained alone on the same batches with other sparsity coefficients (untimed): FVU and L0
+    on the held-out activations, the points to read avec's FVU at SAELens's L0 from."""
+    from avec.dictionaries.sae import SAE
+    from avec.dictionaries.train import TrainConfig, train
+
+    rows = []
+    for c in coeffs:
+        sae = SAE(arch="jumprelu", d_in=D_IN, d_sae=WIDTH, hook=HOOK, sparsity_coeff=c, bandwidth=s.bandwidth,
+                  init_threshold=s.avec_threshold)
+        cfg = TrainConfig(steps=s.steps, lr=s.lr, decay="none", warmup_steps=0, clip_grad_norm=1.0,
+                          dead_tokens=(s.dead_steps + 1) * s.batch, log_every=s.steps, checkpoint_every=0)
+        train(sae, lambda start: iter(data.split(s.batch)), cfg, out=None, progress=False)
+        sae.eval()
+        q = quality(sae.encode, sae.decode, held_x)
+        rows.append({"coeff": c, **q})
+        print(f"  avec alone, sparsity coefficient {c:g}: FVU {q['fvu']:.4f}, L0 {q['l0']:.1f}, dead {q['dead']:.3f}",
+              flush=True)
+    return rows
 
 
 if __name__ == "__main__":
