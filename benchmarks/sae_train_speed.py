@@ -333,8 +333,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--chunk", type=int, default=10, help="steps per turn")
     ap.add_argument("--warmup", type=int, default=10, help="first steps of each trainer left out of the timing")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
-    ap.add_argument("--frontier", default="", help="comma-separated avec JumpReLU coefficients: also train avec "
-                    "alone with each (untimed) and print FVU and L0, to compare FVU at SAELens's L0")
+    ap.add_argument("--frontier", default="", help="comma-separated avec JumpReLU settings COEFF or COEFF@THRESHOLD "
+                    "(initial threshold): also train avec alone with each (untimed) and print FVU and L0, to compare "
+                    "FVU at SAELens's L0 (in a run this short, Adam moves the thresholds little: the initial one "
+                    "sets the L0 more than the coefficient does)")
     ap.add_argument("--frontier-only", action="store_true", help="only the --frontier runs (no SAELens)")
     ap.add_argument("--prepare", action="store_true", help="only build the activation cache")
     args = ap.parse_args(argv)
@@ -355,7 +357,7 @@ def main(argv=None) -> dict:
                   avec_coeff=args.avec_coeff, saelens_coeff=args.saelens_coeff, bandwidth=args.bandwidth,
                   avec_threshold=args.avec_threshold, saelens_threshold=args.saelens_threshold)
         return {"frontier": frontier(s, train_x[: steps * args.batch], held_x,
-                                     [float(c) for c in args.frontier.split(",") if c])}
+                                     _settings(args.frontier, args.avec_threshold))}
     import sae_lens
 
     for arch in args.archs.split(","):
@@ -381,27 +383,35 @@ def main(argv=None) -> dict:
         print("  per turn pair: " + " ".join(f"{r:.2f}" for r in tm["ratios"]), flush=True)
         if arch == "jumprelu" and args.frontier:
             results["frontier"] = frontier(s, train_x[: steps * args.batch], held_x,
-                                           [float(c) for c in args.frontier.split(",")])
+                                           _settings(args.frontier, args.avec_threshold))
     return results
 
 
-def frontier(s: Setup, data: torch.Tensor, held_x: torch.Tensor, coeffs: list[float]) -> list[dict]:
+def _settings(spec: str, threshold: float) -> list[tuple[float, float]]:
+    out = []
+    for item in filter(None, spec.split(",")):
+        c, _, t = item.partition("@")
+        out.append((float(c), float(t) if t else threshold))
+    return out
+
+
+def frontier(s: Setup, data: torch.Tensor, held_x: torch.Tensor, settings: list[tuple[float, float]]) -> list[dict]:
     """avec's JumpReLU trained alone on the same batches with other sparsity coefficients (untimed): FVU and L0
     on the held-out activations, the points to read avec's FVU at SAELens's L0 from."""
     from avec.dictionaries.sae import SAE
     from avec.dictionaries.train import TrainConfig, train
 
     rows = []
-    for c in coeffs:
+    for c, threshold in settings:
         sae = SAE(arch="jumprelu", d_in=D_IN, d_sae=WIDTH, hook=HOOK, sparsity_coeff=c, bandwidth=s.bandwidth,
-                  init_threshold=s.avec_threshold)
+                  init_threshold=threshold)
         cfg = TrainConfig(steps=s.steps, lr=s.lr, decay="none", warmup_steps=0, clip_grad_norm=1.0,
                           dead_tokens=(s.dead_steps + 1) * s.batch, log_every=s.steps, checkpoint_every=0)
         train(sae, lambda start: iter(data.split(s.batch)), cfg, out=None, progress=False)
         sae.eval()
         q = quality(sae.encode, sae.decode, held_x)
-        rows.append({"coeff": c, **q})
-        print(f"  avec alone, sparsity coefficient {c:g}: FVU {q['fvu']:.4f}, L0 {q['l0']:.1f}, dead {q['dead']:.3f}",
+        rows.append({"coeff": c, "threshold": threshold, **q})
+        print(f"  avec alone, sparsity coefficient {c:g}, initial threshold {threshold:g}: FVU {q['fvu']:.4f}, L0 {q['l0']:.1f}, dead {q['dead']:.3f}",
               flush=True)
     return rows
 
