@@ -165,8 +165,8 @@ def collect_latents(lm: Any, sae: Any, at: str | None, texts: Any, *, layer: int
         idx = None if cols is None else torch.tensor(cols)
         done = 0
         for start, batch in _batches(texts, batch_size):
-            with torch.no_grad():
-                run = lm.run(batch, cache=[point])
+            with torch.no_grad():  # the layers after the latents' point are not run
+                run = lm.run(batch, cache=[point], stop_early=True)
             lat = run.cache[point]
             lat = (lat if idx is None else lat[..., idx.to(lat.device)]).float().cpu()  # [b, pos, F]
             ids = run.tokens.cpu()
