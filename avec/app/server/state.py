@@ -43,6 +43,16 @@ class ModelSlot:
                 self._model = self._loader()
             return self._model
 
+    @property
+    def loaded(self) -> Any:
+        """The model if it is loaded, else None (never loads it: safe on the event loop)."""
+        return self._model
+
+    async def model_id(self) -> str:
+        """The model's ``model_id`` (without queueing behind the worker once the model is loaded)."""
+        lm = self.loaded
+        return lm.model_id if lm is not None else await self.call(lambda lm: lm.model_id)
+
     def memo(self, kind: str, limit: int) -> "Memo":
         """The store of ``kind`` (e.g. steering vectors, latent indexes, graphs) kept between calls: at most
         ``limit`` entries, the least recently used dropped first. One per kind, so one page's many small

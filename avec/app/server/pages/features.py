@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from starlette.concurrency import run_in_threadpool
 
 from ....dictionaries.features import logit_effects, steer
 from ....dictionaries.latents import attached_layer, collect_latents, prompt_features
@@ -28,10 +29,6 @@ MAX_K = 20               # latents listed per position
 MAX_EXAMPLES = 50        # top examples per feature
 MAX_FEATURE_COEFF = 1000.0
 _DICTS, _INDEXES = 4, 6  # dictionaries and latent indexes kept per model
-
-
-async def _model_id(state: Any) -> str:
-    return await state.lm.call(lambda lm: lm.model_id)
 
 
 def _module(lm: Any, state: Any, src: D.Source, layer: Any) -> tuple[Any, int]:
@@ -65,13 +62,13 @@ def latent_index(lm: Any, state: Any, src: D.Source, module: Any, layer: int):
 
 
 async def dictionaries(state: Any, body: dict) -> dict:
-    model_id = await _model_id(state)
-    return {"dictionaries": [s.to_dict() for s in D.list_sources(state, model_id)], "data_dir": state.data_dir is not None,
+    found = await run_in_threadpool(D.list_sources, state, await state.lm.model_id())  # file reads: off the event loop
+    return {"dictionaries": [s.to_dict() for s in found], "data_dir": state.data_dir is not None,
             "contexts": state.feature_contexts, "context_tokens": state.feature_context_tokens}
 
 
-def _source(state: Any, b: dict, model_id: str) -> D.Source:
-    return D.resolve(state, b["dictionary"], model_id)
+async def _source(state: Any, b: dict) -> D.Source:
+    return await run_in_threadpool(D.resolve, state, b["dictionary"], await state.lm.model_id())
 
 
 def _prompt(lm: Any, state: Any, src: D.Source, layer: Any, prompt: str, k: int) -> dict:
@@ -85,7 +82,7 @@ async def prompt(state: Any, body: dict) -> dict:
     b = I.fields(body, {"dictionary", "layer", "prompt", "k"}, {"dictionary", "prompt"})
     text = I.text(b["prompt"], "prompt")
     k = I.integer(b.get("k", 5), "k", 1, MAX_K)
-    src = _source(state, b, await _model_id(state))
+    src = await _source(state, b)
     return await state.lm.call(_prompt, state, src, b.get("layer", 0), text, k)
 
 
@@ -107,7 +104,7 @@ async def feature(state: Any, body: dict) -> dict:
     k = I.integer(b.get("k", 10), "k", 1, MAX_EXAMPLES)
     if isinstance(b["feature"], bool) or not isinstance(b["feature"], int):
         raise I.BadInput(f"feature must be a whole number, got {b['feature']!r}")
-    src = _source(state, b, await _model_id(state))
+    src = await _source(state, b)
     return await state.lm.call(_feature, state, src, b.get("layer", 0), b["feature"], k)
 
 
@@ -133,7 +130,7 @@ async def steer_feature(state: Any, body: dict) -> dict:
     max_new_tokens = I.integer(b.get("max_new_tokens", 24), "max_new_tokens", 1, I.MAX_NEW_TOKENS)
     if isinstance(b["feature"], bool) or not isinstance(b["feature"], int):
         raise I.BadInput(f"feature must be a whole number, got {b['feature']!r}")
-    src = _source(state, b, await _model_id(state))
+    src = await _source(state, b)
     return await state.lm.call(_steer, state, src, b.get("layer", 0), b["feature"], text, coeff, max_new_tokens)
 
 
@@ -332,7 +329,7 @@ function drawEffects(eff) {
   Plotly.react("effects", [{type: "bar", orientation: "h", y: items.map((t, i) => i + ": " + JSON.stringify(t[1])),
     x: items.map((t) => t[2]), marker: {color: items.map((t) => t[2] >= 0 ? "#2a7" : "#c33")},
     hovertemplate: "%{y}: %{x:.3f}<extra></extra>"}],
-    {margin: {t: 10, l: 110}, yaxis: {autorange: "reversed", type: "category"},
+    {margin: {t: 10, l: 110}, yaxis: {autorange: "reversed", type: "category", dtick: 1},
      xaxis: {title: {text: "logit effect (" + eff.norm + ")"}}}, {responsive: true});
 }
 

@@ -15,6 +15,7 @@ import secrets
 from typing import Any
 from urllib.parse import urlencode
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
@@ -72,8 +73,8 @@ async def run(state: Any, body: dict) -> dict:
     nt, et = _thresholds(b)
     max_feature_nodes = I.integer(b.get("max_feature_nodes", 200), "max_feature_nodes", 0, MAX_FEATURE_NODES)
     max_n_logits = I.integer(b.get("max_n_logits", 5), "max_n_logits", 1, MAX_LOGITS)
-    model_id = await state.lm.call(lambda lm: lm.model_id)
-    src = D.resolve(state, b["transcoder"], model_id, kinds=("transcoder",), what="transcoder")
+    src = await run_in_threadpool(D.resolve, state, b["transcoder"], await state.lm.model_id(), ("transcoder",),
+                                  "transcoder")
     return await state.lm.call(_run, state, src, prompt, nt, et, max_feature_nodes, max_n_logits)
 
 
@@ -101,8 +102,8 @@ async def prune(state: Any, body: dict) -> dict:
 
 
 async def transcoders(state: Any, body: dict) -> dict:
-    model_id = await state.lm.call(lambda lm: lm.model_id)
-    return {"transcoders": [s.to_dict() for s in D.list_sources(state, model_id, ("transcoder",))],
+    found = await run_in_threadpool(D.list_sources, state, await state.lm.model_id(), ("transcoder",))
+    return {"transcoders": [s.to_dict() for s in found],
             "data_dir": state.data_dir is not None}
 
 
@@ -164,7 +165,7 @@ function show(d) {
   const s = d.summary;
   $("summary").textContent = s.nodes + " of " + s.all_nodes + " nodes (" + s.feature_nodes + " features), " + s.edges +
     " of " + s.all_edges + " edges; replacement score " + s.replacement_score.toFixed(3) + ", completeness " +
-    s.completeness_score.toFixed(3) + "; top logits: " + s.logits.map((l) => JSON.stringify(l[0]) + " " + l[1].toFixed(3)).join(", ");
+    s.completeness_score.toFixed(3) + "; top logits: " + s.logits.map((l) => JSON.stringify(l[0]) + " " + l[1].toPrecision(3)).join(", ");
   $("graph-view").hidden = false;
   $("graph-view").src = d.view;
   $("prune").disabled = false;
