@@ -135,11 +135,13 @@ def test_prompt_features_equal_the_library(server, lm, data_dir):
     status, d = call(server.url + "/api/features/prompt", {"dictionary": "sae.safetensors", "prompt": prompt, "k": 4})
     assert status == 200, d
     sae = SAE.load(data_dir / "sae.safetensors")
-    assert d["features"] == _json(prompt_features(lm, sae, SAE_AT, prompt, k=4).to_dict())
-    assert d["d_sae"] == 96 and len(d["features"]["top_ids"]) == len(lm.to_tokens(prompt))
+    ids = torch.tensor([lm.tokenizer.bos_token_id] + lm.to_tokens(prompt))  # read as the contexts are: BOS first
+    assert d["features"] == _json(prompt_features(lm, sae, SAE_AT, ids, k=4).to_dict())
+    assert d["d_sae"] == 96 and len(d["features"]["top_ids"]) == len(ids)
+    assert d["features"]["read"][0] is False and d["features"]["top_ids"][0] == [-1] * 4  # the BOS is not read
     clt = load_transcoder(data_dir / "clt.safetensors")
     status, d = call(server.url + "/api/features/prompt", {"dictionary": "clt.safetensors", "layer": 1, "prompt": prompt})
-    assert status == 200 and d["features"] == _json(prompt_features(lm, clt, None, prompt, layer=1).to_dict())
+    assert status == 200 and d["features"] == _json(prompt_features(lm, clt, None, ids, layer=1).to_dict())
     assert d["features"]["at"] == "blocks.1.resid_mid"
 
 
@@ -181,6 +183,34 @@ def test_steering_with_a_feature_equals_the_library(server, lm, data_dir):
     assert [d["steered"]] == want and [d["unsteered"]] == lm.generate(["I think that"], 8)
     assert d["steered"] != d["unsteered"] and d["hook"] == "blocks.1.resid_post.sae.latents"
     assert not lm.dictionaries  # attached for the call only
+
+
+def test_concurrent_feature_steering_and_vector_steering_keep_to_themselves(server, lm):
+    """Feature edits (a dictionary attached for the call) and vector steering in flight together: each answer
+    equals the same request made alone, and no dictionary stays attached."""
+    import threading
+
+    reqs = [("/api/features/steer", {"dictionary": "sae.safetensors", "feature": f, "prompt": "I think that",
+                                     "coeff": c, "max_new_tokens": 12}) for f, c in ((7, 25.0), (7, -25.0), (40, 30.0))]
+    reqs += [("/api/steering/generate", {"prompt": "I think that", "coeff": 8.0, "max_new_tokens": 12, "plus": "Love",
+                                         "minus": "Hate", "layer": 1}),
+             ("/api/features/prompt", {"dictionary": "clt.safetensors", "layer": 2, "prompt": "I think that"})]
+    alone = [call(server.url + path, body) for path, body in reqs]
+    assert all(s == 200 for s, _ in alone)
+    assert len({d["steered"] for _, d in alone[:3]}) == 3
+    together = [None] * len(reqs)
+    start = threading.Barrier(len(reqs))
+
+    def fire(i):
+        start.wait()
+        together[i] = call(server.url + reqs[i][0], reqs[i][1])
+
+    threads = [threading.Thread(target=fire, args=(i,)) for i in range(len(reqs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert together == alone and not lm.dictionaries
 
 
 FEATURE_BAD = [
@@ -298,9 +328,14 @@ def test_smollm2_shipped_sae_pages(smollm2):
     with BackgroundServer(create_app(smollm2, feature_contexts=4)) as s:
         d = call(s.url + "/api/features/dictionaries")[1]
         assert [x["name"] for x in d["dictionaries"]] == [f"shipped:{name}"] and d["dictionaries"][0]["d_sae"] == 4608
-        status, p = call(s.url + "/api/features/prompt", {"dictionary": f"shipped:{name}", "prompt": "The Eiffel Tower is in Paris"})
+        prompt = "The Eiffel Tower is in Paris"
+        status, p = call(s.url + "/api/features/prompt", {"dictionary": f"shipped:{name}", "prompt": prompt})
         assert status == 200
-        assert p["features"] == _json(prompt_features(smollm2, sae, sae.cfg.hook, "The Eiffel Tower is in Paris").to_dict())
+        ids = torch.tensor([smollm2.tokenizer.bos_token_id] + smollm2.to_tokens(prompt))
+        assert p["features"] == _json(prompt_features(smollm2, sae, sae.cfg.hook, ids).to_dict())
+        # after the BOS no position is an attention sink: every position's strongest latent is of the same order
+        tops = [v[0] for v in p["features"]["top_values"][1:]]
+        assert max(tops) < 20 * min(tops), tops
         f = p["features"]["top_ids"][-1][0]
         status, fd = call(s.url + "/api/features/feature", {"dictionary": f"shipped:{name}", "feature": f})
         assert status == 200 and fd["at"] == "blocks.12.resid_post"

@@ -71,10 +71,20 @@ async def _source(state: Any, b: dict) -> D.Source:
     return await run_in_threadpool(D.resolve, state, b["dictionary"], await state.lm.model_id())
 
 
+def as_context(lm: Any, prompt: str) -> torch.Tensor:
+    """``[pos]`` the prompt's token ids as the example contexts are cut (and the shipped SAE was trained):
+    the tokenizer's BOS first when it has one. The BOS is not read (a special token), and the first real
+    token is then no attention sink: models such as SmolLM2 put a huge activation on a text's first token,
+    which would top every position's latents."""
+    ids = I.prompt_tokens(lm, prompt)
+    bos = getattr(lm.tokenizer, "bos_token_id", None)
+    return torch.tensor(([bos] if bos is not None and (not ids or ids[0] != bos) else []) + list(ids))
+
+
 def _prompt(lm: Any, state: Any, src: D.Source, layer: Any, prompt: str, k: int) -> dict:
-    I.prompt_tokens(lm, prompt)
+    ids = as_context(lm, prompt)
     module, layer = _module(lm, state, src, layer)
-    res = prompt_features(lm, module, D.at_of(src, module), prompt, k=k, layer=layer)
+    res = prompt_features(lm, module, D.at_of(src, module), ids, k=k, layer=layer)
     return {"features": res.to_dict(), "dictionary": src.to_dict(), "layer": layer, "d_sae": dims(module)[1]}
 
 
@@ -190,7 +200,8 @@ INDEX_BODY = f"""
     <button id="run">Run</button>
   </div>
   <p class="meta">Each column a token, each row a latent among the strongest at some position; click a cell to open
-  that feature's page. Special tokens (BOS, EOS) are not read.</p>
+  that feature's page. The prompt is read as the example contexts are: after the tokenizer's BOS, which (like
+  other special tokens) is not read.</p>
   <div id="prompt-plot" class="plot tall"></div>
   <table id="prompt-table"></table>
 </section>
