@@ -6,15 +6,15 @@ one pass over a few hundred contexts, then every feature page at once).
     index.examples([12, 40], k=10)                       # TopExamples, as top_examples(...) gives
     prompt_features(lm, sae, at, "The cat sat", k=5)     # PromptFeatures: the strongest latents per position
 
-Memory: 12 bytes per positive latent of a read token (a TopK SAE with k=32 over 16k tokens: ~6 MB) plus
-4 bytes per token. ``top_examples`` is ``collect_latents(..., features=ids).examples(ids, ...)``.
+Memory: 16 bytes per positive latent of a read token plus 4 per token (measured: the shipped TopK SAE, k=32,
+over 256 held-out contexts of 64 tokens: 8.3 MB). ``top_examples`` is ``collect_latents(..., features=ids).examples(ids, ...)``.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch

@@ -64,7 +64,8 @@ def create_app(lm: Any = "smollm2", *, data_dir: str | Path | None = None, pages
         slot = ModelSlot(name, loader=load)
     else:
         slot = ModelSlot(getattr(lm, "name", "model"), model=lm)
-    state = ServerState(slot, data_dir, feature_contexts=feature_contexts, feature_context_tokens=feature_context_tokens)
+    state = ServerState(slot, data_dir, feature_contexts=feature_contexts,
+                        feature_context_tokens=feature_context_tokens)
     pages = list(default_pages() if pages is None else pages)
     slugs = [p.slug for p in pages]
     if len(set(slugs)) != len(slugs) or any(s in ("api", "static", "") for s in slugs):

@@ -189,5 +189,6 @@ def at_of(src: Source, module: Any) -> str | None:
         return None
     hook = getattr(getattr(module, "cfg", None), "hook", None)
     if not hook:
-        raise I.BadInput(f"SAE {src.name!r} records no hook point in its config, so the page cannot tell where it reads")
+        raise I.BadInput(f"SAE {src.name!r} records no hook point in its config, so the page cannot tell where it "
+                         "reads")
     return hook

@@ -45,7 +45,8 @@ async def run(state: Any, body: dict) -> dict:
     answer = I.text(b["answer"], "answer", max_chars=100)
     wrong = I.text(b["wrong"], "wrong", max_chars=100)
     points = b.get("points", list(POINTS))
-    if not isinstance(points, list) or not points or any(p not in POINTS for p in points) or len(set(points)) != len(points):
+    if not isinstance(points, list) or not points or any(p not in POINTS for p in points) \
+            or len(set(points)) != len(points):
         raise I.BadInput(f"points must be a non-empty list of distinct names from {list(POINTS)}, got {points!r}")
     direction = b.get("direction", "denoise")
     if direction not in DIRECTIONS:
