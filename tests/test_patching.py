@@ -28,6 +28,18 @@ def test_batched_sweep_equals_loop_of_single_patches(model_type, point, by):
     assert fast.values.abs().max() > 0.05  # the grid is not trivially empty
 
 
+def test_progress_function_hears_every_forward_pass():
+    lm = tiny_lm("llama")
+    clean, corrupt = pair(lm, batch=1)
+    for batched, chunk in ((True, 4), (False, 32)):
+        heard = []
+        res = activation_patching(lm, clean, corrupt, "resid_pre", answer=3, wrong=4, chunk_size=chunk,
+                                  batched=batched, progress=lambda done, total: heard.append((done, total)))
+        cells = res.values.numel()  # 3 layers x 5 positions
+        step = chunk if batched else 1
+        assert heard == [(min(d, cells), cells) for d in range(step, cells + step, step)], heard
+
+
 def test_normalised_metric_endpoints():
     lm = tiny_lm("qwen2")
     clean, corrupt = pair(lm)

@@ -52,10 +52,13 @@ def server(lm, data_dir):
 def test_pages_and_static_files(server):
     import plotly
 
-    for path in ("/", "/steering", "/lens"):
+    for path in ("/", "/steering", "/lens", "/patching", "/features", "/feature", "/graph"):
         with urllib.request.urlopen(server.url + path) as r:
             page = r.read().decode()
             assert r.status == 200 and "/static/plotly.min.js" in page and "model: tiny-llama-tok" in page
+    with urllib.request.urlopen(server.url + "/") as r:  # one feature's page is reached by links, not listed
+        home = r.read().decode()
+        assert 'href="/features"' in home and 'href="/graph"' in home and 'href="/feature"' not in home
     with urllib.request.urlopen(server.url + "/static/plotly.min.js") as r:
         shipped = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
         assert r.read() == shipped.read_bytes()  # the installed package's file, no CDN
@@ -225,6 +228,10 @@ def test_create_app_checks_its_arguments(lm, tmp_path):
 
     with pytest.raises(ValueError, match="distinct"):
         create_app(lm, pages=default_pages() * 2)
+    with pytest.raises(ValueError, match="feature_contexts must be a whole number in 1..4096, got 0"):
+        create_app(lm, feature_contexts=0)
+    with pytest.raises(ValueError, match="feature_context_tokens must be a whole number in 1..512"):
+        create_app(lm, feature_context_tokens=1000)
 
 
 def test_serve_command_checks_options_and_warns_off_localhost(monkeypatch, tmp_path, capsys):
@@ -243,10 +250,13 @@ def test_serve_command_checks_options_and_warns_off_localhost(monkeypatch, tmp_p
     assert code == 2 and "--port must be in 1..65535, got 70000" in err and not started
     code, err = avec("serve", "--data-dir", str(tmp_path / "nope"))
     assert code == 2 and "is not a folder" in err and not started
+    code, err = avec("serve", "--feature-contexts", "5000")
+    assert code == 2 and "--feature-contexts must be in 1..4096, got 5000" in err and not started
     code, err = avec("serve", "--model", "tiny", "--port", "8123", "--data-dir", str(tmp_path))
     assert code == 0 and err == ""
     args, kw = started[-1]
     assert args == ("tiny",) and (kw["host"], kw["port"], kw["data_dir"]) == ("127.0.0.1", 8123, str(tmp_path))
+    assert kw["feature_contexts"] == 256
     code, err = avec("serve", "--host", "0.0.0.0")
     assert code == 0 and "warning: listening on 0.0.0.0, not localhost" in err and started[-1][1]["host"] == "0.0.0.0"
 

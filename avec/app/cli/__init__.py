@@ -75,21 +75,26 @@ def serve(model: str = typer.Option("smollm2", help="language model, loaded once
           host: str = typer.Option("127.0.0.1", help="address to listen on (anything but localhost exposes the "
                                    "app, and the model's compute, to the network)"),
           port: int = typer.Option(8000, help="port to listen on"),
-          data_dir: Optional[str] = typer.Option(None, "--data-dir", help="folder of saved vectors (.safetensors) "
-                                                 "the pages may load; no other file is ever read")) -> None:
-    """Start the local web app: steering playground, logit lens and DLA (open the printed address)."""
+          data_dir: Optional[str] = typer.Option(None, "--data-dir", help="folder of saved vectors, SAEs and "
+                                                 "transcoders (.safetensors; circuit-tracer folders) the pages may "
+                                                 "load; no other file is ever read"),
+          feature_contexts: int = typer.Option(256, help="held-out contexts (32 tokens each) feature pages take "
+                                               "their top examples from, read once per dictionary (1..4096)")) -> None:
+    """Start the local web app: steering, lens and DLA, patching, maze, SAE features, attribution graphs."""
     from pathlib import Path
 
-    from ..server import LOCAL_HOSTS, serve as run_server
+    from ..server import LOCAL_HOSTS, MAX_FEATURE_CONTEXTS, serve as run_server
 
     if not 1 <= port <= 65535:
         raise typer.BadParameter(f"--port must be in 1..65535, got {port}")
     if data_dir is not None and not Path(data_dir).is_dir():
         raise typer.BadParameter(f"--data-dir {data_dir!r} is not a folder")
+    if not 1 <= feature_contexts <= MAX_FEATURE_CONTEXTS:
+        raise typer.BadParameter(f"--feature-contexts must be in 1..{MAX_FEATURE_CONTEXTS}, got {feature_contexts}")
     if host not in LOCAL_HOSTS:
         typer.echo(f"warning: listening on {host}, not localhost: anyone who can reach this machine can use the "
                    "app and run the model on their input", err=True)
-    run_server(model, host=host, port=port, data_dir=data_dir, echo=typer.echo)
+    run_server(model, host=host, port=port, data_dir=data_dir, echo=typer.echo, feature_contexts=feature_contexts)
 
 
 def _register_techniques() -> None:

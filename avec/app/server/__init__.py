@@ -3,7 +3,8 @@
     from avec.app.server import create_app
     app = create_app(lm)                    # an ASGI app; a loaded model, or a name loaded on first use
 
-Pages (``pages/``): the steering playground, the logit lens / DLA view and the maze explorer. Each page's endpoints check
+Pages (``pages/``): the steering playground, the logit lens / DLA view, activation patching, the maze explorer,
+SAE feature pages and attribution graphs. Each page's endpoints check
 every input (``inputs.py``), run the model on the model's one worker thread (``state.py``: a request's
 hooks never meet another's) and answer a result's ``to_dict()``; the page draws it with Plotly, served
 from the installed plotly package. A client that accepts ``text/event-stream`` gets progress events
@@ -23,11 +24,17 @@ from typing import Any, Sequence
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
+MAX_FEATURE_CONTEXTS = 4096
+
+
 def create_app(lm: Any = "smollm2", *, data_dir: str | Path | None = None, pages: Sequence | None = None,
-               allowed_hosts: Sequence[str] | None = None):
+               allowed_hosts: Sequence[str] | None = None, feature_contexts: int = 256,
+               feature_context_tokens: int = 32):
     """The web app (an ASGI app) for the model ``lm`` (loaded, or a name for ``avec.load``, loaded once on
-    first use). ``data_dir``: the only folder files (saved vectors) are read from. ``allowed_hosts``:
-    Host headers answered (default: local names only, which stops DNS-rebinding pages from reaching it)."""
+    first use). ``data_dir``: the only folder files (saved vectors, dictionaries) are read from.
+    ``allowed_hosts``: Host headers answered (default: local names only, which stops DNS-rebinding pages
+    from reaching it). ``feature_contexts`` held-out contexts of ``feature_context_tokens`` tokens: where
+    feature pages find their top examples (read once per dictionary, kept in memory)."""
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -38,6 +45,10 @@ def create_app(lm: Any = "smollm2", *, data_dir: str | Path | None = None, pages
     from .pages import default_pages, json_endpoint
     from .state import ModelSlot, ServerState
 
+    for name, v, hi in (("feature_contexts", feature_contexts, MAX_FEATURE_CONTEXTS), ("feature_context_tokens",
+                                                                                        feature_context_tokens, 512)):
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
+            raise ValueError(f"{name} must be a whole number in 1..{hi}, got {v!r}")
     if data_dir is not None:
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
@@ -53,7 +64,8 @@ def create_app(lm: Any = "smollm2", *, data_dir: str | Path | None = None, pages
         slot = ModelSlot(name, loader=load)
     else:
         slot = ModelSlot(getattr(lm, "name", "model"), model=lm)
-    state = ServerState(slot, data_dir)
+    state = ServerState(slot, data_dir, feature_contexts=feature_contexts,
+                        feature_context_tokens=feature_context_tokens)
     pages = list(default_pages() if pages is None else pages)
     slugs = [p.slug for p in pages]
     if len(set(slugs)) != len(slugs) or any(s in ("api", "static", "") for s in slugs):
@@ -140,7 +152,7 @@ class BackgroundServer:
 
 
 def serve(model: str = "smollm2", host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path | None = None,
-          echo=print) -> None:
+          echo=print, feature_contexts: int = 256) -> None:
     """Load ``model`` once, then serve the app on ``host:port`` until interrupted (Ctrl-C)."""
     import uvicorn
 
@@ -150,7 +162,7 @@ def serve(model: str = "smollm2", host: str = "127.0.0.1", port: int = 8000, dat
     lm = load(model)
     echo(f"loaded {lm.name} in {time.time() - t:.1f} s")
     hosts = None if host in LOCAL_HOSTS else ["*"]  # bound to a public address: any Host header
-    app = create_app(lm, data_dir=data_dir, allowed_hosts=hosts)
+    app = create_app(lm, data_dir=data_dir, allowed_hosts=hosts, feature_contexts=feature_contexts)
     shown = f"[{host}]" if ":" in host else host
     echo(f"avec serve: http://{shown}:{port}/  (Ctrl-C stops it)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -94,22 +94,30 @@ def single_token(lm: Any, value: Any, name: str) -> str:
     return token
 
 
-def data_file(data_dir: Path | None, name: Any, suffixes: tuple[str, ...] = VECTOR_SUFFIXES) -> Path:
+def data_file(data_dir: Path | None, name: Any, suffixes: tuple[str, ...] = VECTOR_SUFFIXES, what: str = "vector",
+              folders: bool = False) -> Path:
     """The file ``name`` (relative to ``data_dir``), refused unless it resolves (symlinks followed) to a
-    file inside ``data_dir`` with one of ``suffixes``. The browser names files; it never gives paths."""
+    file inside ``data_dir`` with one of ``suffixes`` (or, with ``folders``, to a folder inside it none of
+    whose files leads out of it). The browser names files; it never gives paths. ``what`` names the field."""
     if data_dir is None:
-        raise BadInput("this server reads no files: start it with --data-dir DIR to load saved vectors from DIR")
-    name = text(name, "vector", max_chars=300)
+        raise BadInput(f"this server reads no files: start it with --data-dir DIR to read {what} files from DIR")
+    name = text(name, what, max_chars=300)
     if Path(name).is_absolute():
-        raise BadInput(f"vector must be a file name inside the data folder, not an absolute path: {name!r}")
+        raise BadInput(f"{what} must be a file name inside the data folder, not an absolute path: {name!r}")
     root = data_dir.resolve()
     path = (root / name).resolve()
     if not path.is_relative_to(root):
-        raise BadInput(f"vector {name!r} is outside the data folder; only files under it can be read")
+        raise BadInput(f"{what} {name!r} is outside the data folder; only files under it can be read")
+    if folders and path.is_dir():
+        if any(not p.resolve().is_relative_to(root) for p in path.rglob("*")):
+            raise BadInput(f"{what} {name!r} holds a link to a file outside the data folder; only files under it "
+                           "can be read")
+        return path
     if path.suffix not in suffixes:
-        raise BadInput(f"vector {name!r} has suffix {path.suffix!r}; allowed: {', '.join(suffixes)}")
+        raise BadInput(f"{what} {name!r} has suffix {path.suffix!r}; allowed: {', '.join(suffixes)}"
+                       + (" or a folder" if folders else ""))
     if not path.is_file():
-        raise BadInput(f"vector {name!r} is not a file in the data folder")
+        raise BadInput(f"{what} {name!r} is not a file in the data folder")
     return path
 
 

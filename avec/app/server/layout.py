@@ -24,6 +24,9 @@ pre.completion .prompt{color:#777}
 .plot{min-height:360px} .plot.tall{min-height:560px} .meta{color:#666;font-size:0.85em}
 .busy{opacity:0.6} button{font:inherit;padding:3px 12px}
 ul.pages li{margin:0.4em 0} .fields{display:flex;flex-wrap:wrap;gap:0.5em}
+.example{font-family:monospace;font-size:0.85em;white-space:pre-wrap;margin:0.3em 0;padding:0.2em;border-left:3px solid #ddd}
+.tok{border-radius:2px} .tok.peak{outline:1px solid #a00} #prompt-table td{padding:1px 8px;vertical-align:top}
+#prompt-table a{margin-right:0.3em}
 """
 
 # Every request goes through avec.post / avec.get: the number of requests in flight is on
@@ -98,7 +101,8 @@ document.body.dataset.pending = "0";
 
 def nav(pages: Sequence, here: str | None, model_name: str) -> str:
     links = [f'<a href="/"{" class=here" if here is None else ""}><b>avec</b></a>']
-    links += [f'<a href="/{p.slug}"{" class=here" if p.slug == here else ""}>{html.escape(p.title)}</a>' for p in pages]
+    links += [f'<a href="/{p.slug}"{" class=here" if p.slug == here else ""}>{html.escape(p.title)}</a>' for p in pages
+              if p.nav]
     return f"<header>{''.join(links)}<span class=model>model: {html.escape(model_name)}</span></header>"
 
 
@@ -111,5 +115,6 @@ def shell(title: str, pages: Sequence, here: str | None, model_name: str, body: 
 
 
 def index(pages: Sequence, model_name: str) -> str:
-    items = "".join(f'<li><a href="/{p.slug}">{html.escape(p.title)}</a>: {html.escape(p.summary)}</li>' for p in pages)
+    items = "".join(f'<li><a href="/{p.slug}">{html.escape(p.title)}</a>: {html.escape(p.summary)}</li>' for p in pages
+                    if p.nav)
     return shell("avec", pages, None, model_name, f"<ul class=pages>{items}</ul>")

@@ -33,7 +33,7 @@ class ModelSlot:
         self.calls = 0
         self.pending = 0  # calls submitted and not finished (the one running included)
         self._count_lock = threading.Lock()
-        self.memo: OrderedDict = OrderedDict()  # what pages keep between calls (touched on the worker thread only)
+        self._memos: dict[str, OrderedDict] = {}  # what pages keep between calls (touched on the worker thread only)
 
     @property
     def model(self) -> Any:
@@ -42,6 +42,24 @@ class ModelSlot:
             if self._model is None:
                 self._model = self._loader()
             return self._model
+
+    @property
+    def loaded(self) -> Any:
+        """The model if it is loaded, else None (never loads it: safe on the event loop)."""
+        return self._model
+
+    async def model_id(self) -> str:
+        """The model's ``model_id`` (without queueing behind the worker once the model is loaded)."""
+        lm = self.loaded
+        return lm.model_id if lm is not None else await self.call(lambda lm: lm.model_id)
+
+    def memo(self, kind: str, limit: int) -> "Memo":
+        """The store of ``kind`` (e.g. steering vectors, latent indexes, graphs) kept between calls: at most
+        ``limit`` entries, the least recently used dropped first. One per kind, so one page's many small
+        entries never push out another's costly ones. Use it on the worker thread only."""
+        if kind not in self._memos:
+            self._memos[kind] = Memo(limit)
+        return self._memos[kind]
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(model, *args, **kwargs)`` on this slot's worker thread; awaits its result. The request's
@@ -69,14 +87,39 @@ class ModelSlot:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+class Memo(OrderedDict):
+    """A small LRU store: ``keep(key, make)`` returns the kept value, or makes, keeps and returns it."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+
+    def keep(self, key: Any, make: Callable[[], Any]) -> Any:
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = make()
+        self.put(key, value)
+        return value
+
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+
 @dataclass
 class ServerState:
     """The language model's slot (``lm``), other models' slots by name (a page adds its own, e.g. a maze
-    policy), and the one folder files may be read from (``data_dir``; None: no files at all)."""
+    policy), the one folder files may be read from (``data_dir``; None: no files at all), and how many
+    held-out contexts (of how many tokens) feature pages read their examples from."""
 
     lm: ModelSlot
     data_dir: Path | None = None
     slots: dict[str, ModelSlot] = field(default_factory=dict)
+    feature_contexts: int = 256
+    feature_context_tokens: int = 32
 
     def slot(self, name: str, loader: Callable[[], Any]) -> ModelSlot:
         """The slot ``name``, made (not yet loaded) on first request."""

@@ -34,7 +34,9 @@ class Page:
     """slug: the page's URL (``/<slug>``) and API prefix (``/api/<slug>/...``); body: HTML inside
     ``<main>``; script: JavaScript run once Plotly and ``avec.js`` are loaded; endpoints: ``{name:
     handler}``, each ``async handler(state, body) -> JSON data`` served at ``POST /api/<slug>/<name>``
-    (``GET`` when the name ends in ``:get``; body is then ``{}``)."""
+    (``GET`` when the name ends in ``:get``; body is then ``{}``); extra: other routes (e.g. a page of HTML
+    a handler made); nav: listed in the navigation and on the index (a page reached by links only, such
+    as one feature's page, is not)."""
 
     slug: str
     title: str
@@ -42,9 +44,11 @@ class Page:
     body: str
     script: str
     endpoints: dict[str, Handler] = field(default_factory=dict)
+    extra: tuple[Route, ...] = ()
+    nav: bool = True
 
     def routes(self) -> list[Route]:
-        out = []
+        out = list(self.extra)
         for name, handler in self.endpoints.items():
             method = "GET" if name.endswith(":get") else "POST"
             path = f"/api/{self.slug}/{name.removesuffix(':get')}"
@@ -145,8 +149,11 @@ async def _events(work: Awaitable[tuple[int, Any]]):
 
 def default_pages() -> list[Page]:
     """The pages ``avec serve`` shows, in navigation order."""
+    from .features import FEATURE, PAGE as features
+    from .graph import PAGE as graph
     from .lens import PAGE as lens
     from .maze import PAGE as maze
+    from .patching import PAGE as patching
     from .steering import PAGE as steering
 
-    return [steering, lens, maze]
+    return [steering, lens, patching, maze, features, FEATURE, graph]

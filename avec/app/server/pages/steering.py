@@ -5,7 +5,6 @@ slider's coefficient marked on it."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from ....steering import SteeringVector, coefficient_scan, contrast, generate_ce
 from ....steering.generation import Completions
 from .. import inputs as I
 from ..progress import generation_steps
+from ..state import Memo
 from . import Page
 
 _MAX_VECTORS = 32  # vectors kept per model: a slider drag re-uses the same vector
@@ -34,24 +34,19 @@ def _source(state: Any, body: dict) -> tuple:
     return ("pair", plus, minus, body["layer"])
 
 
-def _vector(lm: Any, source: tuple, memo: OrderedDict) -> SteeringVector:
+def _vector(lm: Any, source: tuple, memo: Memo) -> SteeringVector:
     """The vector for ``source`` on ``lm`` (runs on the model's worker thread; ``memo`` is the model slot's)."""
-    key = ("steering-vector", source)
-    if key in memo:
-        memo.move_to_end(key)
-        return memo[key]
-    if source[0] == "pair":
-        _, plus, minus, layer = source
-        I.layer(layer, lm.n_layers)
-        I.prompt_tokens(lm, plus, "plus", 32)
-        I.prompt_tokens(lm, minus, "minus", 32)
-        vector = contrast(lm, plus, minus, at=layer)
-    else:
-        vector = SteeringVector.load(source[1], lm)  # safetensors + JSON metadata, checked against lm
-    memo[key] = vector
-    while len(memo) > _MAX_VECTORS:
-        memo.popitem(last=False)
-    return vector
+
+    def make() -> SteeringVector:
+        if source[0] == "pair":
+            _, plus, minus, layer = source
+            I.layer(layer, lm.n_layers)
+            I.prompt_tokens(lm, plus, "plus", 32)
+            I.prompt_tokens(lm, minus, "minus", 32)
+            return contrast(lm, plus, minus, at=layer)
+        return SteeringVector.load(source[1], lm)  # safetensors + JSON metadata, checked against lm
+
+    return memo.keep(source, make)
 
 
 def _label(vector: SteeringVector, source: tuple) -> str:
@@ -61,7 +56,7 @@ def _label(vector: SteeringVector, source: tuple) -> str:
 
 
 def _generate(lm: Any, prompt: str, source: tuple, coeff: float, max_new_tokens: int, sample: bool, seed: int,
-              temperature: float, memo: OrderedDict) -> dict:
+              temperature: float, memo: Memo) -> dict:
     I.prompt_tokens(lm, prompt)
     vector = _vector(lm, source, memo)
     kw = dict(seed=seed, do_sample=sample, temperature=temperature, progress=generation_steps())
@@ -84,11 +79,11 @@ async def generate(state: Any, body: dict) -> dict:
     temperature = I.number(b.get("temperature", 1.0), "temperature", 0.0, I.MAX_TEMPERATURE, open_lo=True)
     source = _source(state, b)
     return await state.lm.call(_generate, prompt, source, coeff, max_new_tokens, sample, seed, temperature,
-                               state.lm.memo)
+                               state.lm.memo("steering-vectors", _MAX_VECTORS))
 
 
 def _scan(lm: Any, prompt: str, source: tuple, target: str, against: str, lo: float, hi: float, n: int,
-          memo: OrderedDict) -> dict:
+          memo: Memo) -> dict:
     I.prompt_tokens(lm, prompt)
     I.single_token(lm, target, "target")
     I.single_token(lm, against, "against")
@@ -107,7 +102,8 @@ async def scan(state: Any, body: dict) -> dict:
         raise I.BadInput(f"lo must be below hi, got lo={lo:g}, hi={hi:g}")
     n = I.integer(b.get("n", 41), "n", 2, I.MAX_SCAN_POINTS)
     source = _source(state, b)
-    return await state.lm.call(_scan, prompt, source, b["target"], b["against"], lo, hi, n, state.lm.memo)
+    return await state.lm.call(_scan, prompt, source, b["target"], b["against"], lo, hi, n,
+                               state.lm.memo("steering-vectors", _MAX_VECTORS))
 
 
 async def vectors(state: Any, body: dict) -> dict:
