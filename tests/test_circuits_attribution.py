@@ -183,6 +183,11 @@ def test_batch_size_order_and_decoder_cache_do_not_change_the_edges(monkeypatch)
     b = attribute(lm, clt, ids, batch_size=64, progress=False)
     monkeypatch.setattr(attribution, "DECODER_CACHE_BYTES", 0)
     c = attribute(lm, clt, ids, batch_size=3, progress=False)
+    heard = []
+    d = attribute(lm, clt, ids, batch_size=4, progress=lambda done, total: heard.append((done, total)))
+    n_nodes = d.n_features + d.n_logits
+    assert heard[0] == (d.n_logits, n_nodes) and heard[-1] == (n_nodes, n_nodes)
+    assert [h[0] for h in heard] == sorted(h[0] for h in heard) and len(heard) == 1 + -(-d.n_features // 4)
     A, B, C = (g.adjacency().to_dense() for g in (a, b, c))
     assert A.abs().sum() > 0
     assert torch.allclose(A, B, atol=1e-5) and torch.allclose(A, C, atol=1e-5)

@@ -25,7 +25,7 @@ of ``batch_size`` targets takes one batched (vmapped) backward pass from it.
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -212,7 +212,7 @@ def _tokens(lm: Any, prompt: Any) -> torch.Tensor:
 
 def attribute(lm: Any, transcoders: Any, prompt: Any, *, max_n_logits: int = 10, desired_logit_prob: float = 0.95,
               batch_size: int = 16, max_feature_nodes: int | None = None, max_memory_gb: float = 8.0,
-              progress: bool = True) -> AttributionGraph:
+              progress: bool | Callable[[int, int], Any] = True) -> AttributionGraph:
     """The attribution graph of ``prompt`` (a string or token ids ``[n_pos]``) through the local replacement
     model made with ``transcoders`` (a cross-layer transcoder or a set of per-layer transcoders covering every
     layer, or such a dictionary already attached with ``lm.add_dictionary``).
@@ -222,6 +222,8 @@ def attribute(lm: Any, transcoders: Any, prompt: Any, *, max_n_logits: int = 10,
                        order, and the batches at one prompt prefix share its forward pass
     max_feature_nodes: attribute at most this many features, the most influential first (influence estimated
                        from the edges found so far, as circuit-tracer does); None: every active feature
+    progress:          True shows a tqdm bar; a function ``progress(done, total)`` is called with the nodes
+                       attributed so far after each batch (e.g. to show progress in a page)
     max_memory_gb:     refuse up front (naming the sizes and what would fit) a prompt whose edges, one row of
                        floats per attributed node over every active feature, error and token, would take more
                        (the dense rows are what influence ranking and pruning read)
@@ -261,11 +263,13 @@ def attribute(lm: Any, transcoders: Any, prompt: Any, *, max_n_logits: int = 10,
         # batches of targets that share a prompt prefix and a depth are cheapest (see _Context.rows)
         by_place = torch.tensor(sorted(range(n_active), key=lambda j: (int(ctx.features[j, 1]), int(ctx.features[j, 0]))),
                                 dtype=torch.long) if n_active else every
-        bar = tqdm(total=n_logits + budget, desc="attribution", unit="node", disable=not progress)
+        bar = tqdm(total=n_logits + budget, desc="attribution", unit="node", disable=progress is not True)
+        tell = progress if callable(progress) else (lambda done, total: None)
         # rows over all active features first (columns of unvisited features are dropped at the end)
         logit_rows = torch.cat([ctx.rows([("logit", v) for v in dirs[i:i + batch_size]], every)
                                 for i in range(0, n_logits, batch_size)])
         bar.update(n_logits)
+        tell(n_logits, n_logits + budget)
         visited: list[int] = []
         feat_rows: list[torch.Tensor] = []
         seen = torch.zeros(n_active, dtype=torch.bool)
@@ -285,6 +289,7 @@ def attribute(lm: Any, transcoders: Any, prompt: Any, *, max_n_logits: int = 10,
                 visited += chunk
                 seen[chunk] = True
                 bar.update(len(chunk))
+                tell(n_logits + len(visited), n_logits + budget)
         bar.close()
         # nodes: the visited features (in (layer, pos, feature) order), errors, tokens, logits
         selected = torch.tensor(sorted(visited), dtype=torch.long)

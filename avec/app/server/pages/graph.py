@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from .. import dictionaries as D
 from .. import inputs as I
-from ..progress import tqdm_bars
+from ..progress import steps
 from . import Page
 
 MAX_GRAPH_TOKENS = 32
@@ -57,9 +57,8 @@ def _run(lm: Any, state: Any, src: D.Source, prompt: str, nt: float, et: float, 
 
     I.prompt_tokens(lm, prompt, max_tokens=MAX_GRAPH_TOKENS)
     module = D.load(lm, src, state.lm.memo("dictionaries", 4))
-    with tqdm_bars():  # attribute shows progress as a tqdm bar: it reaches this request's stream too
-        g = attribute(lm, module, prompt, max_feature_nodes=max_feature_nodes, max_n_logits=max_n_logits,
-                      max_memory_gb=MAX_MEMORY_GB, progress=True)
+    g = attribute(lm, module, prompt, max_feature_nodes=max_feature_nodes, max_n_logits=max_n_logits,
+                  max_memory_gb=MAX_MEMORY_GB, progress=steps("attribution"))
     graph_id = secrets.token_hex(8)
     state.lm.memo("graphs", _GRAPHS).put(graph_id, (g, src))
     return {"id": graph_id, "graph": g.to_dict(nt, et, slug=f"avec-{graph_id}"), "summary": _summary(g, nt, et),
