@@ -196,7 +196,10 @@ class ProcgenSampler(Sampler):
             self.buf[:, 0] = remap[self.buf[:, 0]]
         return stats
 
-    def batch(self, size: int, dagger_frac: float):
+    def states(self, size: int, dagger_frac: float):
+        """A batch's states: (mazes, idx int ``[size]``, cells int ``[size, 2]``, reflected bool ``[size]``);
+        state j is maze ``mazes[idx[j]]`` with the mouse on ``cells[j]`` (``dagger_frac`` of them from the
+        DAgger buffer). Renews the level pool every ``level_refresh_every`` calls."""
         self._batches += 1
         if self._batches % self.level_refresh_every == 0:
             self.renew_levels()
@@ -210,13 +213,22 @@ class ProcgenSampler(Sampler):
             mazes = mazes + [self.mazes[i] for i in uniq]
             cells = np.concatenate([cells, pick[:, 1:3]])
             reflected = np.concatenate([reflected, pick[:, 3] > 0])
-        labels = np.empty(len(idx), np.int64)
-        dists = np.empty(len(idx), np.int64)
-        for i in np.unique(idx):
-            sel = np.flatnonzero(idx == i)
-            labels[sel], dists[sel] = expert_labels(mazes[i], cells[sel])
-        obs = render(mazes, idx, cells, reflected)
-        return obs, torch.from_numpy(labels), torch.from_numpy(dists)
+        return mazes, idx, cells, reflected
+
+    def batch(self, size: int, dagger_frac: float):
+        """(obs float ``[size, 3, 64, 64]``, expert move int ``[size]``, distance to the cheese int ``[size]``)."""
+        return labelled(*self.states(size, dagger_frac))
+
+
+def labelled(mazes, idx, cells, reflected):
+    """procgen's observations of states (as :meth:`ProcgenSampler.states` gives them) and the BFS expert's
+    move and distance to the cheese for each: (obs ``[k, 3, 64, 64]``, labels int ``[k]``, dists int ``[k]``)."""
+    labels = np.empty(len(idx), np.int64)
+    dists = np.empty(len(idx), np.int64)
+    for i in np.unique(idx):
+        sel = np.flatnonzero(idx == i)
+        labels[sel], dists[sel] = expert_labels(mazes[i], cells[sel])
+    return render(mazes, idx, cells, reflected), torch.from_numpy(labels), torch.from_numpy(dists)
 
 
 # ------------------------------------------------------------------------------------ measuring
