@@ -316,7 +316,7 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
             raise ValueError(f"init_from has width scale {policy.scale} but scale={scale} was asked")
     policy = policy.to(memory_format=torch.channels_last)  # faster CPU convolutions
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
-    step, elapsed0, curves, resumed_at = 0, 0.0, [], []
+    step, elapsed0, cpu0, curves, resumed_at = 0, 0.0, 0.0, [], []
     if out_path.exists():
         state, extra, meta = read_checkpoint(out_path)
         if meta.get("complete"):
@@ -324,7 +324,7 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
         policy = from_state_dict(state, str(out_path)).to(memory_format=torch.channels_last)
         opt = torch.optim.Adam(policy.parameters(), lr=lr)
         _restore_adam(opt, policy, extra)
-        step, elapsed0 = meta["step"], meta["elapsed_s"]
+        step, elapsed0, cpu0 = meta["step"], meta["elapsed_s"], meta.get("cpu_s", 0.0)
         # a resume is not bit-identical to an uninterrupted run (fresh maze stream, rebuilt DAgger
         # buffer), so the report says where it happened
         resumed_at = [*meta.get("resumed_at", []), step]
@@ -341,6 +341,7 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
                           pull_frac=pull_frac)
     budget = minutes * 60.0
     t0 = time.monotonic() - elapsed0
+    c0 = time.process_time() - cpu0  # this process's CPU time (all threads): what the run cost on a shared machine
     last_ckpt = time.monotonic()
     dagger_stats: dict = {}
     bar = tqdm(total=max_steps or int(budget), initial=step if max_steps else int(elapsed0),
@@ -348,7 +349,8 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
     ema_acc = None
 
     def save(complete: bool):
-        meta = dict(config=config, step=step, elapsed_s=time.monotonic() - t0, complete=complete,
+        meta = dict(config=config, step=step, elapsed_s=time.monotonic() - t0, cpu_s=time.process_time() - c0,
+                    complete=complete,
                     region=region, command=command, resumed_at=resumed_at)
         save_policy(policy, out_path, meta, extra_tensors=None if complete else _adam_tensors(opt, policy))
         if curves:
@@ -382,7 +384,8 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
         step += 1
         ema_acc = acc.item() if ema_acc is None else 0.98 * ema_acc + 0.02 * acc.item()
         if step % 50 == 0:
-            row = dict(step=step, elapsed_s=round(time.monotonic() - t0, 1), samples=step * batch_size,
+            row = dict(step=step, elapsed_s=round(time.monotonic() - t0, 1), cpu_s=round(time.process_time() - c0, 1),
+                       samples=step * batch_size,
                        loss=round(ce.item(), 4), acc_ema=round(ema_acc, 4), lr=opt.param_groups[0]["lr"],
                        buffer=len(sampler.buf), dagger_reach_greedy=dagger_stats.get("greedy", float("nan")),
                        dagger_reach_sampled=dagger_stats.get("sampled", float("nan")))
@@ -395,7 +398,7 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
     bar.close()
     policy.eval()
     report = dict(config=config, command=command, steps=step, samples=step * batch_size,
-                  train_seconds=round(time.monotonic() - t0, 1),
+                  train_seconds=round(time.monotonic() - t0, 1), train_cpu_seconds=round(time.process_time() - c0, 1),
                   method="BC + DAgger (BFS expert)" + (" on procgen's observations" if backend == "procgen" else ""),
                   samples_per_second=round(step * batch_size / max(time.monotonic() - t0, 1e-9), 1),
                   resumed_at=resumed_at)

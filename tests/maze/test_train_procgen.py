@@ -180,3 +180,19 @@ def test_shipped_procgen_policy_gets_the_cheese_on_held_out_levels():
     levels = training_levels(5, 16, seed_base=1_900_000_000)
     reached, steps, _ = pb.rollout(p, levels, max_steps=200, greedy=True)
     assert reached.sum() >= 14, (reached.sum(), steps)
+
+
+@needs_procgen
+def test_behaviour_statistics_on_procgen_levels(tiny_policy):
+    """behaviour_statistics(mazes=...) measures on the levels given (procgen's, rolled out in procgen's env)."""
+    from avec.maze.behaviour import behaviour_statistics
+
+    levels = pb.random_levels(4, seed_base=40, keep=lambda m: m.decision_square() is not None)
+    bs = behaviour_statistics(tiny_policy, mazes=levels, max_steps=5, folds=2)
+    assert bs.frame["seed"].tolist() == [m.seed for m in levels]
+    want, _, _ = pb.rollout(tiny_policy, levels, 5, greedy=False, rng=np.random.default_rng(0))
+    assert bs.frame["got_cheese"].tolist() == want.tolist()
+    with pytest.raises(ValueError, match="decision square"):
+        behaviour_statistics(tiny_policy, mazes=[levels[0].with_cheese(levels[0].top_right)])
+    with pytest.raises(ValueError, match="decision square"):
+        behaviour_statistics(tiny_policy, mazes=[])
