@@ -156,6 +156,14 @@ class Sampler:
             self.buf[:, 0] = remap[self.buf[:, 0]]
         return stats
 
+    def loss(self, policy, obs, labels, dists, step: int):
+        """The training loss of a batch from :meth:`batch` at optimiser step ``step`` (see :func:`loss_fn`)."""
+        return loss_fn(policy, obs, labels, dists)
+
+    def aux_parameters(self) -> list:
+        """Parameters the loss trains beside the policy's (none here); not part of the checkpoint."""
+        return []
+
     def batch(self, size: int, dagger_frac: float):
         n_d = int(size * dagger_frac) if len(self.buf) else 0
         mazes, idx, cells = self.random_states(size - n_d)
@@ -181,7 +189,11 @@ def loss_fn(policy, obs, labels, dists):
     The value head reads the features detached (a probe on the policy's features): with the value
     loss flowing into the trunk, its targets (~10) dominate the early gradients and training sat on
     a ~0.33-accuracy plateau for the first 1500-2300 steps; detached, the plateau ends by ~350."""
-    h = policy.embedder(obs)
+    return heads_loss(policy, policy.embedder(obs), labels, dists)
+
+
+def heads_loss(policy, h, labels, dists):
+    """:func:`loss_fn` from the embedder's features ``h`` ``[B, 256]``."""
     out = PolicyOutput(policy.fc_policy(h), policy.fc_value(h.detach()).reshape(-1))
     logp15 = F.log_softmax(out.logits, 1)
     # log P(move) = logsumexp over the procgen actions of that move
@@ -199,7 +211,7 @@ def _adam_tensors(opt: torch.optim.Adam, policy) -> dict:
     for group in opt.param_groups:
         for p in group["params"]:
             st = opt.state.get(p)
-            if st:
+            if st and id(p) in names:  # (a sampler's auxiliary parameters are not saved)
                 for k in ("exp_avg", "exp_avg_sq", "step"):
                     out[f"adam.{names[id(p)]}.{k}"] = torch.as_tensor(st[k]).float().reshape(-1) \
                         if k == "step" else st[k]
@@ -336,9 +348,11 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
     if backend == "procgen":
         from .train_procgen import ProcgenSampler, evaluate_procgen
 
-        sampler_cls, evaluate_fn = partial(ProcgenSampler, **backend_options), evaluate_procgen
+        sampler_cls, evaluate_fn = partial(ProcgenSampler, scale=scale, **backend_options), evaluate_procgen
     sampler = sampler_cls(region, rng, size_power=size_power, path_frac=path_frac, per_maze=per_maze, autocast=bf16,
                           pull_frac=pull_frac)
+    if sampler.aux_parameters():
+        opt.add_param_group({"params": sampler.aux_parameters(), "lr": lr})
     budget = minutes * 60.0
     t0 = time.monotonic() - elapsed0
     c0 = time.process_time() - cpu0  # this process's CPU time (all threads): what the run cost on a shared machine
@@ -377,7 +391,7 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
             policy.train()
         obs, labels, dists = sampler.batch(batch_size, dagger_frac if step >= warmup_steps else 0.0)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss, ce, acc = loss_fn(policy, obs, labels, dists)
+            loss, ce, acc = sampler.loss(policy, obs, labels, dists, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -456,12 +470,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool-size", type=int, default=None, help="procgen: levels held in the training pool (2048)")
     ap.add_argument("--level-refresh", type=int, default=None, help="procgen: pool levels renewed at a time (64)")
     ap.add_argument("--level-refresh-every", type=int, default=None, help="procgen: batches between renewals (8)")
+    ap.add_argument("--mouse-aux-steps", type=int, default=None,
+                    help="procgen: steps of the mouse-finding auxiliary loss, weight 1 falling to 0 (0: none)")
     args = ap.parse_args(argv)
     if not (math.isfinite(args.minutes) and args.minutes > 0):
         raise ValueError(f"--minutes must be a finite number > 0, got {args.minutes}")
     if args.max_steps is not None and args.max_steps < 1:
         raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
-    pool = {k: getattr(args, k) for k in ("pool_size", "level_refresh", "level_refresh_every")
+    pool = {k: getattr(args, k) for k in ("pool_size", "level_refresh", "level_refresh_every", "mouse_aux_steps")
             if getattr(args, k) is not None}
     if pool and args.backend != "procgen":
         raise ValueError(f"--{next(iter(pool)).replace('_', '-')} is an option of --backend procgen (its level pool)")
