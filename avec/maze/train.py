@@ -32,7 +32,11 @@ the value head only (on detached features; see ``loss_fn``).
 Checkpoints (safetensors with JSON header, atomic) every ``checkpoint_every`` seconds include the
 Adam state, so ``train_policy`` resumes a killed run; the DAgger buffer is rebuilt after a resume and
 the maze stream is reseeded, so the report lists the steps where the run was resumed (``resumed_at``).
-Curves go to ``<out>.curves.csv`` and the final report to ``<out>.json``.
+Curves go to ``<out>.curves.csv`` and the final report to ``<out>.json``; both record wall-clock and this
+process's CPU seconds (on a shared machine the latter says what the run cost).
+
+``backend="procgen"`` (``avec maze train --backend procgen``) trains the same way on procgen's own levels and
+observations: :mod:`avec.maze.train_procgen`.
 """
 
 from __future__ import annotations

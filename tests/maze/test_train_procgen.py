@@ -196,3 +196,23 @@ def test_behaviour_statistics_on_procgen_levels(tiny_policy):
         behaviour_statistics(tiny_policy, mazes=[levels[0].with_cheese(levels[0].top_right)])
     with pytest.raises(ValueError, match="decision square"):
         behaviour_statistics(tiny_policy, mazes=[])
+
+
+@needs_procgen
+def test_mouse_finding_targets_are_where_procgen_draws_the_mouse():
+    """mouse_targets puts each cell in the 32 x 32 map square (of block1's output) of the mouse's pixels, give
+    or take the one square a 2.56-pixel cell can straddle."""
+    from avec.maze.train_procgen import mouse_targets, render
+
+    m = _sampler().fresh_maze()
+    cells = m.open_cells()
+    away = cells[-1]  # the mouse parked elsewhere: the pixels that change show where it is drawn
+    errors = []
+    for cell in cells[:-1:2]:
+        a, b = render([m], [0, 0], [cell, away], [False, False])
+        ys, xs = np.nonzero((a != b).any(0).numpy())
+        near = (np.abs(ys - (cell[0] + 0.5) * 64 / 25) < 4) & (np.abs(xs - (cell[1] + 0.5) * 64 / 25) < 4)
+        seen = np.array([ys[near].mean(), xs[near].mean()]) / 2  # the mouse's own pixels, in map squares
+        errors.append(np.abs(np.array(divmod(mouse_targets([cell], 32)[0], 32)) + 0.5 - seen))
+    errors = np.array(errors)
+    assert errors.max() <= 1.0 and errors.mean() < 0.5, errors
