@@ -168,6 +168,10 @@ class Sampler:
         """Parameters the loss trains beside the policy's (none here); not part of the checkpoint."""
         return []
 
+    def curve_stats(self) -> dict:
+        """Extra columns for the curves (none here)."""
+        return {}
+
     def batch(self, size: int, dagger_frac: float):
         n_d = int(size * dagger_frac) if len(self.buf) else 0
         mazes, idx, cells = self.random_states(size - n_d)
@@ -406,7 +410,7 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
                        samples=step * batch_size,
                        loss=round(ce.item(), 4), acc_ema=round(ema_acc, 4), lr=opt.param_groups[0]["lr"],
                        buffer=len(sampler.buf), dagger_reach_greedy=dagger_stats.get("greedy", float("nan")),
-                       dagger_reach_sampled=dagger_stats.get("sampled", float("nan")))
+                       dagger_reach_sampled=dagger_stats.get("sampled", float("nan")), **sampler.curve_stats())
             curves.append(row)
             bar.set_postfix(acc=f"{ema_acc:.3f}", reach_g=dagger_stats.get("greedy"), buf=len(sampler.buf))
         bar.update(1 if max_steps else int(time.monotonic() - t0) - bar.n)

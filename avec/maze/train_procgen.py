@@ -240,14 +240,25 @@ class ProcgenSampler(Sampler):
         signal of where the mouse is shortens that."""
         w = max(0.0, 1.0 - step / self.mouse_aux_steps) if self.mouse_aux_steps else 0.0
         if w == 0.0 or len(self._cells) != len(obs):
+            self._mouse = [float("nan")] * 2
             return loss_fn(policy, obs, labels, dists)
         e = policy.embedder
         h1 = e.block1(obs)
         h = e.relufc(e.fc(e.flatten(e.relu3(e.block3(e.block2(h1))))))
         loss, ce, acc = heads_loss(policy, h, labels, dists)
         heat = self.finder(h1).flatten(1).float()  # [B, side * side]
-        aux = F.cross_entropy(heat, torch.from_numpy(mouse_targets(self._cells, h1.shape[-1])))
+        target = torch.from_numpy(mouse_targets(self._cells, h1.shape[-1]))
+        aux = F.cross_entropy(heat, target)
+        found = (heat.argmax(1) == target).float().mean().item()
+        self._mouse = [round(aux.item(), 4), round(found, 4)]
         return loss + w * aux, ce, acc
+
+    def curve_stats(self) -> dict:
+        """The mouse-finding loss and how often its map's peak is the mouse's square (last batch)."""
+        if self.finder is None:
+            return {}
+        loss, found = getattr(self, "_mouse", [float("nan")] * 2)
+        return {"mouse_loss": loss, "mouse_found": found}
 
 
 class MouseFinder(torch.nn.Module):
