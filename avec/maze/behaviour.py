@@ -161,11 +161,17 @@ def regress(frame: pd.DataFrame, folds: int = 5, seed: int = 0) -> tuple[dict, f
 
 @torch.no_grad()
 def behaviour_statistics(policy, n_mazes: int = 1000, seed_base: int = EVAL_SEED_BASE, max_steps: int = 500,
-                         seed: int = 0, folds: int = 5) -> BehaviourStats:
+                         seed: int = 0, folds: int = 5, mazes=None) -> BehaviourStats:
     """Roll ``policy`` out (sampled actions, rng ``seed``) on ``n_mazes`` decision-square mazes and
-    regress cheese-getting on the three distances. Deterministic given the arguments."""
+    regress cheese-getting on the three distances. Deterministic given the arguments. ``mazes``: these
+    decision-square mazes instead (e.g. procgen levels, which are then rolled out in procgen's env)."""
     policy.eval()
-    mazes = decision_square_mazes(n_mazes, seed_base)
+    if mazes is None:
+        mazes = decision_square_mazes(n_mazes, seed_base)
+    else:
+        mazes = list(mazes)
+        if not mazes or any(m.decision_square() is None for m in mazes):
+            raise ValueError("behaviour_statistics needs a non-empty list of mazes that all have a decision square")
     got, steps, _ = rollout(policy, mazes, max_steps, greedy=False, rng=np.random.default_rng(seed))
     mot = decision_probs(policy, mazes)
     frame = pd.DataFrame([{"seed": m.seed, "size": m.size, **maze_features(m)} for m in mazes])

@@ -32,7 +32,11 @@ the value head only (on detached features; see ``loss_fn``).
 Checkpoints (safetensors with JSON header, atomic) every ``checkpoint_every`` seconds include the
 Adam state, so ``train_policy`` resumes a killed run; the DAgger buffer is rebuilt after a resume and
 the maze stream is reseeded, so the report lists the steps where the run was resumed (``resumed_at``).
-Curves go to ``<out>.curves.csv`` and the final report to ``<out>.json``.
+Curves go to ``<out>.curves.csv`` and the final report to ``<out>.json``; both record wall-clock and this
+process's CPU seconds (on a shared machine the latter says what the run cost).
+
+``backend="procgen"`` (``avec maze train --backend procgen``) trains the same way on procgen's own levels and
+observations: :mod:`avec.maze.train_procgen`.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import math
 import shlex
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +62,7 @@ from .world import MOVES, SIZES, WORLD, Maze
 
 GAMMA = 0.999
 TRAIN_SEED_LIMIT = 1_000_000_000  # training maze seeds are below evaluate.EVAL_SEED_BASE
+BACKENDS = ("avec", "procgen")  # whose mazes and pictures: avec's pure-Python world, or procgen (train_procgen)
 
 
 def first_moves(maze: Maze, target) -> np.ndarray:
@@ -154,6 +160,18 @@ class Sampler:
             self.buf[:, 0] = remap[self.buf[:, 0]]
         return stats
 
+    def loss(self, policy, obs, labels, dists, step: int):
+        """The training loss of a batch from :meth:`batch` at optimiser step ``step`` (see :func:`loss_fn`)."""
+        return loss_fn(policy, obs, labels, dists)
+
+    def aux_parameters(self) -> list:
+        """Parameters the loss trains beside the policy's (none here); not part of the checkpoint."""
+        return []
+
+    def curve_stats(self) -> dict:
+        """Extra columns for the curves (none here)."""
+        return {}
+
     def batch(self, size: int, dagger_frac: float):
         n_d = int(size * dagger_frac) if len(self.buf) else 0
         mazes, idx, cells = self.random_states(size - n_d)
@@ -179,7 +197,11 @@ def loss_fn(policy, obs, labels, dists):
     The value head reads the features detached (a probe on the policy's features): with the value
     loss flowing into the trunk, its targets (~10) dominate the early gradients and training sat on
     a ~0.33-accuracy plateau for the first 1500-2300 steps; detached, the plateau ends by ~350."""
-    h = policy.embedder(obs)
+    return heads_loss(policy, policy.embedder(obs), labels, dists)
+
+
+def heads_loss(policy, h, labels, dists):
+    """:func:`loss_fn` from the embedder's features ``h`` ``[B, 256]``."""
     out = PolicyOutput(policy.fc_policy(h), policy.fc_value(h.detach()).reshape(-1))
     logp15 = F.log_softmax(out.logits, 1)
     # log P(move) = logsumexp over the procgen actions of that move
@@ -197,7 +219,7 @@ def _adam_tensors(opt: torch.optim.Adam, policy) -> dict:
     for group in opt.param_groups:
         for p in group["params"]:
             st = opt.state.get(p)
-            if st:
+            if st and id(p) in names:  # (a sampler's auxiliary parameters are not saved)
                 for k in ("exp_avg", "exp_avg_sq", "step"):
                     out[f"adam.{names[id(p)]}.{k}"] = torch.as_tensor(st[k]).float().reshape(-1) \
                         if k == "step" else st[k]
@@ -265,10 +287,13 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
                  checkpoint_every: float = 120.0, eval_every: int = 600, max_steps: int | None = None,
                  threads: int = 1, final_eval: bool = True, progress: bool = True, command: str | None = None,
                  init_from=None, size_power: float = 1.0, size_ramp: int = 2000, path_frac: float = 0.25,
-                 per_maze: int = 4, bf16: bool = True, pull_frac: float = 0.5):
+                 per_maze: int = 4, bf16: bool = True, pull_frac: float = 0.5, backend: str = "avec",
+                 backend_options: dict | None = None):
     """Train a policy for top-right region ``region`` for ``minutes`` of wall-clock time (or
     ``max_steps`` optimiser steps), resuming from ``out_path`` if an unfinished run is there.
     ``init_from``: start from the weights of another checkpoint (fine-tuning; fresh optimiser).
+    ``backend="procgen"``: train on procgen levels and procgen's observations
+    (:mod:`avec.maze.train_procgen`; ``backend_options``: its ``ProcgenSampler`` options).
     Returns the final report dict (also written to ``<out>.json``)."""
     from tqdm.auto import tqdm
 
@@ -277,6 +302,16 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
     for name, frac in (("path_frac", path_frac), ("pull_frac", pull_frac), ("dagger_frac", dagger_frac)):
         if not 0.0 <= frac <= 1.0:
             raise ValueError(f"{name} must be a fraction in [0, 1], got {frac!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    backend_options = dict(backend_options or {})
+    if backend == "avec" and backend_options:
+        raise ValueError(f"backend_options {sorted(backend_options)} are for backend='procgen' (its level pool); "
+                         "the avec backend takes none")
+    if backend == "procgen":
+        from .train_procgen import check_backend_options
+
+        backend_options = check_backend_options(backend_options)
     _check_options(dict(minutes=minutes, scale=scale, batch_size=batch_size, lr=lr, seed=seed,
                         dagger_every=dagger_every, dagger_mazes=dagger_mazes, dagger_steps=dagger_steps,
                         warmup_steps=warmup_steps, checkpoint_every=checkpoint_every, eval_every=eval_every,
@@ -292,6 +327,8 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
                   init_from=None if init_from is None else str(init_from), size_power=size_power,
                   size_ramp=size_ramp, path_frac=path_frac, per_maze=per_maze, bf16=bf16,
                   pull_frac=pull_frac)
+    if backend != "avec":  # avec-backend configs stay as they were
+        config.update(backend=backend, **backend_options)
     policy = ImpalaPolicy(scale)
     if init_from is not None and not out_path.exists():
         policy = from_state_dict(read_checkpoint(init_from)[0], str(init_from))
@@ -299,7 +336,7 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
             raise ValueError(f"init_from has width scale {policy.scale} but scale={scale} was asked")
     policy = policy.to(memory_format=torch.channels_last)  # faster CPU convolutions
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
-    step, elapsed0, curves, resumed_at = 0, 0.0, [], []
+    step, elapsed0, cpu0, curves, resumed_at = 0, 0.0, 0.0, [], []
     if out_path.exists():
         state, extra, meta = read_checkpoint(out_path)
         if meta.get("complete"):
@@ -307,7 +344,7 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
         policy = from_state_dict(state, str(out_path)).to(memory_format=torch.channels_last)
         opt = torch.optim.Adam(policy.parameters(), lr=lr)
         _restore_adam(opt, policy, extra)
-        step, elapsed0 = meta["step"], meta["elapsed_s"]
+        step, elapsed0, cpu0 = meta["step"], meta["elapsed_s"], meta.get("cpu_s", 0.0)
         # a resume is not bit-identical to an uninterrupted run (fresh maze stream, rebuilt DAgger
         # buffer), so the report says where it happened
         resumed_at = [*meta.get("resumed_at", []), step]
@@ -315,18 +352,27 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
             with open(curves_path) as f:
                 curves = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
     rng = np.random.default_rng([seed, step])  # a resumed run draws new mazes
-    sampler = Sampler(region, rng, size_power=size_power, path_frac=path_frac, per_maze=per_maze, autocast=bf16,
-                      pull_frac=pull_frac)
+    sampler_cls, evaluate_fn = Sampler, evaluate
+    if backend == "procgen":
+        from .train_procgen import ProcgenSampler, evaluate_procgen
+
+        sampler_cls, evaluate_fn = partial(ProcgenSampler, scale=scale, **backend_options), evaluate_procgen
+    sampler = sampler_cls(region, rng, size_power=size_power, path_frac=path_frac, per_maze=per_maze, autocast=bf16,
+                          pull_frac=pull_frac)
+    if sampler.aux_parameters():
+        opt.add_param_group({"params": sampler.aux_parameters(), "lr": lr})
     budget = minutes * 60.0
     t0 = time.monotonic() - elapsed0
+    c0 = time.process_time() - cpu0  # this process's CPU time (all threads): what the run cost on a shared machine
     last_ckpt = time.monotonic()
     dagger_stats: dict = {}
     bar = tqdm(total=max_steps or int(budget), initial=step if max_steps else int(elapsed0),
-               disable=not progress, desc=f"maze R={region}", unit="step" if max_steps else "s")
+               disable=not progress, desc=f"maze R={region}" + (f" ({backend})" if backend != "avec" else ""), unit="step" if max_steps else "s")
     ema_acc = None
 
     def save(complete: bool):
-        meta = dict(config=config, step=step, elapsed_s=time.monotonic() - t0, complete=complete,
+        meta = dict(config=config, step=step, elapsed_s=time.monotonic() - t0, cpu_s=time.process_time() - c0,
+                    complete=complete,
                     region=region, command=command, resumed_at=resumed_at)
         save_policy(policy, out_path, meta, extra_tensors=None if complete else _adam_tensors(opt, policy))
         if curves:
@@ -353,17 +399,18 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
             policy.train()
         obs, labels, dists = sampler.batch(batch_size, dagger_frac if step >= warmup_steps else 0.0)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss, ce, acc = loss_fn(policy, obs, labels, dists)
+            loss, ce, acc = sampler.loss(policy, obs, labels, dists, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step += 1
         ema_acc = acc.item() if ema_acc is None else 0.98 * ema_acc + 0.02 * acc.item()
         if step % 50 == 0:
-            row = dict(step=step, elapsed_s=round(time.monotonic() - t0, 1), samples=step * batch_size,
+            row = dict(step=step, elapsed_s=round(time.monotonic() - t0, 1), cpu_s=round(time.process_time() - c0, 1),
+                       samples=step * batch_size,
                        loss=round(ce.item(), 4), acc_ema=round(ema_acc, 4), lr=opt.param_groups[0]["lr"],
                        buffer=len(sampler.buf), dagger_reach_greedy=dagger_stats.get("greedy", float("nan")),
-                       dagger_reach_sampled=dagger_stats.get("sampled", float("nan")))
+                       dagger_reach_sampled=dagger_stats.get("sampled", float("nan")), **sampler.curve_stats())
             curves.append(row)
             bar.set_postfix(acc=f"{ema_acc:.3f}", reach_g=dagger_stats.get("greedy"), buf=len(sampler.buf))
         bar.update(1 if max_steps else int(time.monotonic() - t0) - bar.n)
@@ -373,16 +420,26 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
     bar.close()
     policy.eval()
     report = dict(config=config, command=command, steps=step, samples=step * batch_size,
-                  train_seconds=round(time.monotonic() - t0, 1), method="BC + DAgger (BFS expert)",
+                  train_seconds=round(time.monotonic() - t0, 1), train_cpu_seconds=round(time.process_time() - c0, 1),
+                  method="BC + DAgger (BFS expert)" + (" on procgen's observations" if backend == "procgen" else ""),
                   samples_per_second=round(step * batch_size / max(time.monotonic() - t0, 1e-9), 1),
                   resumed_at=resumed_at)
     if final_eval:
         t1 = time.monotonic()
-        report["eval"] = evaluate(policy, region)
+        report["eval"] = evaluate_fn(policy, region)
         report["eval_seconds"] = round(time.monotonic() - t1, 1)
     save(True)
     atomic_write_json(report_path, report)
     return report
+
+
+def shipped_path(name):
+    """``name`` itself, or the shipped checkpoint it names (``"region5"``) when no such file exists."""
+    if name is None:
+        return None
+    p = Path(name)
+    shipped = Path(__file__).parent / "checkpoints" / f"{p.name}{CHECKPOINT_SUFFIX}"
+    return shipped if not p.exists() and not p.suffix and shipped.exists() else p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -399,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
-    ap.add_argument("--init-from", default=None, help="start from this checkpoint's weights (fine-tune)")
+    ap.add_argument("--init-from", default=None,
+                    help="start from this checkpoint's weights (fine-tune): a path or a shipped name (region5)")
     ap.add_argument("--size-power", type=float, default=1.0,
                     help="draw training maze sizes with P(n) ~ n**p (0: uniform as procgen)")
     ap.add_argument("--size-ramp", type=int, default=2000,
@@ -414,20 +472,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pull-frac", type=float, default=0.5,
                     help="fraction of the other fresh states drawn where the cheese's move and the top-right's differ")
     ap.add_argument("--no-bf16", action="store_true", help="train in float32 (default: bfloat16 autocast)")
+    ap.add_argument("--backend", choices=BACKENDS, default="avec",
+                    help="avec: the pure-Python world's mazes and pictures; procgen: procgen's levels and observations "
+                    "(avec.maze.train_procgen; needs the procgen extra)")
+    ap.add_argument("--pool-size", type=int, default=None, help="procgen: levels held in the training pool (2048)")
+    ap.add_argument("--level-refresh", type=int, default=None, help="procgen: pool levels renewed at a time (64)")
+    ap.add_argument("--level-refresh-every", type=int, default=None, help="procgen: batches between renewals (8)")
+    ap.add_argument("--mouse-aux-steps", type=int, default=None,
+                    help="procgen: steps of the mouse-finding auxiliary loss, weight 1 falling to 0 (0: none)")
     args = ap.parse_args(argv)
     if not (math.isfinite(args.minutes) and args.minutes > 0):
         raise ValueError(f"--minutes must be a finite number > 0, got {args.minutes}")
     if args.max_steps is not None and args.max_steps < 1:
         raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
+    pool = {k: getattr(args, k) for k in ("pool_size", "level_refresh", "level_refresh_every", "mouse_aux_steps")
+            if getattr(args, k) is not None}
+    if pool and args.backend != "procgen":
+        raise ValueError(f"--{next(iter(pool)).replace('_', '-')} is an option of --backend procgen (its level pool)")
     cmd = "avec maze train " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     report = train_policy(args.region, args.out, minutes=args.minutes, max_steps=args.max_steps,
                           scale=args.scale, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                           threads=args.threads, final_eval=not args.no_eval, command=cmd,
-                          init_from=args.init_from, size_power=args.size_power,
+                          init_from=shipped_path(args.init_from), size_power=args.size_power,
                           size_ramp=args.size_ramp, path_frac=args.path_frac,
                           per_maze=args.per_maze, dagger_every=args.dagger_every, dagger_mazes=args.dagger_mazes,
                           dagger_steps=args.dagger_steps, dagger_frac=args.dagger_frac, bf16=not args.no_bf16,
-                          pull_frac=args.pull_frac)
+                          pull_frac=args.pull_frac, backend=args.backend, backend_options=pool)
     print(report.get("eval", report))
     return 0
 

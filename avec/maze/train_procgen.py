@@ -1,0 +1,345 @@
+"""Training maze policies on the real procgen maze: BC + DAgger from the BFS expert, every observation
+rendered by procgen 0.10.7 (:mod:`avec.maze.procgen_backend`).
+
+The method and the loop are :func:`avec.maze.train.train_policy`'s (``backend="procgen"``, or
+``avec maze train --backend procgen``); what changes is where the training states come from:
+
+* levels: procgen maze levels (``ProcgenMaze``) with seeds in ``[TRAIN_LEVEL_BASE, TRAIN_SEED_LIMIT)``:
+  never the held-out seeds (>= ``evaluate.EVAL_SEED_BASE``), nor the first million, which examples and
+  tests draw by default (``procgen_backend.off_region_levels(5, 200)`` starts at level 0). Drawing a
+  level costs a procgen step, so levels sit in a pool (``pool_size``) that is renewed
+  ``level_refresh`` levels at a time, every ``level_refresh_every`` batches;
+* the cheese: moved to an open cell of the maze's top-right R x R square drawn uniformly (not the
+  start), the analogue of the original study's rand_region_R training levels. Its cells, walls and
+  the mouse are written into the level's state bytes, so the level's own textures and background stay;
+* observations: procgen renders each state (``set_state`` then ``observe``) with the mouse on the cell
+  and facing the way procgen draws it after its last horizontal move (``is_reflected``: moving right
+  mirrors the sprite; fresh states face either way at random, DAgger states the way they faced);
+* DAgger rollouts run in procgen's own vectorised env (:func:`rollout_record`), which records the
+  cell and the facing of every state the policy visited.
+
+Labels are the BFS expert's first move on the edited level's grid (``train.expert_labels``); a test
+checks that acting on them in procgen's env moves the mouse one step closer to the cheese from the
+very states that were rendered. :func:`evaluate_procgen` measures reach on held-out training-distribution
+levels and the decision-square motivations on held-out off-region levels, overall and per maze size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import procgen_backend as pb
+from .env import CANONICAL
+from .evaluate import EVAL_SEED_BASE, decision_probs, resolve_region
+from .render import to_tensor
+from .train import TRAIN_SEED_LIMIT, Sampler, expert_labels, heads_loss, loss_fn
+from .world import SIZES, WORLD, top_right_region
+
+TRAIN_LEVEL_BASE = 1_000_000  # training level seeds start here (examples and tests use levels 0, 1, ...)
+_NOOP = CANONICAL["NOOP"]
+
+
+# ------------------------------------------------------------------------------------ states
+def place_cheese(maze: pb.ProcgenMaze, region: int, rng: np.random.Generator) -> pb.ProcgenMaze:
+    """``maze`` with its cheese moved to an open cell of its top-right ``region`` x ``region`` square drawn
+    uniformly (never the start), as ``Maze.from_seed(region=...)`` places it; ``maze.region`` records R."""
+    rows, cols = top_right_region(maze.size, region)
+    allowed = np.zeros_like(maze.grid)
+    allowed[rows, cols] = maze.grid[rows, cols]
+    allowed[maze.start] = False
+    cells = np.argwhere(allowed)
+    cell = tuple(int(v) for v in cells[rng.integers(len(cells))])
+    return dataclasses.replace(maze, cheese=cell, region=int(region), _dist_cache={})
+
+
+def state_bytes(maze: pb.ProcgenMaze, cell, reflected: bool = False) -> bytes:
+    """procgen state bytes of ``maze`` with the mouse on ``cell``, its sprite mirrored if ``reflected``
+    (procgen mirrors it after a move to the right and unmirrors it after a move to the left)."""
+    data = bytearray(maze.state_bytes(mouse=tuple(int(v) for v in cell)))
+    st = maze.state
+    struct.pack_into("<i", data, st.offsets[f"entity{st.player}.is_reflected"], int(bool(reflected)))
+    return bytes(data)
+
+
+def render(mazes, idx, cells, reflected) -> torch.Tensor:
+    """float ``[k, 3, 64, 64]``: procgen's observation of maze idx[j] with the mouse on cells[j] facing
+    as reflected[j] says."""
+    return to_tensor(pb._render([state_bytes(mazes[i], c, f) for i, c, f in zip(idx, cells, reflected)]))
+
+
+def training_levels(region: int, count: int, seed_base: int = EVAL_SEED_BASE) -> list[pb.ProcgenMaze]:
+    """``count`` procgen levels of the training distribution (level seeds ``seed_base, seed_base + 1, ...``,
+    cheese moved into the top-right ``region`` square, drawn from the level's seed): for measuring."""
+    return [place_cheese(m, region, np.random.default_rng([m.seed, region]))
+            for m in pb.levels(range(seed_base, seed_base + count))]
+
+
+# ------------------------------------------------------------------------------------ rollouts
+@torch.no_grad()
+def rollout_record(policy, mazes, max_steps: int, greedy: bool, rng: np.random.Generator,
+                   autocast: bool = False, num_envs: int = pb.POOL):
+    """:func:`procgen_backend.rollout` that also records what procgen showed the policy. Returns
+    (reached bool ``[N]``, steps int ``[N]``, visited int ``[k, 4]`` of (maze index, row, col,
+    reflected) for every state the policy acted in)."""
+    mazes = pb._check_mazes(mazes)
+    n = len(mazes)
+    reached, steps, visited = np.zeros(n, bool), np.zeros(n, np.int64), []
+    for c in range(0, n, num_envs):
+        part = np.arange(c, min(n, c + num_envs))
+        k = len(part)
+        env = pb._env(num_envs)
+        states = [mazes[i].state_bytes(restart=True) for i in part]
+        env.callmethod("set_state", states + states[:1] * (num_envs - k))
+        obs = env.observe()[1]["rgb"]
+        done = np.zeros(num_envs, bool)
+        done[k:] = True  # padding slots
+        for _ in range(int(max_steps)):
+            live = np.flatnonzero(~done)
+            if not len(live):
+                break
+            sts = [pb.parse(b) for b in env.callmethod("get_state")]
+            for j in live:
+                st = sts[j]
+                visited.append((part[j], *st.mouse, st.fields[f"entity{st.player}.is_reflected"]))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                logits = policy(to_tensor(obs[live])).logits.float()
+            actions = np.full(num_envs, _NOOP, np.int32)
+            actions[live] = pb._choose(logits, greedy, rng)
+            env.act(actions)
+            rew, ob, first = env.observe()
+            obs = ob["rgb"]
+            steps[part[live]] += 1
+            reached[part[live]] = rew[live] > 0
+            done[live] = first[live]
+    return reached, steps, np.array(visited, np.int64).reshape(-1, 4)
+
+
+# ------------------------------------------------------------------------------------ sampler
+# ProcgenSampler's options and defaults (mouse_aux_steps may be 0: no auxiliary loss)
+BACKEND_OPTIONS = {"pool_size": 2048, "level_refresh": 64, "level_refresh_every": 8, "mouse_aux_steps": 0}
+
+
+def check_backend_options(options: dict) -> dict:
+    """The level-pool options of ``train_policy(backend="procgen")`` with defaults filled in; a ValueError
+    naming an unknown option or a value that is not a positive int. Needs procgen (ImportError saying how
+    to install it)."""
+    unknown = sorted(set(options) - set(BACKEND_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown procgen backend option(s) {unknown}; allowed: {', '.join(BACKEND_OPTIONS)}")
+    out = {**BACKEND_OPTIONS, **options}
+    for name, v in out.items():
+        lo = 0 if name == "mouse_aux_steps" else 1
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ValueError(f"{name} (--{name.replace('_', '-')}) must be an int >= {lo}, got {v!r}")
+    if out["level_refresh"] > out["pool_size"]:
+        raise ValueError(f"level_refresh (--level-refresh) must be at most pool_size ({out['pool_size']}): it is how "
+                         f"many pool levels are renewed at a time; got {out['level_refresh']}")
+    pb._procgen()  # before any work: ImportError with the install command
+    return {k: int(v) for k, v in out.items()}
+
+
+class ProcgenSampler(Sampler):
+    """:class:`avec.maze.train.Sampler` on procgen levels and procgen's pictures (module docstring).
+    Fresh states come from ``Sampler.random_states`` (uniform, on the start-to-cheese path, where the
+    cheese's and the top-right's moves differ); the DAgger buffer holds (maze, row, col, reflected)."""
+
+    def __init__(self, region: int, rng: np.random.Generator, *, pool_size: int = 2048, level_refresh: int = 64,
+                 level_refresh_every: int = 8, mouse_aux_steps: int = 0, scale: int = 1, **kw):
+        super().__init__(region, rng, **kw)
+        self.mouse_aux_steps = mouse_aux_steps
+        self.finder = MouseFinder(16 * scale) if mouse_aux_steps else None
+        self._cells = np.zeros((0, 2), np.int64)
+        self.level_refresh, self.level_refresh_every = level_refresh, level_refresh_every
+        self.buf = np.zeros((0, 4), np.int64)
+        self.pool = self._new_levels(pool_size)
+        self._next = 0  # the pool slot renewed next (oldest first)
+        self._batches = 0
+        self._index_sizes()
+
+    def _new_levels(self, count: int) -> list[pb.ProcgenMaze]:
+        return pb.levels(self.rng.integers(TRAIN_LEVEL_BASE, TRAIN_SEED_LIMIT, size=count).tolist())
+
+    def _index_sizes(self) -> None:
+        sizes = np.array([m.size for m in self.pool])
+        self._by_size = {n: np.flatnonzero(sizes == n) for n in SIZES}
+
+    def renew_levels(self) -> None:
+        """Replace the ``level_refresh`` oldest levels of the pool with new ones."""
+        k = min(self.level_refresh, len(self.pool))
+        for m in self._new_levels(k):
+            self.pool[self._next] = m
+            self._next = (self._next + 1) % len(self.pool)
+        self._index_sizes()
+
+    def fresh_maze(self) -> pb.ProcgenMaze:
+        size = int(self.rng.choice(SIZES, p=self.size_p))
+        have = self._by_size[size]
+        i = int(self.rng.choice(have)) if len(have) else int(self.rng.integers(len(self.pool)))
+        return place_cheese(self.pool[i], self.region, self.rng)
+
+    def add_rollouts(self, policy, n_mazes: int, max_steps: int) -> dict:
+        mazes = [self.fresh_maze() for _ in range(n_mazes)]
+        half = n_mazes // 2
+        stats = {}
+        for greedy, lo, hi in ((True, 0, half), (False, half, n_mazes)):
+            reached, _, v = rollout_record(policy, mazes[lo:hi], max_steps, greedy, self.rng, self.autocast)
+            stats["greedy" if greedy else "sampled"] = float(reached.mean())
+            v = np.unique(v, axis=0)
+            v[:, 0] += lo + len(self.mazes)
+            self.buf = np.concatenate([self.buf, v])
+        self.mazes += mazes
+        if len(self.buf) > self.cap:  # keep the newest states (and only the mazes they need)
+            self.buf = self.buf[-self.cap:]
+            keep = np.unique(self.buf[:, 0])
+            remap = np.full(len(self.mazes), -1)
+            remap[keep] = np.arange(len(keep))
+            self.mazes = [self.mazes[i] for i in keep]
+            self.buf[:, 0] = remap[self.buf[:, 0]]
+        return stats
+
+    def states(self, size: int, dagger_frac: float):
+        """A batch's states: (mazes, idx int ``[size]``, cells int ``[size, 2]``, reflected bool ``[size]``);
+        state j is maze ``mazes[idx[j]]`` with the mouse on ``cells[j]`` (``dagger_frac`` of them from the
+        DAgger buffer). Renews the level pool every ``level_refresh_every`` calls."""
+        self._batches += 1
+        if self._batches % self.level_refresh_every == 0:
+            self.renew_levels()
+        n_d = int(size * dagger_frac) if len(self.buf) else 0
+        mazes, idx, cells = self.random_states(size - n_d)
+        reflected = self.rng.random(len(idx)) < 0.5
+        if n_d:
+            pick = self.buf[self.rng.integers(len(self.buf), size=n_d)]
+            uniq, inv = np.unique(pick[:, 0], return_inverse=True)
+            idx = np.concatenate([idx, len(mazes) + inv])
+            mazes = mazes + [self.mazes[i] for i in uniq]
+            cells = np.concatenate([cells, pick[:, 1:3]])
+            reflected = np.concatenate([reflected, pick[:, 3] > 0])
+        return mazes, idx, cells, reflected
+
+    def batch(self, size: int, dagger_frac: float):
+        """(obs float ``[size, 3, 64, 64]``, expert move int ``[size]``, distance to the cheese int ``[size]``)."""
+        mazes, idx, cells, reflected = self.states(size, dagger_frac)
+        self._cells = cells  # the mouse-finding loss's targets
+        return labelled(mazes, idx, cells, reflected)
+
+    def aux_parameters(self) -> list:
+        return [] if self.finder is None else list(self.finder.parameters())
+
+    def loss(self, policy, obs, labels, dists, step: int):
+        """train.loss_fn, plus for the first ``mouse_aux_steps`` steps the mouse-finding loss (weight 1
+        falling linearly to 0): cross-entropy of :class:`MouseFinder`'s map against the mouse's cell.
+
+        Why: on procgen's pictures the mouse is 1-3 bright pixels on a textured floor that has light
+        speckles of its own; until the network finds it the expert's move cannot be predicted. Pilots
+        without this loss sat on the ~0.3-accuracy plateau (the marginal of the moves) for all of their
+        600-1000 steps, from scratch and from region5's weights alike; with it the plateau ended by
+        ~250 steps and the finder's peak was on the mouse's square in ~90% of states by step 1000."""
+        w = max(0.0, 1.0 - step / self.mouse_aux_steps) if self.mouse_aux_steps else 0.0
+        if w == 0.0 or len(self._cells) != len(obs):
+            self._mouse = [float("nan")] * 2
+            return loss_fn(policy, obs, labels, dists)
+        e = policy.embedder
+        h1 = e.block1(obs)
+        h = e.relufc(e.fc(e.flatten(e.relu3(e.block3(e.block2(h1))))))
+        loss, ce, acc = heads_loss(policy, h, labels, dists)
+        heat = self.finder(h1).flatten(1).float()  # [B, side * side]
+        target = torch.from_numpy(mouse_targets(self._cells, h1.shape[-1]))
+        aux = F.cross_entropy(heat, target)
+        found = (heat.argmax(1) == target).float().mean().item()
+        self._mouse = [round(aux.item(), 4), round(found, 4)]
+        return loss + w * aux, ce, acc
+
+    def curve_stats(self) -> dict:
+        """The mouse-finding loss and how often its map's peak is the mouse's square (last batch)."""
+        if self.finder is None:
+            return {}
+        loss, found = getattr(self, "_mouse", [float("nan")] * 2)
+        return {"mouse_loss": loss, "mouse_found": found}
+
+
+class MouseFinder(torch.nn.Module):
+    """A 1 x 1 convolution reading a map of where the mouse is off block1's output ``[B, 16s, 32, 32]``
+    (logits ``[B, 1, 32, 32]``): the auxiliary head of the mouse-finding loss, trained beside the policy
+    and not part of it (nor of the checkpoint: a run resumed within ``mouse_aux_steps`` starts a new one)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(channels, 1, 1)
+
+    def forward(self, h):
+        return self.conv(h)
+
+
+def mouse_targets(cells, side: int) -> np.ndarray:
+    """Flat index in a ``side x side`` map (of the 64 x 64 picture) of each cell's centre, int ``[k]``."""
+    cells = np.asarray(cells, np.int64).reshape(-1, 2)
+    rc = np.floor((cells + 0.5) * side / WORLD).astype(np.int64)
+    return rc[:, 0] * side + rc[:, 1]
+
+
+def labelled(mazes, idx, cells, reflected):
+    """procgen's observations of states (as :meth:`ProcgenSampler.states` gives them) and the BFS expert's
+    move and distance to the cheese for each: (obs ``[k, 3, 64, 64]``, labels int ``[k]``, dists int ``[k]``)."""
+    labels = np.empty(len(idx), np.int64)
+    dists = np.empty(len(idx), np.int64)
+    for i in np.unique(idx):
+        sel = np.flatnonzero(idx == i)
+        labels[sel], dists[sel] = expert_labels(mazes[i], cells[sel])
+    return render(mazes, idx, cells, reflected), torch.from_numpy(labels), torch.from_numpy(dists)
+
+
+# ------------------------------------------------------------------------------------ measuring
+def _by_size(sizes: np.ndarray, **values) -> dict:
+    """{size: {"levels": count, name: mean of values[name] over that size's levels}}."""
+    out = {}
+    for n in np.unique(sizes):
+        sel = sizes == n
+        out[str(int(n))] = {"levels": int(sel.sum()), **{k: round(float(np.mean(v[sel])), 4) for k, v in values.items()}}
+    return out
+
+
+@torch.no_grad()
+def evaluate_procgen(policy, region: int | None = None, n_train: int = 200, n_test: int = 200,
+                     seed_base: int = EVAL_SEED_BASE, max_steps: int = 500) -> dict:
+    """Held-out procgen levels (seeds from ``seed_base``): greedy and sampled reach within ``max_steps``
+    on training-distribution levels (:func:`training_levels`), and on off-region decision-square levels
+    (``procgen_backend.off_region_levels``) the motivations at the decision square and reach; each also
+    per maze size. Deterministic given the policy."""
+    policy.eval()
+    region = resolve_region(policy, region)
+    out: dict = {"backend": "procgen", "seed_base": seed_base, "region": region}
+    train = training_levels(region, n_train, seed_base)
+    g, gs, _ = pb.rollout(policy, train, max_steps, greedy=True)
+    s, _, _ = pb.rollout(policy, train, max_steps, greedy=False, rng=np.random.default_rng(seed_base))
+    sizes = np.array([m.size for m in train])
+    out |= {"reach_rate_greedy": float(g.mean()), "reach_rate_sampled": float(s.mean()),
+            "mean_steps_greedy_when_reached": float(gs[g].mean()) if g.any() else None, "n_train_levels": n_train,
+            "reach_by_size": _by_size(sizes, greedy=g, sampled=s)}
+    tests = pb.off_region_levels(region, n_test, seed_base)
+    tg, _, _ = pb.rollout(policy, tests, max_steps, greedy=True)
+    ts, _, _ = pb.rollout(policy, tests, max_steps, greedy=False, rng=np.random.default_rng(seed_base + 1))
+    mot = decision_probs(policy, tests)
+    out |= {"test_reach_rate_greedy": float(tg.mean()), "test_reach_rate_sampled": float(ts.mean()),
+            "decision_square": mot.summary(),
+            "test_by_size": _by_size(mot.sizes, p_cheese=mot.p_cheese, p_top_right=mot.p_top_right, reach_greedy=tg,
+                                     reach_sampled=ts)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m avec.maze.train_procgen ARGS`` = ``avec maze train --backend procgen ARGS``."""
+    import sys
+
+    from .train import main as train_main
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return train_main(["--backend", "procgen", *argv])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,218 @@
+"""Training on procgen's observations (avec.maze.train_procgen): labels match what procgen renders and does,
+the loop checkpoints and resumes, and the shipped procgen policy loads and solves held-out levels.
+
+Skipped (with the reason) when procgen is not importable; `make setup` installs it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from avec.maze import procgen_backend as pb
+from avec.maze.env import ACTION_NAMES, CANONICAL
+from avec.maze.evaluate import EVAL_SEED_BASE
+from avec.maze.policy import CHECKSUM_KEY, load_policy, read_checkpoint, tensors_digest
+from avec.maze.world import top_right_region
+
+needs_procgen = pytest.mark.skipif(
+    not pb.available(), reason="procgen 0.10.7 is not importable: the optional procgen backend is not installed "
+    "(`make setup` installs it; README: the procgen backend)")
+
+POOL = dict(pool_size=12, level_refresh=4, level_refresh_every=1)
+
+
+def _sampler(seed=0, **kw):
+    from avec.maze.train_procgen import ProcgenSampler
+
+    return ProcgenSampler(5, np.random.default_rng(seed), **POOL, **kw)
+
+
+def _in_region(maze, region=5) -> bool:
+    rows, cols = top_right_region(maze.size, region)
+    return rows.start <= maze.cheese[0] < rows.stop and cols.start <= maze.cheese[1] < cols.stop
+
+
+@needs_procgen
+def test_labels_are_the_moves_that_bring_procgens_mouse_closer(tiny_policy):
+    """The alignment test: for every training state (fresh and DAgger, either facing), the observation is
+    what procgen shows for that state, and acting the label in procgen's own env moves its mouse one step
+    closer to the cheese (reward when it arrives)."""
+    from avec.maze.train_procgen import labelled
+
+    s = _sampler(path_frac=0.25, pull_frac=0.5)
+    s.add_rollouts(tiny_policy, 4, 6)
+    assert len(s.buf) and set(np.unique(s.buf[:, 3])) <= {0, 1}
+    mazes, idx, cells, refl = s.states(24, dagger_frac=0.5)
+    assert refl.any() and not refl.all()
+    obs, labels, dists = labelled(mazes, idx, cells, refl)
+    assert (labels < 4).all() and (dists > 0).all()
+    env = pb.make_env(1, 0)
+    for j in range(len(idx)):
+        m = mazes[idx[j]]
+        assert m.seed >= 1_000_000 and m.seed < EVAL_SEED_BASE and _in_region(m)
+        from avec.maze.train_procgen import state_bytes
+
+        env.callmethod("set_state", [state_bytes(m, cells[j], refl[j])])
+        st = pb.parse(env.callmethod("get_state")[0])
+        assert st.mouse == tuple(cells[j]) and st.fields[f"entity{st.player}.is_reflected"] == refl[j]
+        assert st.to_maze().cheese == m.cheese
+        np.testing.assert_array_equal(env.observe()[1]["rgb"][0], (obs[j].permute(1, 2, 0) * 255).round().byte().numpy())
+        env.act(np.array([CANONICAL[ACTION_NAMES[labels[j]]]], np.int32))
+        rew, _, first = env.observe()
+        if dists[j] == 1:
+            assert rew[0] > 0 and first[0]  # got the cheese: procgen ends the episode
+        else:
+            after = pb.parse(env.callmethod("get_state")[0]).mouse
+            assert m.distances(m.cheese)[after] == dists[j] - 1
+
+
+@needs_procgen
+def test_dagger_states_render_as_procgen_showed_them(tiny_policy):
+    """rollout_record's (cell, facing) of each visited state re-renders the very picture the policy got."""
+    from avec.maze.train_procgen import render, rollout_record
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.clone())
+            return tiny_policy(x)
+
+    mazes = [_sampler(seed=3).fresh_maze() for _ in range(3)]
+    reached, steps, visited = rollout_record(Spy(), mazes, 8, greedy=False, rng=np.random.default_rng(1))
+    assert len(visited) == steps.sum() and visited[:, 3].any()  # the mouse moved right at least once
+    shown = torch.cat(seen)
+    # rollout_record lists each step's live slots in slot order, as the policy saw them
+    torch.testing.assert_close(render(mazes, visited[:, 0], visited[:, 1:3], visited[:, 3] > 0), shown, rtol=0, atol=0)
+
+
+@needs_procgen
+def test_training_loop_checkpoints_and_resumes(tmp_path, monkeypatch):
+    import avec.maze.train_procgen as TP
+    from avec.maze.train import train_policy
+
+    out = tmp_path / "p.safetensors"
+    kw = dict(warmup_steps=2, dagger_every=2, dagger_mazes=2, dagger_steps=3, checkpoint_every=0.0, final_eval=False,
+              progress=False, batch_size=6, backend="procgen", backend_options=POOL)
+    real = TP.ProcgenSampler.batch
+    calls = {"n": 0}
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # "killed" during step 4
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(TP.ProcgenSampler, "batch", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        train_policy(5, out, max_steps=6, **kw)
+    state, extra, meta = read_checkpoint(out)
+    assert meta["complete"] is False and meta["step"] == 3 and meta["config"]["backend"] == "procgen"
+    assert meta["config"]["pool_size"] == 12 and any(k.endswith("exp_avg_sq") for k in extra)
+    monkeypatch.setattr(TP.ProcgenSampler, "batch", real)
+    rep = train_policy(5, out, max_steps=5, **kw)
+    assert rep["steps"] == 5 and rep["resumed_at"] == [3] and "procgen" in rep["method"]
+    after = read_checkpoint(out)
+    assert after[2]["complete"] and after[2]["step"] == 5 and not after[1]  # finished: no optimiser state
+    assert any(not torch.equal(state[k], after[0][k]) for k in state)  # the two resumed steps trained
+    # the CLI spelling, resumable file and report
+    q = tmp_path / "q.safetensors"
+    assert TP.main(["--region", "5", "--out", str(q), "--max-steps", "2", "--batch-size", "4", "--no-eval",
+                    "--pool-size", "8", "--level-refresh", "2", "--init-from", str(out)]) == 0
+    rep = json.loads((tmp_path / "q.json").read_text())
+    assert rep["command"].startswith("avec maze train --backend procgen") and rep["config"]["init_from"] == str(out)
+
+
+@needs_procgen
+def test_bad_procgen_training_options_are_clear_errors(tmp_path):
+    from avec.maze.train import main, train_policy
+
+    out = tmp_path / "p.safetensors"
+    with pytest.raises(ValueError, match="backend must be one of avec, procgen"):
+        train_policy(5, out, max_steps=1, backend="gym")
+    with pytest.raises(ValueError, match="unknown procgen backend option"):
+        train_policy(5, out, max_steps=1, backend="procgen", backend_options={"pool": 3})
+    with pytest.raises(ValueError, match=r"pool_size \(--pool-size\) must be an int >= 1"):
+        train_policy(5, out, max_steps=1, backend="procgen", backend_options={"pool_size": 0})
+    with pytest.raises(ValueError, match="level_refresh .* at most pool_size"):
+        train_policy(5, out, max_steps=1, backend="procgen", backend_options={"pool_size": 4, "level_refresh": 5})
+    with pytest.raises(ValueError, match="for backend='procgen'"):
+        train_policy(5, out, max_steps=1, backend_options={"pool_size": 4})
+    with pytest.raises(ValueError, match="--pool-size is an option of --backend procgen"):
+        main(["--region", "5", "--out", str(out), "--pool-size", "4"])
+    assert not out.exists()
+
+
+SHIPPED = "procgen_region5"
+
+
+def _shipped():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "avec" / "maze" / "checkpoints" / f"{SHIPPED}.safetensors"
+    if not path.exists():
+        pytest.skip(f"{SHIPPED} not trained yet")
+    return path
+
+
+def test_shipped_procgen_policy_loads_with_its_checksum():
+    from safetensors import safe_open
+
+    path = _shipped()
+    p = load_policy(SHIPPED)
+    assert p.metadata["complete"] and p.metadata["region"] == 5 and p.metadata["config"]["backend"] == "procgen"
+    with safe_open(str(path), framework="pt") as f:
+        stored = f.metadata()[CHECKSUM_KEY]
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    assert stored == tensors_digest(tensors) and not any(k.startswith("extra.") for k in tensors)
+    report = json.loads(path.with_suffix(".json").read_text())
+    assert report["command"].startswith("avec maze train --backend procgen") and report["steps"] == p.metadata["step"]
+
+
+@needs_procgen
+def test_shipped_procgen_policy_gets_the_cheese_on_held_out_levels():
+    """Greedy, on 16 held-out levels of its training distribution (cheese in the top-right 5 x 5)."""
+    from avec.maze.train_procgen import training_levels
+
+    _shipped()
+    p = load_policy(SHIPPED)
+    levels = training_levels(5, 16, seed_base=1_900_000_000)
+    reached, steps, _ = pb.rollout(p, levels, max_steps=200, greedy=True)
+    assert reached.sum() >= 14, (reached.sum(), steps)
+
+
+@needs_procgen
+def test_behaviour_statistics_on_procgen_levels(tiny_policy):
+    """behaviour_statistics(mazes=...) measures on the levels given (procgen's, rolled out in procgen's env)."""
+    from avec.maze.behaviour import behaviour_statistics
+
+    levels = pb.random_levels(4, seed_base=40, keep=lambda m: m.decision_square() is not None)
+    bs = behaviour_statistics(tiny_policy, mazes=levels, max_steps=5, folds=2)
+    assert bs.frame["seed"].tolist() == [m.seed for m in levels]
+    want, _, _ = pb.rollout(tiny_policy, levels, 5, greedy=False, rng=np.random.default_rng(0))
+    assert bs.frame["got_cheese"].tolist() == want.tolist()
+    with pytest.raises(ValueError, match="decision square"):
+        behaviour_statistics(tiny_policy, mazes=[levels[0].with_cheese(levels[0].top_right)])
+    with pytest.raises(ValueError, match="decision square"):
+        behaviour_statistics(tiny_policy, mazes=[])
+
+
+@needs_procgen
+def test_mouse_finding_targets_are_where_procgen_draws_the_mouse():
+    """mouse_targets puts each cell in the 32 x 32 map square (of block1's output) of the mouse's pixels, give
+    or take the one square a 2.56-pixel cell can straddle."""
+    from avec.maze.train_procgen import mouse_targets, render
+
+    m = _sampler().fresh_maze()
+    cells = m.open_cells()
+    away = cells[-1]  # the mouse parked elsewhere: the pixels that change show where it is drawn
+    errors = []
+    for cell in cells[:-1:2]:
+        a, b = render([m], [0, 0], [cell, away], [False, False])
+        ys, xs = np.nonzero((a != b).any(0).numpy())
+        near = (np.abs(ys - (cell[0] + 0.5) * 64 / 25) < 4) & (np.abs(xs - (cell[1] + 0.5) * 64 / 25) < 4)
+        seen = np.array([ys[near].mean(), xs[near].mean()]) / 2  # the mouse's own pixels, in map squares
+        errors.append(np.abs(np.array(divmod(mouse_targets([cell], 32)[0], 32)) + 0.5 - seen))
+    errors = np.array(errors)
+    assert errors.max() <= 1.0 and errors.mean() < 0.5, errors
