@@ -166,12 +166,14 @@ class Run:
 class _Graph:
     """A gradient run's live activations (part of its autograd graph): gradients of metrics w.r.t. them."""
 
-    def __init__(self, model: "Model", live: dict, names: list, output: Any, selector, ctx, device, dtype):
+    def __init__(self, model: "Model", live: dict, names: list, output: Any, selector, ctx, device, dtype,
+                 keep: bool):
         self.model, self.live, self.names, self.output = model, live, names, output
         self.selector, self.ctx, self.device, self.dtype = selector, ctx, device, dtype
+        self.keep = keep  # False: one metric, and the backward pass frees the graph as it goes (lower peak memory)
 
     def gradients(self, run: Run, metric: Callable[[Run], torch.Tensor]) -> "Cache":
-        """Sets ``run.metric`` and returns the gradients (see ``Run.gradients``); the graph is kept."""
+        """Sets ``run.metric`` and returns the gradients (see ``Run.gradients``); the graph is kept if ``keep``."""
         m = self.model
         with torch.enable_grad():
             value = metric(replace(run, output=self.output, cache=Cache(self.live, m.model_id, m.table), _graph=None))
@@ -183,9 +185,9 @@ class _Graph:
             if rows and value.shape[0] > 1:  # k vector-Jacobian products in one vmapped backward pass
                 eye = torch.eye(value.shape[0], dtype=value.dtype, device=value.device)
                 found = torch.autograd.grad(value, tensors, grad_outputs=eye, is_grads_batched=True,
-                                            allow_unused=True, retain_graph=True)
+                                            allow_unused=True, retain_graph=self.keep)
             else:
-                found = torch.autograd.grad(value.reshape(()), tensors, allow_unused=True, retain_graph=True)
+                found = torch.autograd.grad(value.reshape(()), tensors, allow_unused=True, retain_graph=self.keep)
                 found = [g[None] if g is not None and rows else g for g in found]
         shape = (value.shape[0],) if rows else ()
         grads = {n: (g if g is not None else torch.zeros(*shape, *t.shape, dtype=t.dtype, device=t.device))
@@ -495,7 +497,7 @@ class Model:
         run = Run(output=output, cache=Cache(live, self.model_id, self.table), model_id=self.model_id, **extra)
         _warn_if_non_finite(run, edits)
         graph = _Graph(self, live, names, output, selector, state.prompt_ctx or state.ctx, cache_device,
-                       cache_dtype) if grad else None
+                       cache_dtype, keep=metric is None) if grad else None
         if grad:
             if metric is None:  # the graph stays with the run: run.gradients(metric), as often as needed
                 run._graph = graph
