@@ -6,7 +6,7 @@ import base64
 import dataclasses
 import io
 import math
-from typing import Any
+from typing import Any, Mapping
 
 
 def figure_png(fig, dpi: int = 110) -> bytes:
@@ -58,6 +58,42 @@ def jsonable(value: Any) -> Any:
     raise TypeError(f"cannot put a {type(value).__name__} into JSON data")
 
 
+def _nan(value: Any) -> Any:
+    if value is None:
+        return math.nan
+    if isinstance(value, list):
+        return [_nan(v) for v in value]
+    return value
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def restore(value: Any, annotation: str) -> Any:
+    """JSON data (``jsonable``'s output) back to the type an annotation string names: ``torch.Tensor``
+    (NaN where JSON has null; a mapping of them for ``Mapping[str, torch.Tensor]``), ``tuple``, ``float``
+    (null -> NaN), ``Path``; anything else as it is."""
+    if "Tensor" in annotation:
+        import torch
+
+        if value is None and "None" in annotation:
+            return None
+        if isinstance(value, dict):
+            return {k: torch.tensor(_nan(v)) for k, v in value.items()}
+        return torch.tensor(_nan(value))
+    head = annotation.split("[")[0]
+    if value is None:
+        return math.nan if head in ("float", "<class 'float'>") else None
+    if "tuple" in head:
+        return _tuples(value)
+    if "Path" in head:
+        from pathlib import Path
+
+        return Path(value)
+    return value
+
+
 class Result:
     """Mixin for frozen result dataclasses: subclasses implement ``to_frame`` and ``plot``; ``to_dict``
     (the JSON form that the CLI, the report and the web app render) defaults to every field."""
@@ -70,6 +106,24 @@ class Result:
             if not f.name.startswith("_"):
                 out[f.name] = jsonable(getattr(self, f.name))
         return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Result":
+        """The result back from its ``to_dict()`` (after a JSON round trip): what the CLI and the report render,
+        so that they show exactly the JSON the web app draws. Fields are restored from their annotations:
+        tensors from nested lists (``None`` back to NaN), tuples from lists; keys that are not fields (a
+        subclass's extra derived values, ``type``) are ignored. Subclasses whose ``to_dict`` is not every
+        field override this."""
+        name = d.get("type", cls.__name__)
+        if name != cls.__name__:
+            raise ValueError(f"a {name!r} dict cannot make a {cls.__name__}")
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name in d:
+                kwargs[f.name] = restore(d[f.name], str(f.type))
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ValueError(f"the {cls.__name__} dict has no {f.name!r}")
+        return cls(**kwargs)
 
     def to_frame(self):  # pragma: no cover - abstract
         raise NotImplementedError

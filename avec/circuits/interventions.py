@@ -57,24 +57,31 @@ class FeatureIntervention(Result):
                               "logit change": float(self.edited_logits[t] - self.clean_logits[t])} for t in ids])
 
     def to_dict(self) -> dict:
-        return {"prompt": self.prompt, "edits": [list(e) for e in self.edits], "activations": self.activations.tolist(),
-                "kl": self.kl, "table": self.to_frame().to_dict(orient="records")}
+        return {"type": "FeatureIntervention", "prompt": self.prompt, "edits": [list(e) for e in self.edits],
+                "activations": self.activations.tolist(), "kl": self.kl, "k": self.k,
+                "table": self.to_frame().to_dict(orient="records")}
 
     def plot(self, ax=None):
-        import matplotlib.pyplot as plt
+        return intervention_plot(self.to_dict(), ax)
 
-        frame = self.to_frame().head(self.k)
-        fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 3.2))
-        x = range(len(frame))
-        ax.bar([i - 0.2 for i in x], frame["p clean"], width=0.4, label="clean", color="#64748b")
-        ax.bar([i + 0.2 for i in x], frame["p edited"], width=0.4, label="edited", color="#dc2626")
-        ax.set_xticks(list(x))
-        ax.set_xticklabels([repr(t) for t in frame["token"]], rotation=45, ha="right", fontsize=8)
-        ax.set_ylabel("next-token probability")
-        ax.set_title(f"{len(self.edits)} feature edit(s); KL {self.kl:.3f} nats")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        return fig
+
+def intervention_plot(d: dict, ax=None):
+    """Clean and edited probabilities of the ``k`` leading tokens of a ``FeatureIntervention.to_dict()``."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    frame = pd.DataFrame(d["table"]).head(d.get("k", 10))
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 3.2))
+    x = range(len(frame))
+    ax.bar([i - 0.2 for i in x], frame["p clean"], width=0.4, label="clean", color="#64748b")
+    ax.bar([i + 0.2 for i in x], frame["p edited"], width=0.4, label="edited", color="#dc2626")
+    ax.set_xticks(list(x))
+    ax.set_xticklabels([repr(t) for t in frame["token"]], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("next-token probability")
+    ax.set_title(f"{len(d['edits'])} feature edit(s); KL {d['kl']:.3f} nats")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def intervene(lm: Any, transcoders: Any, prompt: Any, edits: Sequence[tuple[int, int, int, float]], *,

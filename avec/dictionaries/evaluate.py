@@ -136,31 +136,49 @@ class SAEEvaluation(Result):
         d = self.density
         return d[d > 0].log10()
 
-    def to_dict(self) -> dict[str, Any]:
+    def metrics(self) -> dict[str, Any]:
+        """Every scalar metric by name (the fields but ``density``)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "density"}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The metrics, and ``density_histogram``: 50 bins of log10 density over the live latents
+        (``counts``, ``edges``) and ``n_dead`` (what the plot draws; the full ``[d_sae]`` density is not sent)."""
+        import numpy as np
+
+        counts, edges = np.histogram(self.log10_density.numpy(), bins=50)
+        hist = {"counts": counts.tolist(), "edges": edges.tolist(), "n_dead": int((self.density == 0).sum())}
+        return {"type": "SAEEvaluation", **self.metrics(), "density_histogram": hist}
 
     def to_frame(self):
         import pandas as pd
 
-        return pd.DataFrame({"metric": list(self.to_dict()), "value": list(self.to_dict().values())})
+        m = self.metrics()
+        return pd.DataFrame({"metric": list(m), "value": list(m.values())})
 
     def plot(self, ax=None):
         """Histogram of log10 latent density (dead latents counted in the title)."""
-        from ..plotting import pyplot
+        return density_plot(self.to_dict(), ax)
 
-        plt = pyplot()
-        fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 3.2))
-        live = self.log10_density.numpy()
-        ax.hist(live, bins=50, color="#4477aa")
-        ax.axvline(torch.tensor(self.dense_threshold).log10().item(), color="#cc6677", ls="--", lw=1,
-                   label=f"dense (> {self.dense_threshold:g})")
-        n_dead = int((self.density == 0).sum())
-        ax.set_title(f"latent density over {self.n_tokens} tokens; {n_dead} dead, L0 {self.l0:.3g}, FVU {self.fvu:.3g}",
-                     fontsize=9)
-        ax.set_xlabel("log10 firing frequency")
-        ax.set_ylabel("latents")
-        ax.legend(fontsize=8)
-        return fig
+
+def density_plot(d: Mapping, ax=None):
+    """The log10-density histogram of an ``SAEEvaluation.to_dict()`` (``SAEEvaluation.plot``)."""
+    import math
+
+    from ..plotting import pyplot
+
+    plt = pyplot()
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 3.2))
+    h = d["density_histogram"]
+    edges = h["edges"]
+    ax.stairs(h["counts"], edges, fill=True, color="#4477aa")
+    ax.axvline(math.log10(d["dense_threshold"]), color="#cc6677", ls="--", lw=1,
+               label=f"dense (> {d['dense_threshold']:g})")
+    ax.set_title(f"latent density over {d['n_tokens']} tokens; {h['n_dead']} dead, L0 {d['l0']:.3g}, "
+                 f"FVU {d['fvu']:.3g}", fontsize=9)
+    ax.set_xlabel("log10 firing frequency")
+    ax.set_ylabel("latents")
+    ax.legend(fontsize=8)
+    return fig
 
 
 # ----------------------------------------------------------------------------- model metrics
@@ -296,7 +314,7 @@ class TranscoderEvaluation(Result):
     dead_fraction: list
     dense_fraction: list
     cosine: list
-    density: torch.Tensor
+    density: torch.Tensor | None  # [n_layers, d_sae]; None when made from_dict
     dense_threshold: float
     writes: tuple | None = None
     ce_clean: float | None = None
@@ -312,7 +330,17 @@ class TranscoderEvaluation(Result):
         return sum(self.fvu) / len(self.fvu)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "density"} | {"mean_fvu": self.mean_fvu}
+        """Every field but the ``[n_layers, d_sae]`` density, and ``mean_fvu``."""
+        return ({"type": "TranscoderEvaluation"} | {f.name: getattr(self, f.name) for f in fields(self) if f.name != "density"}
+                | {"mean_fvu": self.mean_fvu})
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "TranscoderEvaluation":
+        """The metrics back from ``to_dict()``; ``density`` is not in it and comes back as None."""
+        known = {f.name for f in fields(cls)} - {"density"}
+        writes = d.get("writes")
+        return cls(**{k: d[k] for k in known if k in d and k != "writes"}, density=None,
+                   writes=None if writes is None else tuple(writes))
 
     def to_frame(self):
         """One row per layer."""

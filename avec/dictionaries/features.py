@@ -250,12 +250,13 @@ def _token_strings(lm: Any, ids: Sequence[int]) -> list[str]:
 class LogitEffects(Result):
     """Direct effect of one feature's decoder direction on the logits.
 
-    values: ``[vocab]`` ``(gain * center?(W_dec[i])) @ W_U`` (see ``logit_effects``)
+    values: ``[vocab]`` ``(gain * center?(W_dec[i])) @ W_U`` (see ``logit_effects``); None in a result made
+            ``from_dict`` (the JSON form keeps only the top and bottom tokens)
     top / bottom: ``k`` (token id, token string, value) with the largest / smallest values
     """
 
     feature: int
-    values: torch.Tensor
+    values: torch.Tensor | None
     top: tuple[tuple[int, str, float], ...]
     bottom: tuple[tuple[int, str, float], ...]
     norm: str
@@ -268,8 +269,13 @@ class LogitEffects(Result):
         return pd.DataFrame(rows)
 
     def to_dict(self) -> dict:
-        return {"feature": self.feature, "norm": self.norm,
+        return {"type": "LogitEffects", "feature": self.feature, "norm": self.norm,
                 "top": [list(x) for x in self.top], "bottom": [list(x) for x in self.bottom]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LogitEffects":
+        rows = lambda key: tuple((int(t), s, float(v)) for t, s, v in d[key])  # noqa: E731
+        return cls(int(d["feature"]), None, rows("top"), rows("bottom"), d["norm"])
 
     def plot(self, ax=None):
         import matplotlib.pyplot as plt
@@ -344,25 +350,39 @@ class FeatureFilter(Result):
                 for f in self.features]
         return pd.DataFrame(rows, columns=["feature", "min_positive", "mean_positive", "max_negative"])
 
+    def _extremes(self) -> tuple[np.ndarray, np.ndarray]:
+        """``[d_sae]`` each feature's min over the positive prompts and max over the negative ones (0 without)."""
+        lo = self.positive_max.min(0).values.numpy()
+        return lo, (self.negative_max.max(0).values.numpy() if self.negative_max.shape[0] else np.zeros_like(lo))
+
     def to_dict(self) -> dict:
-        return {"threshold": self.threshold, "features": list(self.features),
-                "table": self.to_frame().to_dict(orient="records")}
+        """The table, and every feature's ``positive_min`` / ``negative_max`` (``[d_sae]``, what the plot shows)."""
+        lo, hi = self._extremes()
+        return {"type": "FeatureFilter", "threshold": self.threshold, "features": list(self.features),
+                "table": self.to_frame().to_dict(orient="records"), "positive_min": lo.tolist(),
+                "negative_max": hi.tolist()}
 
     def plot(self, ax=None):
-        import matplotlib.pyplot as plt
+        lo, hi = self._extremes()
+        return filter_plot(lo, hi, self.features, self.threshold, ax)
 
-        fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 3))
-        lo = self.positive_max.min(0).values.numpy()
-        hi = (self.negative_max.max(0).values.numpy() if self.negative_max.shape[0] else np.zeros_like(lo))
-        ax.scatter(hi, lo, s=6, color="#999", label="all features")
-        sel = list(self.features)
-        ax.scatter(hi[sel], lo[sel], s=14, color="#c33", label="selected")
-        ax.axhline(self.threshold, lw=0.5, color="k")
-        ax.axvline(self.threshold, lw=0.5, color="k")
-        ax.set_xlabel("max over negative prompts")
-        ax.set_ylabel("min over positive prompts")
-        ax.legend(fontsize=7)
-        return fig
+
+def filter_plot(lo: Any, hi: Any, features: Sequence[int], threshold: float, ax=None):
+    """Scatter of every feature's max over the negative prompts (``hi`` ``[d_sae]``) against its min over the
+    positive ones (``lo``), the selected ``features`` in red (``FeatureFilter.plot``)."""
+    import matplotlib.pyplot as plt
+
+    lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 3))
+    ax.scatter(hi, lo, s=6, color="#999", label="all features")
+    sel = list(features)
+    ax.scatter(hi[sel], lo[sel], s=14, color="#c33", label="selected")
+    ax.axhline(threshold, lw=0.5, color="k")
+    ax.axvline(threshold, lw=0.5, color="k")
+    ax.set_xlabel("max over negative prompts")
+    ax.set_ylabel("min over positive prompts")
+    ax.legend(fontsize=7)
+    return fig
 
 
 def _prompt_max(lm: Any, d: AttachedDictionary, prompts: Any, batch_size: int, skip: torch.Tensor) -> torch.Tensor:
@@ -466,8 +486,20 @@ class TopExamples(Result):
                                            "density"])
 
     def to_dict(self) -> dict:
-        return {"at": self.at, "n_texts": self.n_texts,
+        return {"type": "TopExamples", "at": self.at, "n_texts": self.n_texts,
                 "features": {str(f): fe.to_dict() for f, fe in self.features.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TopExamples":
+        feats = {}
+        for key, fe in d["features"].items():
+            examples = tuple(Example(int(e["text"]), int(e["position"]), float(e["value"]), tuple(e["tokens"]),
+                                     tuple(float("nan") if a is None else a for a in e["acts"]), int(e["center"]))
+                             for e in fe["examples"])
+            feats[int(key)] = FeatureExamples(int(fe["feature"]), examples, tuple(fe["hist_counts"]),
+                                              tuple(fe["hist_edges"]), int(fe["n_active"]), int(fe["n_tokens"]),
+                                              float("nan") if fe["max"] is None else fe["max"])
+        return cls(feats, d["at"], int(d["n_texts"]))
 
     def plot(self, ax=None):
         import matplotlib.pyplot as plt

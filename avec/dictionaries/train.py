@@ -157,6 +157,20 @@ class TrainResult(Result):
     steps: int = 0
     out: Path | None = None
 
+    def to_dict(self) -> dict:
+        """The log, the step count and the output folder; the dictionaries by name only (their weights are
+        files, not JSON)."""
+        from ..results import jsonable
+
+        return {"type": "TrainResult", "saes": sorted(self.saes), "history": jsonable(self.history),
+                "steps": self.steps, "out": None if self.out is None else str(self.out)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainResult":
+        """The log back from ``to_dict()``; ``saes`` maps each name to None (the modules are not in it)."""
+        return cls({name: None for name in d["saes"]}, list(d["history"]), int(d["steps"]),
+                   None if d.get("out") is None else Path(d["out"]))
+
     def to_frame(self):
         import pandas as pd
 

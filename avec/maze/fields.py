@@ -150,6 +150,12 @@ class VectorField:
         return {"type": "VectorField", "label": self.label, "maze": self.maze.to_dict(), "actions": list(ACTION_NAMES),
                 "cells": jsonable(self.cells), "probs": jsonable(self.probs), "arrows": jsonable(self.arrows)}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> VectorField:
+        """The field back from ``to_dict()`` (arrows are recomputed from ``probs``)."""
+        return cls(Maze.from_dict(d["maze"]), np.array(d["cells"], dtype=int), np.array(d["probs"], dtype=float),
+                   d.get("label", ""))
+
     def to_frame(self) -> pd.DataFrame:
         df = pd.DataFrame(self.probs, columns=[f"p_{a.lower()}" for a in ACTION_NAMES])
         df.insert(0, "row", self.cells[:, 0])
@@ -194,6 +200,11 @@ class FieldDiff:
 
         return {"type": "FieldDiff", "a": self.a.to_dict(), "b": self.b.to_dict(), "probs": jsonable(self.probs),
                 "arrows": jsonable(self.arrows)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FieldDiff:
+        """The difference back from ``to_dict()`` (from its two fields)."""
+        return cls(VectorField.from_dict(d["a"]), VectorField.from_dict(d["b"]))
 
     def to_frame(self) -> pd.DataFrame:
         df = pd.DataFrame(self.probs, columns=[f"dp_{x.lower()}" for x in ACTION_NAMES])

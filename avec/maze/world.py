@@ -312,6 +312,12 @@ class Maze:
                 "mouse": list(self.mouse), "cheese": None if self.cheese is None else list(self.cheese),
                 "seed": self.seed, "region": self.region}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Maze":
+        """The maze back from ``to_dict()`` (its JSON form)."""
+        return cls(np.array(d["grid"], dtype=bool), int(d["size"]), tuple(d["mouse"]),
+                   None if d.get("cheese") is None else tuple(d["cheese"]), d.get("seed"), d.get("region"))
+
     def to_text(self) -> str:
         """ASCII picture, row 0 on top: '#' wall, '.' open, 'M' mouse, 'C' cheese."""
         rows = []

@@ -7,6 +7,7 @@ from typing import List, Optional
 import typer
 
 from ...io import FIGURE_SUFFIXES, atomic_savefig, check_out_option
+from ..render import view
 
 
 def _save(fig, out: Optional[str]) -> None:
@@ -28,7 +29,7 @@ def register(app: typer.Typer) -> None:
 
         check_out_option(out, FIGURE_SUFFIXES)
         lm = load(model)
-        ll = logit_lens(lm, prompt, tokens=token or None, points=points)
+        ll = view(logit_lens(lm, prompt, tokens=token or None, points=points))  # printed from its dict
         frame = ll.to_frame()
         last = frame[frame["position"] == frame["position"].max()].drop(columns=["prompt", "position", "input"])
         typer.echo(last.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
@@ -49,7 +50,7 @@ def register(app: typer.Typer) -> None:
 
         check_out_option(out, FIGURE_SUFFIXES)
         lm = load(model)
-        res = dla(lm, prompt, target=target, against=against, heads=heads)
+        res = view(dla(lm, prompt, target=target, against=against, heads=heads))
         typer.echo(f"{res.label} = {res.logit.item():.4f}; contributions sum to {res.total.item():.4f}")
         typer.echo(res.to_frame().to_string(index=False, float_format=lambda x: f"{x:.4f}"))
         if heads:
@@ -90,7 +91,7 @@ def register(app: typer.Typer) -> None:
         lm = load(model)
         lens = train_tuned_lens(lm, train, steps=steps, lr=lr, batch_tokens=batch_tokens)
         typer.echo(f"wrote {lens.save(out_dir)}")
-        cmp = compare_lenses(lm, lens, held_out, max_tokens=score_tokens)
+        cmp = view(compare_lenses(lm, lens, held_out, max_tokens=score_tokens))
         typer.echo(cmp.to_frame().to_string(index=False, float_format=lambda x: f"{x:.4f}"))
         _save(cmp.plot(), out)
 
@@ -105,9 +106,9 @@ def register(app: typer.Typer) -> None:
         check_out_option(out, FIGURE_SUFFIXES)
         lm = load(model)
         prompts = prompt or ["The Eiffel Tower is in the city of Paris.", "I hate you because you never listen."]
-        norms = residual_norms(lm, prompts)
+        norms = view(residual_norms(lm, prompts))
         typer.echo(norms.to_frame().to_string(index=False, float_format=lambda x: f"{x:.4g}"))
         typer.echo(f"mean growth factor per layer: {growth_rate(norms):.4f}")
-        wn = weight_norms(lm)
+        wn = view(weight_norms(lm))
         typer.echo(wn.to_frame().to_string(index=False, float_format=lambda x: f"{x:.4g}"))
         _save(wn.plot(), out)

@@ -120,7 +120,9 @@ def register(app: typer.Typer) -> None:
         m = Maze.from_seed(seed)
         base = vector_field(p, m)
         steered = vector_field(p, m, steer=coeff * cheese_vector(p, m, hook), label=f"cheese vector x {coeff:g}")
-        atomic_savefig(steered.plot(compare_to=base), out, dpi=90, bbox_inches="tight")
+        from ..render import view
+
+        atomic_savefig(view(steered.diff(base)).plot(), out, dpi=90, bbox_inches="tight")  # drawn from its dict
         typer.echo(f"wrote {out}")
 
     @maze.command("stats")

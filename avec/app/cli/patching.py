@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from ...io import FIGURE_SUFFIXES, atomic_savefig, check_out_option
+from ..render import view
 
 
 def register(app: typer.Typer) -> None:
@@ -36,6 +37,7 @@ def register(app: typer.Typer) -> None:
             res = attribution_patching(lm, clean, corrupted, point, by, **kw)
         else:
             res = activation_patching(lm, clean, corrupted, point, by, chunk_size=chunk_size, progress=True, **kw)
+        res = view(res)  # printed from its dict
         typer.echo(f"metric: clean {res.clean_metric:.4f}, corrupted {res.corrupted_metric:.4f}; "
                    f"{res.values.numel()} cells in {res.seconds:.1f} s")
         frame = res.to_frame()

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from ...io import FIGURE_SUFFIXES, atomic_savefig, check_out_option
+from ..render import view
 
 
 def _data(name: str, text: str, label: str, kind: Optional[str], limit: Optional[int]):
@@ -72,13 +73,14 @@ def register(app: typer.Typer) -> None:
         lm = load(model)
         res = probe(lm, ds, _layers(layers, lm.n_layers), position=position, progress=True, folds=folds or None,
                     groups=keys, kind=kind)
+        fitted, res = res, view(res)  # printed from its dict; the vector from the fitted probe
         i = res.layers.index(res.best_layer)
         cv = f", {folds}-fold CV {res.metric} {float(res.cv_mean[i]):.3f} +- {float(res.cv_std[i]):.3f}" if folds else ""
         typer.echo(f"{ds!r}: best layer {res.best_layer}{cv}, test {res.metric} {float(res.test_score[i]):.3f} "
                    f"(chance {res.chance:.3f}, n_test={res.n_test}); groups: {res.groups}")
         typer.echo(res.to_frame().to_string(index=False, float_format=lambda x: f"{x:.3f}"))
         if save_vector:
-            typer.echo(f"wrote {res.to_steering_vector(lm).save(save_vector)}")
+            typer.echo(f"wrote {fitted.to_steering_vector(lm).save(save_vector)}")
         if out:
             atomic_savefig(res.plot(), out, dpi=120, bbox_inches="tight")
             typer.echo(f"wrote {out}")
@@ -103,10 +105,11 @@ def register(app: typer.Typer) -> None:
         if confound:
             plain, res = confound_experiment(lm, ds, _layers(layers, lm.n_layers), **kw)
             typer.echo("plain pairs:")
-            typer.echo(plain.to_frame().to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+            typer.echo(view(plain).to_frame().to_string(index=False, float_format=lambda x: f"{x:.3f}"))
             typer.echo("pairs with a distractor word:")
         else:
             res = ccs(lm, ds, layers=_layers(layers, lm.n_layers), **kw)
+        res = view(res)
         typer.echo(res.to_frame().to_string(index=False, float_format=lambda x: f"{x:.3f}"))
         if out:
             atomic_savefig(res.plot(), out, dpi=120, bbox_inches="tight")

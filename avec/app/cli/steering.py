@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from ...io import FIGURE_SUFFIXES, atomic_savefig, atomic_write, check_out_option
+from ..render import view
 
 VECTOR_SUFFIXES = (".safetensors", ".gguf")
 
@@ -53,8 +54,8 @@ def steer(
     lm = load(model)
     vector = contrast(lm, plus, minus, at=layer, pad=pad)
     typer.echo(vector.describe())
-    table = side_by_side(lm, prompts, coeff * vector, max_new_tokens, seed=seed, do_sample=sample,
-                         temperature=temperature, top_p=top_p, chat=chat)
+    table = view(side_by_side(lm, prompts, coeff * vector, max_new_tokens, seed=seed, do_sample=sample,
+                              temperature=temperature, top_p=top_p, chat=chat))  # printed from its dict
     for p, a, b in zip(table.prompts, table.unsteered, table.steered):
         typer.echo(f"\n=== {p!r}\n--- unsteered:\n{p}{a}\n--- steered ({coeff:g} x ({plus} - {minus}) @ layer {layer}):\n{p}{b}")
     if save:
@@ -97,8 +98,8 @@ def scan(
         raise typer.BadParameter(f"--n must be >= 1, got {n}")
     lm = load(model)
     vector = contrast(lm, plus, minus, at=layer)
-    result = coefficient_scan(lm, prompt, vector, (target, against), n=n, lo=lo, hi=hi, heads=heads,
-                              n_clusters=clusters)
+    result = view(coefficient_scan(lm, prompt, vector, (target, against), n=n, lo=lo, hi=hi, heads=heads,
+                                   n_clusters=clusters))  # printed from its dict
     typer.echo(f"{result.metric} at position {result.info['answer position']}; |total - logits| max {result.max_error:.2e}")
     frame = result.to_frame()
     picks = sorted({0, len(frame) // 4, len(frame) // 2, 3 * len(frame) // 4, len(frame) - 1})
@@ -138,11 +139,11 @@ def caa(
     vector = mean_difference(lm, ab_pairs(lm, train_items), at=layer, name=behaviour)
     positions = "all" if all_positions else None
     typer.echo(vector.describe())
-    base = ab_eval(lm, test_items)
+    base = view(ab_eval(lm, test_items))  # printed from its dict
     typer.echo(f"{len(test_items)} test items; p(A)+p(B) = {float((base.p_a + base.p_b).mean()):.3f}")
     typer.echo(f"coeff   0: p(match)/(p(A)+p(B)) = {base.score:.3f}")
     for c in values:
-        typer.echo(f"coeff {c:+g}: p(match)/(p(A)+p(B)) = {ab_eval(lm, test_items, c * vector, positions=positions).score:.3f}")
+        typer.echo(f"coeff {c:+g}: p(match)/(p(A)+p(B)) = {view(ab_eval(lm, test_items, c * vector, positions=positions)).score:.3f}")
     if save:
         path = vector.to_gguf(save) if save.endswith(".gguf") else vector.save(save)
         typer.echo(f"saved {path}")

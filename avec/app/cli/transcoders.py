@@ -87,7 +87,7 @@ def _summary(m: dict) -> str:
 
 
 def _metrics(res: Any) -> dict:
-    return {k: v for k, v in res.to_dict().items() if v is not None and k not in ("writes", "dense_threshold")}
+    return {k: v for k, v in res.to_dict().items() if v is not None and k not in ("type", "writes", "dense_threshold")}
 
 
 def register(app: typer.Typer) -> None:

@@ -43,6 +43,13 @@ class Section:
         self.parts.append(figure_html(fig))
         return self
 
+    def result(self, result: Any, figure: bool = True, table: bool = True) -> "Section":
+        """A result's figure and table, drawn from its ``to_dict()`` (``avec.app.render``), as the CLI prints it."""
+        from ..render import html as render_html
+
+        self.parts.append(render_html(result, with_figure=figure, with_table=table))
+        return self
+
     def raw(self, markup: str) -> "Section":
         self.parts.append(markup)
         return self

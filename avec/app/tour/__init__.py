@@ -12,8 +12,9 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from .context import TourContext, on_model  # noqa: F401 - re-exported for sections
+from ..render import view
 from ..report.html import Report, Section
+from .context import TourContext, on_model  # noqa: F401 - re-exported for sections
 
 
 def model_card(ctx: TourContext, s: Section) -> None:
@@ -55,11 +56,10 @@ def residual_norm_section(ctx: TourContext, s: Section) -> None:
                "The mitochondria is the powerhouse of the cell.",
                "import numpy as np\nx = np.zeros(10)",
                "Once upon a time, a little mouse looked for cheese in a maze."]
-    norms = residual_norms(ctx.lm, prompts)
+    norms = view(residual_norms(ctx.lm, prompts))  # the report draws the result's dict
     s.text("Mean L2 norm of the residual stream entering each block (first token excluded), from one batched "
            "run that caches only the residual points. Growth = ratio to the previous layer.")
-    s.figure(norms.plot())
-    s.table(norms.to_frame())
+    s.result(norms)
 
 
 def _sections() -> list[tuple[str, Callable[[TourContext, Section], None]]]:

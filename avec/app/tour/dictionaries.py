@@ -10,6 +10,8 @@ from __future__ import annotations
 import html
 import time
 
+from ..render import view
+
 SHIPPED = "smollm2-blocks.12.resid_post-topk-4608"
 
 # A concept the held-out corpus (State of the Union addresses, the King James Bible) has plenty of.
@@ -83,7 +85,7 @@ def sae_section(ctx, s) -> None:
            f"{recorded.get('n_tokens', '?')} reconstruction tokens. The special tokens the store drops keep the model's "
            "own value in the spliced and zero-ablated runs.")
     s.table(pd.DataFrame(rows))
-    s.figure(res.plot())
+    s.figure(view(res).plot())
 
 
 def _embed(page: str, height: int = 520) -> str:
@@ -125,7 +127,7 @@ def features_section(ctx, s) -> None:
            f"{texts.shape[0]} held-out contexts of 64 tokens: the token in [[ ]] is where the feature peaks; logit "
            "effects are each decoder direction read through the final norm's gain and the unembedding.")
     s.table(pd.DataFrame(rows))
-    s.figure(examples.plot())
+    s.figure(view(examples).plot())
     s.text(f"The dashboard page of feature {ids[0]} (`avec sae dashboard` writes one per feature and an index):")
     s.raw(_embed(feature_page(examples[ids[0]], effects[ids[0]], at)))
 

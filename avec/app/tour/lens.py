@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..render import view
 from .context import on_model
 
 GEMMA = "gemma3-270m"
@@ -13,7 +14,7 @@ def logit_lens_section(ctx, s) -> None:
     from ...lens.logit_lens import logit_lens
 
     lm = ctx.lm
-    ll = logit_lens(lm, FACT, tokens=[" Paris"])
+    ll = view(logit_lens(lm, FACT, tokens=[" Paris"]))  # the report draws each result's dict
     s.text(f"Logit lens on {FACT!r}: each block's input residual (and the final residual) read through the "
            "model's own final norm and unembedding. Colour: probability of ' Paris'; text: the lens's top-1 token. "
            "The last row is the model's output exactly.")
@@ -27,7 +28,7 @@ def dla_section(ctx, s) -> None:
     from ...lens.dla import dla
 
     lm = ctx.lm
-    res = dla(lm, FACT, target=" Paris", against=" Rome", heads=True, neurons=True)
+    res = view(dla(lm, FACT, target=" Paris", against=" Rome", heads=True, neurons=True))
     s.text(f"Direct logit attribution of logit(' Paris') - logit(' Rome') = {res.logit.item():.3f} at the last token of "
            f"{FACT!r}, with the final norm's scale frozen at its value in the run. The contributions sum to "
            f"{res.total.item():.3f} (difference {abs(res.total - res.logit).item():.1e}).")
@@ -45,8 +46,8 @@ def norm_growth_section(ctx, s) -> None:
                "I hate you because you never listen to me.",
                "The mitochondria is the powerhouse of the cell.",
                "import numpy as np\nx = np.zeros(10)"]
-    norms = residual_norms(lm, prompts)
-    wn = weight_norms(lm)
+    norms = view(residual_norms(lm, prompts))
+    wn = view(weight_norms(lm))
     s.text(f"Residual norm grows by a factor {growth_rate(norms):.3f} per layer on average (geometric mean, "
            f"first token excluded). Beside it, the Frobenius norms of what each layer can write: each head's "
            "W_OV = W_V W_O and each MLP's W_out.")
@@ -67,7 +68,7 @@ def tuned_lens_section(ctx, s) -> None:
     lens = train_tuned_lens(lm, reference_texts("train"), steps=4, lr=1e-4, batch_tokens=32, progress=False)
     t_train = time.perf_counter() - t
     held_out = reference_texts("test")
-    cmp = compare_lenses(lm, lens, held_out, max_tokens=128)
+    cmp = view(compare_lenses(lm, lens, held_out, max_tokens=128))
     s.text(f"Tuned lens: one affine translator per layer, fitted on {lens.meta['train_tokens']} tokens of the bundled "
            "reference corpus (avec.data.reference_texts('train'); closed-form ridge start, then 4 Adam steps on the "
            f"KL to the final distribution; {t_train:.0f} s) and scored on 128 tokens of the 9 held-out paragraphs. "

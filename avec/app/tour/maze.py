@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..render import view
+
 CHECKPOINTS = Path(__file__).resolve().parents[2] / "maze" / "checkpoints"
 SHIPPED = ("region5", "region15")
 
@@ -43,7 +45,7 @@ def policies_section(ctx, s) -> None:
     steered = vector_field(policy, maze, steer=-1 * cheese_vector(policy, maze), label="cheese vector x -1")
     s.text(f"Vector field of region5 on test maze seed {maze.seed} (one batched forward over every open cell), "
            "and with the cheese vector subtracted at embedder.block2.res1.resadd_out on every forward pass:")
-    s.figure(steered.plot(compare_to=base))
+    s.figure(view(steered.diff(base)).plot())
 
 
 def vectors_section(ctx, s) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..render import view
 from .context import on_model
 
 GEMMA = "gemma3-270m"
@@ -18,19 +19,19 @@ def country_section(ctx, s) -> None:
     lm = ctx.lm
     clean, corrupt, answer, wrong = COUNTRY
     kw = dict(answer=answer, wrong=wrong)
-    res = activation_patching(lm, clean, corrupt, "resid_pre", **kw)
+    res = view(activation_patching(lm, clean, corrupt, "resid_pre", **kw))  # the report draws each dict
     s.text(f"Clean {clean!r} vs corrupted {corrupt!r}; metric logit({answer!r}) - logit({wrong!r}) "
            f"({res.clean_metric:.2f} clean, {res.corrupted_metric:.2f} corrupted), normalised to 1 = clean, "
            f"0 = corrupted. Each cell copies the clean residual at one (layer, position) into the corrupted run; "
            f"all {res.values.numel()} patches ran as batch rows in {res.seconds:.1f} s.")
     s.figure(res.plot())
-    est = attribution_patching(lm, clean, corrupt, "resid_pre", **kw)
+    est = view(attribution_patching(lm, clean, corrupt, "resid_pre", **kw))
     s.text(f"Attribution patching (gradient x difference) of the same grid in {est.seconds:.1f} s; correlation "
            f"with real patching {est.correlation(res):.3f}.")
     s.figure(est.plot())
     for point in ("attn_out", "mlp_out"):  # whole layers (all positions): one patch per layer
         r = activation_patching(lm, clean, corrupt, point, "layer", **kw)
-        s.figure(r.plot())
+        s.figure(view(r).plot())
 
 
 def ioi_section(ctx, s) -> None:
@@ -40,8 +41,8 @@ def ioi_section(ctx, s) -> None:
     lm = ctx.lm
     clean, corrupt, answer, wrong = IOI
     kw = dict(answer=answer, wrong=wrong)
-    res = activation_patching(lm, clean, corrupt, "attn.z", "head", **kw)
-    est = attribution_patching(lm, clean, corrupt, "attn.z", "head", **kw)
+    res = view(activation_patching(lm, clean, corrupt, "attn.z", "head", **kw))
+    est = view(attribution_patching(lm, clean, corrupt, "attn.z", "head", **kw))
     s.text(f"Indirect object: {clean!r} (answer {answer!r}) vs {corrupt!r}; metric logit difference "
            f"({res.clean_metric:.2f} clean, {res.corrupted_metric:.2f} corrupted). Each head's output (attn.z, all "
            f"positions) patched from clean into corrupted, {res.values.numel()} heads in {res.seconds:.1f} s; "
@@ -51,7 +52,7 @@ def ioi_section(ctx, s) -> None:
     s.table(top)
     est_resid = attribution_patching(lm, clean, corrupt, "resid_pre", **kw)
     s.text(f"Attribution-patching estimate of the residual grid (layer x position), {est_resid.seconds:.1f} s:")
-    s.figure(est_resid.plot())
+    s.figure(view(est_resid).plot())
 
 
 def ablation_section(ctx, s) -> None:

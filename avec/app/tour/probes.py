@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from ..render import view
+
 YES_NO = "{statement}\nQuestion: Is this statement true?\nAnswer:"
 
 
@@ -23,7 +25,7 @@ def probe_by_layer_section(ctx, s) -> None:
     for name, n in (("sentiment", 80 if ctx.quick else 120), ("truth/capitals", 120 if ctx.quick else 240)):
         data = load(name).sample(n, seed=0)
         t = time.perf_counter()
-        res = probe(lm, data, _layers(ctx))
+        res = view(probe(lm, data, _layers(ctx)))  # the report draws the result's dict
         took = time.perf_counter() - t
         s.figure(res.plot())
         i = res.layers.index(res.best_layer)
@@ -45,7 +47,7 @@ def ccs_section(ctx, s) -> None:
     lm = ctx.lm
     data = load("truth/capitals").sample(80 if ctx.quick else 120, seed=0)
     layers = list(range(0, lm.n_layers, 6 if ctx.quick else 3))
-    plain, mixed = confound_experiment(lm, data, layers, pca=16, n_restarts=10, epochs=400, test_size=0.4)
+    plain, mixed = map(view, confound_experiment(lm, data, layers, pca=16, n_restarts=10, epochs=400, test_size=0.4))
     s.text(f"CCS (linear, 10 restarts, sides normalised, top-16 principal components) against a supervised logistic "
            f"probe on the same {len(data)} contrast pairs ('... Is this statement true? Answer: Yes' / '... No'), "
            f"test accuracy up to sign on {plain.n_test} held-out pairs (a small model and a small test set: differences of "

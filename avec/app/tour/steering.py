@@ -15,6 +15,7 @@ from typing import Any
 
 
 from ...steering.generation import generate_cells
+from ..render import view
 from .context import on_model
 
 NEUTRAL = ["I went up to my friend and said", "Yesterday, my neighbour told me that",
@@ -226,7 +227,7 @@ def scan_section(ctx: Any, s: Any) -> None:
     layer = _layer(lm, 6)
     love = contrast(lm, "Love", "Hate", at=layer)
     n = 32 if ctx.quick else 128
-    r = coefficient_scan(lm, "I hate you because", love, (" love", " hate"), n=n, heads=True)
+    r = view(coefficient_scan(lm, "I hate you because", love, (" love", " hate"), n=n, heads=True))  # drawn from its dict
     frozen = r.info["frozen post-norm"]
     s.text(f"{lm.name}: injection coefficient scan: Love - Hate at blocks.{layer}.resid_pre (ActAdd, first "
            f"{love[f'blocks.{layer}.resid_pre'].shape[0]} positions), {n} coefficients "
