@@ -86,3 +86,37 @@ def test_prompt_features_are_the_strongest_latents_per_position(lm):
     assert len(r.to_frame()) == 32 and r.plot() is not None
     with pytest.raises(ValueError, match="give one prompt"):
         prompt_features(lm, sae, AT, x[None].repeat(2, 1))
+
+
+def test_feature_density_is_the_share_of_read_tokens_each_feature_fires_on(lm):
+    sae = random_sae()
+    with torch.no_grad():
+        sae.b_enc[:3] = -100.0  # never fire
+        sae.b_enc[3:5] = 100.0  # always fire
+    x = tokens(lm, batch=5, seq=8, seed=2)
+    lat = _dense(lm, sae, x)
+    dens = collect_latents(lm, sae, AT, x).density(0.5)
+    hand = (lat > 0).double().mean((0, 1))
+    assert torch.allclose(dens.density, hand) and dens.n_read == 40
+    assert dens.dead.tolist() == (hand == 0).nonzero().flatten().tolist() and {0, 1, 2} <= set(dens.dead.tolist())
+    assert dens.dense.tolist() == (hand > 0.5).nonzero().flatten().tolist() and {3, 4} <= set(dens.dense.tolist())
+    picked = dens.select(0.2, 0.6)
+    assert set(picked.tolist()) == set(((hand >= 0.2) & (hand <= 0.6)).nonzero().flatten().tolist())
+    assert (hand[picked].diff() <= 0).all()  # densest first
+    frame = dens.to_frame()
+    assert len(frame) == W and frame["density"].is_monotonic_decreasing
+    assert torch.allclose(dens.max, lat.clamp_min(0).amax((0, 1)))
+    d = dens.to_dict()
+    assert d["n_dead"] == len(dens.dead) and d["density"] == pytest.approx(hand.tolist())
+
+
+def test_feature_density_bad_input(lm):
+    sae = random_sae()
+    x = tokens(lm, batch=2, seq=5, seed=2)
+    with pytest.raises(ValueError, match="collected only some features"):
+        collect_latents(lm, sae, AT, x, features=[1, 2]).density()
+    index = collect_latents(lm, sae, AT, x)
+    with pytest.raises(ValueError, match=r"dense_threshold=1.5; allowed: a share of tokens in \(0, 1\)"):
+        index.density(1.5)
+    with pytest.raises(ValueError, match=r"density range \[0.5, 0.2\]"):
+        index.density().select(0.5, 0.2)

@@ -25,7 +25,7 @@ def _results(lm):
     from avec.data.labelled import load as load_labelled
     from avec.dictionaries.evaluate import evaluate, evaluate_transcoder
     from avec.dictionaries import features as F
-    from avec.dictionaries.latents import prompt_features
+    from avec.dictionaries.latents import collect_latents, prompt_features
     from avec.dictionaries.sae import SAE
     from avec.dictionaries.train import TrainResult
     from avec.dictionaries import CrossLayerTranscoder, layer_points
@@ -75,6 +75,7 @@ def _results(lm):
     out["FeatureFilter"] = F.filter_features(lm, sae, sae.cfg.hook, ids[:1], ids[1:])
     out["TopExamples"] = F.top_examples(lm, sae, sae.cfg.hook, ids, [0, 5], k=2)
     out["PromptFeatures"] = prompt_features(lm, sae, sae.cfg.hook, ids[0], k=3)
+    out["FeatureDensity"] = collect_latents(lm, sae, sae.cfg.hook, ids).density()
     pts = layer_points(2)
     clt = CrossLayerTranscoder(arch="relu", d_in=64, d_sae=16, n_layers=2, **pts)
     out["TranscoderEvaluation"] = evaluate_transcoder(
@@ -123,7 +124,7 @@ def test_every_result_renders_in_the_cli_and_the_report(results):
 
 @pytest.mark.parametrize("name", ["Completions", "ScanResult", "LogitLens", "DLA", "ResidualDecomposition",
                                   "ResidualNorms", "WeightNorms", "PatchingResult", "ProbeResult", "CCSResult",
-                                  "Effect", "Perplexity", "ABScores", "TopExamples", "PromptFeatures",
+                                  "Effect", "Perplexity", "ABScores", "TopExamples", "PromptFeatures", "FeatureDensity",
                                   "TranscoderEvaluation", "LogitEffects", "TrainResult", "VectorField", "FieldDiff"])
 def test_rebuilt_results_say_what_their_dict_says(results, name):
     """Types rebuilt from their dict: the rebuilt object's dict is the dict (nothing lost on the way)."""

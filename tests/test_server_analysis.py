@@ -173,6 +173,28 @@ def test_feature_page_equals_the_library_and_reads_the_contexts_once(server, lm,
     assert d["examples"] == _json(cindex.examples([g], k=10)[g].to_dict()) and d["examples"]["n_active"] > 0
 
 
+def test_feature_density_equals_the_library(server, lm, data_dir, contexts):
+    """The density list: every feature's firing frequency over the contexts the feature pages read."""
+    sae = SAE.load(data_dir / "sae.safetensors")
+    index = collect_latents(lm, sae, SAE_AT, contexts)
+    status, d = call(server.url + "/api/features/density", {"dictionary": "sae.safetensors"})
+    assert status == 200, d
+    D = d["density"]
+    assert D == _json(index.density(0.1).to_dict()) and D["type"] == "FeatureDensity"
+    assert len(D["density"]) == 96 and D["n_read"] == index.n_read
+    assert D["density"] == pytest.approx((index.counts().double() / index.n_read).tolist())
+    assert D["n_dead"] == int((index.counts() == 0).sum()) and D["at"] == SAE_AT
+    # the feature page of a feature says the same density
+    f = int(torch.tensor(D["counts"]).argmax())
+    status, page = call(server.url + "/api/features/feature", {"dictionary": "sae.safetensors", "feature": f})
+    assert page["examples"]["density"] == pytest.approx(D["density"][f])
+    # a cross-layer transcoder: its own layer's latents
+    clt = load_transcoder(data_dir / "clt.safetensors")
+    status, d = call(server.url + "/api/features/density", {"dictionary": "clt.safetensors", "layer": 1})
+    assert status == 200 and d["layer"] == 1 and d["density"]["at"] == "blocks.1.resid_mid"
+    assert d["density"]["counts"] == collect_latents(lm, clt, None, contexts, layer=1).counts().tolist()
+
+
 def test_steering_with_a_feature_equals_the_library(server, lm, data_dir):
     sae = SAE.load(data_dir / "sae.safetensors")
     body = {"dictionary": "sae.safetensors", "feature": 7, "prompt": "I think that", "coeff": 25.0, "max_new_tokens": 8}
@@ -227,6 +249,9 @@ FEATURE_BAD = [
     ("feature", {"dictionary": "leaky", "feature": 1}, "which is not a .safetensors file in the data folder"),
     ("feature", {"dictionary": "shipped:smollm2-blocks.12.resid_post-topk-4608", "feature": 1},
      "is not a shipped SAE of this model; shipped for it: none"),
+    ("density", {"dictionary": "clt.safetensors", "layer": 3}, "layer must be in 0..2"),
+    ("density", {"dictionary": "love.safetensors"}, "is not an avec SAE or transcoder file"),
+    ("density", {"dictionary": "sae.safetensors", "density": 1}, "unknown field(s) ['density']"),
     ("prompt", {"dictionary": "sae.safetensors", "prompt": "word " * 90}, "tokens; at most 64 are allowed"),
     ("prompt", {"dictionary": "sae.safetensors", "prompt": "Hi", "k": 0}, "k must be in 1..20"),
     ("steer", {"dictionary": "sae.safetensors", "feature": 1, "prompt": "Hi", "coeff": 1e6}, "coeff must be in [-1000, 1000]"),

@@ -144,3 +144,66 @@ def test_graph_page_node_opens_its_feature_page(page, server):
         f"Feature {feature} of clt.safetensors at blocks.{layer}.resid_mid"
     assert page.locator("#layer").input_value() == layer
     assert not [e for e in page.errors if "400" not in e]
+
+
+def _rows(page):
+    """(feature, density) of each listed row."""
+    return page.evaluate("Array.from(document.querySelectorAll('#density-rows tr'))"
+                         ".map((tr) => [Number(tr.dataset.feature), Number(tr.dataset.density)])")
+
+
+def test_features_by_density_filter_sort_and_open(page, server):
+    from _server import call
+
+    page.goto(server.url + "/features")
+    page.select_option("#dictionary", "sae.safetensors")
+    _settle(page, "document.getElementById('density-plot').data !== undefined && "
+                  "document.getElementById('density-plot').layout.title.text.includes('blocks.1.resid_post')")
+    status, d = call(server.url + "/api/features/density", {"dictionary": "sae.safetensors"})
+    D = d["density"]
+    live = [x for x in D["density"] if x > 0]
+    # the histogram counts every feature that fired, on a log10 axis; the list shows every feature
+    assert sum(_plot(page, "density-plot", "d.y")) == len(live) == 96 - D["n_dead"]
+    edges = _plot(page, "density-plot", "d.customdata")
+    assert edges[-1][1] == 0 and abs(edges[0][0] - __import__("math").log10(min(live))) < 1e-9
+    rows = _rows(page)
+    assert len(rows) == 96 and [r[1] for r in rows] == sorted(D["density"], reverse=True)
+    assert all(abs(D["density"][f] - x) < 1e-12 for f, x in rows)
+    page.screenshot(path=str(artifacts_dir() / "serve-features-density.png"), full_page=True)
+    # dead / dense
+    page.select_option("#density-filter", "dead")
+    assert sorted(f for f, _ in _rows(page)) == [i for i, c in enumerate(D["counts"]) if c == 0]
+    page.select_option("#density-filter", "dense")
+    assert sorted(f for f, _ in _rows(page)) == [i for i, x in enumerate(D["density"]) if x > 0.1]
+    # a density range typed in, sorted by id
+    lo, hi = sorted(live)[len(live) // 4], sorted(live)[3 * len(live) // 4]
+    page.fill("#density-lo", repr(lo))
+    page.fill("#density-hi", repr(hi))
+    assert page.locator("#density-filter").input_value() == "range"
+    page.select_option("#density-sort", "id")
+    got = _rows(page)
+    assert [f for f, _ in got] == [i for i, x in enumerate(D["density"]) if lo <= x <= hi]
+    assert page.locator("#density-count").inner_text().startswith(f"{len(got)} feature")
+    # a column header sorts too: by max activation
+    page.click("#density-table th[data-sort=max-desc]")
+    maxes = [D["max"][f] for f, _ in _rows(page)]
+    assert maxes == sorted(maxes, reverse=True)
+    # a real click on the highest bar lists the features in its range
+    xy = page.evaluate("""() => {
+        const gd = document.getElementById('density-plot'), d = gd.data[0];
+        const i = d.y.indexOf(Math.max(...d.y));
+        const box = gd.querySelector('.nsewdrag').getBoundingClientRect();
+        return [box.left + gd._fullLayout.xaxis.d2p(d.x[i]), box.top + gd._fullLayout.yaxis.d2p(d.y[i] / 2), i];
+    }""")
+    page.mouse.click(xy[0], xy[1])
+    page.wait_for_function(f"document.getElementById('density-count').textContent.startsWith('{max(_plot(page, 'density-plot', 'd.y'))} feature')")
+    b0, b1 = edges[xy[2]]
+    assert all(10 ** b0 * (1 - 1e-5) <= x <= 10 ** b1 * (1 + 1e-5) for _, x in _rows(page))
+    # a listed feature opens its page, which says the same density
+    f, x = _rows(page)[0]
+    page.click(f"#density-rows tr[data-feature='{f}'] a")
+    page.wait_for_url("**/feature?*", timeout=10_000)
+    _settle(page, "document.getElementById('feature-title').textContent.length > 0")
+    assert page.locator("#feature-title").inner_text().startswith(f"Feature {f} of sae.safetensors")
+    assert f"density {100 * x:.3f}%" in page.locator("#summary").inner_text()
+    assert not page.errors

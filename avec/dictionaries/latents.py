@@ -26,7 +26,7 @@ from ..results import Result
 from .features import (Example, FeatureExamples, TopExamples, _attached, _batches, _feature_ids, _n_inputs, _read_mask,
                        _skipped_ids, _token_strings)
 
-__all__ = ["LatentIndex", "collect_latents", "PromptFeatures", "prompt_features"]
+__all__ = ["LatentIndex", "collect_latents", "PromptFeatures", "prompt_features", "FeatureDensity"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,6 +82,14 @@ class LatentIndex:
     def max_values(self) -> torch.Tensor:
         """``[d_sae]`` each feature's largest activation (0 when never active)."""
         return torch.zeros(self.d_sae).scatter_reduce_(0, self.feature.long(), self.value, "amax")
+
+    def density(self, dense_threshold: float = 0.1) -> "FeatureDensity":
+        """Every feature's firing frequency over the read tokens (``FeatureDensity``; needs every feature
+        collected)."""
+        if self.columns is not None:
+            raise ValueError("this index collected only some features (features=...); the density of every feature "
+                             "needs collect_latents(..., features=None)")
+        return FeatureDensity(self.at, self.n_read, self.counts(), self.max_values(), float(dense_threshold))
 
     def text_tokens(self, t: int) -> list[int]:
         return self.tokens[int(self.starts[t]):int(self.starts[t + 1])].tolist()
@@ -199,6 +207,83 @@ def collect_latents(lm: Any, sae: Any, at: str | None, texts: Any, *, layer: int
     unique = torch.unique(tokens).tolist()
     strings = dict(zip(unique, _token_strings(lm, unique)))
     return LatentIndex(at_point, d_sae, n_texts, tokens, starts, feature, text, pos, value, offsets, cols, n_read, strings)
+
+
+# ----------------------------------------------------------------------------- feature density
+@dataclass(frozen=True)
+class FeatureDensity(Result):
+    """How often each feature fires over a set of read tokens (``LatentIndex.density``).
+
+    counts:  ``[d_sae]`` int, on how many of the ``n_read`` tokens each feature is positive
+    max:     ``[d_sae]`` each feature's largest activation (0 when it never fires)
+    dense_threshold: a feature firing on more than this share of tokens counts as dense
+    """
+
+    at: str
+    n_read: int
+    counts: torch.Tensor
+    max: torch.Tensor
+    dense_threshold: float = 0.1
+
+    def __post_init__(self):
+        if not 0 < self.dense_threshold < 1:
+            raise ValueError(f"dense_threshold={self.dense_threshold!r}; allowed: a share of tokens in (0, 1)")
+
+    @property
+    def density(self) -> torch.Tensor:
+        """``[d_sae]`` float64 firing frequency: counts / n_read."""
+        return self.counts.double() / max(self.n_read, 1)
+
+    @property
+    def dead(self) -> torch.Tensor:
+        """``[n_dead]`` ids of the features that never fired."""
+        return (self.counts == 0).nonzero().flatten()
+
+    @property
+    def dense(self) -> torch.Tensor:
+        """``[n_dense]`` ids of the features firing on more than ``dense_threshold`` of the tokens."""
+        return (self.density > self.dense_threshold).nonzero().flatten()
+
+    def select(self, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
+        """Ids of the features whose density lies in ``[lo, hi]``, densest first."""
+        if not 0 <= lo <= hi <= 1:
+            raise ValueError(f"density range [{lo}, {hi}]; allowed: 0 <= lo <= hi <= 1")
+        d = self.density
+        ids = ((d >= lo) & (d <= hi)).nonzero().flatten()
+        return ids[d[ids].argsort(descending=True, stable=True)]
+
+    def to_frame(self):
+        """One row per feature, densest first."""
+        import pandas as pd
+
+        order = self.density.argsort(descending=True, stable=True)
+        return pd.DataFrame({"feature": order.numpy(), "density": self.density[order].numpy(),
+                             "n_active": self.counts[order].numpy(), "max": self.max[order].float().numpy()})
+
+    def to_dict(self) -> dict:
+        """Every field, ``density`` (``[d_sae]``) and the dead / dense counts."""
+        from ..results import jsonable
+
+        return {**super().to_dict(), "density": jsonable(self.density), "n_dead": int(self.dead.numel()),
+                "n_dense": int(self.dense.numel())}
+
+    def plot(self, ax=None):
+        """Histogram of log10 density of the features that fired (the dead ones counted in the title)."""
+        from ..plotting import pyplot
+
+        plt = pyplot()
+        fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 3.2))
+        d = self.density
+        live = d[d > 0].log10().numpy()
+        ax.hist(live, bins=40, color="#4477aa")
+        ax.axvline(np.log10(self.dense_threshold), color="#cc6677", ls="--", lw=1,
+                   label=f"dense (> {self.dense_threshold:g})")
+        ax.set_title(f"feature density at {self.at} over {self.n_read} tokens; {int(self.dead.numel())} dead, "
+                     f"{int(self.dense.numel())} dense", fontsize=9)
+        ax.set_xlabel("log10 firing frequency")
+        ax.set_ylabel("features")
+        ax.legend(fontsize=8)
+        return fig
 
 
 # ----------------------------------------------------------------------------- one prompt

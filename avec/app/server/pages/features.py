@@ -28,6 +28,7 @@ from . import Page
 MAX_K = 20               # latents listed per position
 MAX_EXAMPLES = 50        # top examples per feature
 MAX_FEATURE_COEFF = 1000.0
+DENSE_THRESHOLD = 0.1    # features firing on more than this share of read tokens are listed as dense
 _DICTS, _INDEXES = 4, 6  # dictionaries and latent indexes kept per model
 
 
@@ -118,6 +119,20 @@ async def feature(state: Any, body: dict) -> dict:
     return await state.lm.call(_feature, state, src, b.get("layer", 0), b["feature"], k)
 
 
+def _density(lm: Any, state: Any, src: D.Source, layer: Any) -> dict:
+    module, layer = _module(lm, state, src, layer)
+    index = latent_index(lm, state, src, module, layer)
+    return {"density": index.density(DENSE_THRESHOLD).to_dict(), "contexts": index.describe(),
+            "dictionary": src.to_dict(), "layer": layer}
+
+
+async def density(state: Any, body: dict) -> dict:
+    """Every feature's firing frequency over the held-out contexts (the index feature pages read)."""
+    b = I.fields(body, {"dictionary", "layer"}, {"dictionary"})
+    src = await _source(state, b)
+    return await state.lm.call(_density, state, src, b.get("layer", 0))
+
+
 def _steer(lm: Any, state: Any, src: D.Source, layer: Any, feature: Any, prompt: str, coeff: float,
            max_new_tokens: int) -> dict:
     I.prompt_tokens(lm, prompt)
@@ -205,6 +220,30 @@ INDEX_BODY = f"""
   <div id="prompt-plot" class="plot tall"></div>
   <table id="prompt-table"></table>
 </section>
+<section>
+  <h3>Features by density</h3>
+  <p class="meta">How often each feature fires (is positive) over the tokens read in the held-out contexts. The
+  histogram is over log10 of the density of the features that fired; dead features never fired. Click a bar to
+  list the features in its range; click a feature to open its page.</p>
+  <div class="controls">
+    <label>show <select id="density-filter">
+      <option value="all">all features</option><option value="dead">dead (never fired)</option>
+      <option value="dense">dense</option><option value="range">density in a range</option></select></label>
+    <label>from <input id="density-lo" type="number" step="any" min="0" max="1" value="0" style="width:7em"></label>
+    <label>to <input id="density-hi" type="number" step="any" min="0" max="1" value="1" style="width:7em"></label>
+    <label>sort by <select id="density-sort">
+      <option value="density-desc">density, highest first</option><option value="density-asc">density, lowest first</option>
+      <option value="max-desc">max activation, highest first</option><option value="id">feature id</option></select></label>
+  </div>
+  <p id="density-summary" class="meta"></p>
+  <div id="density-plot" class="plot"></div>
+  <p id="density-count" class="meta"></p>
+  <div style="max-height:32em;overflow-y:auto"><table id="density-table">
+    <thead><tr><th data-sort="id">feature</th><th data-sort="density-desc">density</th>
+      <th data-sort="density-desc">active tokens</th><th data-sort="max-desc">max activation</th></tr></thead>
+    <tbody id="density-rows"></tbody>
+  </table></div>
+</section>
 """
 
 INDEX_SCRIPT = COMMON + r"""
@@ -257,11 +296,99 @@ async function run() {
   } catch (e) { if (mine === seq) avec.showError(e.message); }
 }
 
+// ---- features by density: the list is filtered and sorted here, from the density the server sent
+const MAX_ROWS = 500;
+let densitySeq = 0, shownDensity = null;
+
+function densityRows() {
+  const D = shownDensity.density, filter = $("density-filter").value;
+  const lo = parseFloat($("density-lo").value), hi = parseFloat($("density-hi").value);
+  let ids = D.density.map((_, i) => i);
+  if (filter === "dead") ids = ids.filter((i) => D.counts[i] === 0);
+  else if (filter === "dense") ids = ids.filter((i) => D.density[i] > D.dense_threshold);
+  else if (filter === "range") ids = ids.filter((i) => D.density[i] >= lo && D.density[i] <= hi);
+  const by = $("density-sort").value;
+  const key = {"density-desc": (i) => -D.density[i], "density-asc": (i) => D.density[i], "max-desc": (i) => -D.max[i],
+               "id": (i) => i}[by];
+  ids.sort((a, b) => (key(a) - key(b)) || (a - b));
+  return ids;
+}
+
+function drawDensityList() {
+  if (!shownDensity) return;
+  const D = shownDensity.density, ids = densityRows();
+  const rows = ids.slice(0, MAX_ROWS).map((i) => {
+    const tr = document.createElement("tr");
+    const a = document.createElement("a"); a.href = featureUrl(shownDensity.dictionary.name, shownDensity.layer, i);
+    a.textContent = "f" + i; a.className = "feature-link";
+    const cells = [a, (100 * D.density[i]).toPrecision(3) + "%", String(D.counts[i]), D.max[i].toFixed(3)];
+    cells.forEach((c) => { const td = document.createElement("td"); if (typeof c === "string") td.textContent = c; else td.appendChild(c); tr.appendChild(td); });
+    tr.dataset.feature = String(i); tr.dataset.density = String(D.density[i]);
+    return tr;
+  });
+  $("density-rows").replaceChildren(...rows);
+  $("density-count").textContent = ids.length + " feature" + (ids.length === 1 ? "" : "s") +
+    (ids.length > MAX_ROWS ? " (the first " + MAX_ROWS + " listed)" : "");
+}
+
+function drawDensity(d) {
+  shownDensity = d;
+  const D = d.density, live = D.density.filter((x) => x > 0).map(Math.log10);
+  const nBins = 30, lo = live.length ? Math.min(...live) : -1, hi = 0;
+  const width = Math.max((hi - lo) / nBins, 1e-6), counts = new Array(nBins).fill(0);
+  live.forEach((x) => { counts[Math.min(nBins - 1, Math.floor((x - lo) / width))] += 1; });
+  const edges = counts.map((_, b) => [lo + b * width, lo + (b + 1) * width]);
+  const ticks = [];
+  for (let t = Math.floor(lo); t <= 0; t++) ticks.push(t);
+  Plotly.react("density-plot", [{
+    type: "bar", x: edges.map((e) => (e[0] + e[1]) / 2), y: counts, width: width, customdata: edges,
+    marker: {color: "#4477aa"}, name: "features",
+    hovertemplate: "density 10^%{customdata[0]:.2f} .. 10^%{customdata[1]:.2f}: %{y} features<extra></extra>",
+  }], {title: {text: "feature density at " + D.at + ": " + D.n_dead + " dead, " + D.n_dense + " dense (> " +
+                     D.dense_threshold + ")", font: {size: 13}},
+       margin: {t: 40}, bargap: 0.05,
+       xaxis: {title: {text: "firing frequency (log scale)"}, tickvals: ticks, ticktext: ticks.map((t) => "1e" + t)},
+       yaxis: {title: {text: "features"}},
+       shapes: [{type: "line", x0: Math.log10(D.dense_threshold), x1: Math.log10(D.dense_threshold), y0: 0, y1: 1,
+                 yref: "paper", line: {color: "#cc6677", dash: "dash", width: 1}}]}, {responsive: true});
+  const plot = $("density-plot");
+  plot.removeAllListeners && plot.removeAllListeners("plotly_click");
+  plot.on("plotly_click", (ev) => {
+    const p = ev.points[0]; if (!p) return;
+    $("density-filter").value = "range";
+    $("density-lo").value = Math.pow(10, p.customdata[0]).toPrecision(6);
+    $("density-hi").value = Math.pow(10, p.customdata[1]).toPrecision(6);
+    drawDensityList();
+  });
+  $("density-summary").textContent = D.counts.length + " features over " + D.n_read + " tokens read in " +
+    d.contexts.n_texts + " held-out contexts.";
+  drawDensityList();
+}
+
+async function loadDensity() {
+  const mine = ++densitySeq;
+  if (!$("dictionary").value) return;
+  const body = {dictionary: $("dictionary").value, layer: avec.int($("layer").value || 0)};
+  try {
+    const d = await avec.stream("/api/features/density", body, (p) => { if (mine === densitySeq) avec.showProgress(p); });
+    if (mine !== densitySeq) return;
+    drawDensity(d);
+    avec.clearError();
+  } catch (e) { if (mine === densitySeq) avec.showError(e.message); }
+}
+
+["density-filter", "density-sort"].forEach((id) => $(id).addEventListener("change", drawDensityList));
+["density-lo", "density-hi"].forEach((id) => $(id).addEventListener("input", () => { $("density-filter").value = "range"; drawDensityList(); }));
+document.querySelectorAll("#density-table th[data-sort]").forEach((th) => th.addEventListener("click", () => {
+  $("density-sort").value = th.dataset.sort; drawDensityList(); }));
+$("dictionary").addEventListener("change", () => { fillLayers(); loadDensity(); });
+$("layer").addEventListener("change", loadDensity);
+
 $("open").addEventListener("click", () => openFeature($("feature-id").value));
 $("feature-id").addEventListener("keydown", (e) => { if (e.key === "Enter") openFeature($("feature-id").value); });
 $("run").addEventListener("click", run);
 $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter") run(); });
-loadSources($("note")).then(run).catch((e) => avec.showError(e.message));
+loadSources($("note")).then(run).then(loadDensity).catch((e) => avec.showError(e.message));
 """
 
 # ----------------------------------------------------------------------------- one feature's page
@@ -393,8 +520,9 @@ loadSources(null).then(() => {
 }).catch((e) => avec.showError(e.message));
 """
 
-PAGE = Page("features", "SAE features", "Browse a dictionary's features: the strongest latents of a prompt, any feature's page.",
+PAGE = Page("features", "SAE features", "Browse a dictionary's features: the strongest latents of a prompt, the "
+            "features by density, any feature's page.",
             INDEX_BODY, INDEX_SCRIPT, {"dictionaries:get": dictionaries, "prompt": prompt, "feature": feature,
-                                       "steer": steer_feature})
+                                       "steer": steer_feature, "density": density})
 FEATURE = Page("feature", "Feature", "One feature: top examples, histogram, logit effects, steering.", FEATURE_BODY,
                FEATURE_SCRIPT, nav=False)
