@@ -164,12 +164,15 @@ def test_feature_page_equals_the_library_and_reads_the_contexts_once(server, lm,
     again = _events(server.url + "/api/features/feature", {"dictionary": "sae.safetensors", "feature": other})
     assert not [e for k, e in again if k == "progress" and "reading" in e.get("stage", "")]
     assert again[-1][1]["examples"] == _json(index.examples([other], k=10)[other].to_dict())
-    # a cross-layer transcoder's feature at a layer: its own latents there; no logit effects (no single decoder)
+    # a cross-layer transcoder's feature at a layer: its own latents there; logit effects of its decoders to
+    # this and every later layer, summed
     clt = load_transcoder(data_dir / "clt.safetensors")
-    cindex = collect_latents(lm, clt, None, contexts, layer=2)
+    cindex = collect_latents(lm, clt, None, contexts, layer=1)
     g = int(cindex.counts().argmax())
-    status, d = call(server.url + "/api/features/feature", {"dictionary": "clt.safetensors", "layer": 2, "feature": g})
-    assert status == 200 and d["at"] == "blocks.2.resid_mid" and d["effects"] is None
+    status, d = call(server.url + "/api/features/feature", {"dictionary": "clt.safetensors", "layer": 1, "feature": g})
+    assert status == 200 and d["at"] == "blocks.1.resid_mid"
+    assert d["effects"] == _json(logit_effects(lm, clt, g, k=10, layer=1).to_dict()) and d["effects"]["layer"] == 1
+    assert "every later MLP output, summed" in d["effects_path"]
     assert d["examples"] == _json(cindex.examples([g], k=10)[g].to_dict()) and d["examples"]["n_active"] > 0
 
 

@@ -6,7 +6,8 @@ top examples with every token shaded by the feature's activation (hover shows th
 inline CSS only (no scripts, fonts or images from the network); every token and text is HTML-escaped.
 
     write_dashboard(folder, examples, effects=None)   from ``top_examples`` (+ ``logit_effects``) results
-    dashboard(lm, sae, at, texts, feature_ids, folder) computes both, then writes
+    dashboard(lm, sae, at, texts, feature_ids, folder) computes both, then writes (layer=: a transcoder
+                                                       set's or cross-layer transcoder's encoder layer)
 
 Files: ``<folder>/index.html`` and ``<folder>/feature_<i>.html``, each written atomically.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..io import atomic_write_text, check_writable_dir
-from .features import FeatureExamples, LogitEffects, TopExamples, logit_effects, top_examples
+from .features import FeatureExamples, LogitEffects, TopExamples, has_logit_effects, logit_effects
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;max-width:60em}
@@ -83,7 +84,15 @@ def _effects_html(eff: LogitEffects | None) -> str:
         f'<td class="neg t">{_tok(bs)}</td><td class="neg">{bv:+.3f}</td></tr>'
         for (_, ts, tv), (_, bs, bv) in zip(eff.top, eff.bottom))
     return (f'<table><tr><th>top tokens</th><th></th><th>bottom tokens</th><th></th></tr>{rows}</table>'
-            f'<p class="muted">final norm: {_e(eff.norm)}</p>')
+            f'<p class="muted">{_e(effects_path(eff))}; final norm: {_e(eff.norm)}</p>')
+
+
+def effects_path(eff: LogitEffects) -> str:
+    """Which decoders the logit effects read (the direct path to the logits)."""
+    if eff.layer is None:
+        return "the decoder row through the unembedding"
+    return (f"the direct write of layer {eff.layer}'s feature to the residual stream (a cross-layer feature: its "
+            "decoders to this and every later MLP output, summed) through the unembedding")
 
 
 def feature_page(fe: FeatureExamples, effects: LogitEffects | None = None, at: str = "") -> str:
@@ -124,13 +133,24 @@ def write_dashboard(folder: str | os.PathLike, examples: TopExamples,
 
 
 def dashboard(lm: Any, sae: Any, at: str | None, texts: Any, feature_ids: Any, folder: str | os.PathLike, *,
-              k: int = 10, context: Any = (8, 4), n_logits: int = 10, batch_size: int = 8) -> Path:
-    """``top_examples`` and (for residual-width dictionaries) ``logit_effects`` of ``feature_ids``, written
-    as a dashboard into ``folder``; returns the index path."""
+              k: int = 10, context: Any = (8, 4), n_logits: int = 10, batch_size: int = 8,
+              layer: int | None = None) -> Path:
+    """Top examples and (for dictionaries that write the residual stream: SAEs there, transcoders) ``logit_effects``
+    of ``feature_ids``, written as a dashboard into ``folder``; returns the index path. ``layer``: for a
+    transcoder set or cross-layer transcoder, the encoder layer whose features these are (default 0)."""
+    from .features import _feature_ids
+    from .latents import collect_latents
+
     folder = check_writable_dir(folder, what="dashboard folder")  # before the runs
-    examples = top_examples(lm, sae, at, texts, feature_ids, k=k, context=context, batch_size=batch_size)
     module = getattr(sae, "module", sae)
+    transcoder = callable(getattr(module, "targets", None))
+    if layer is not None and not transcoder:
+        raise ValueError(f"layer={layer!r}: an SAE has one layer (leave layer out)")
+    ids = _feature_ids(feature_ids, module.d_sae)
+    index = collect_latents(lm, sae, at, texts, layer=layer or 0, features=ids, batch_size=batch_size)
+    examples = index.examples(ids, k=k, context=context)
     effects = None
-    if getattr(module, "d_in", None) == getattr(lm, "d_model", None):
-        effects = {f: logit_effects(lm, module, f, k=n_logits) for f in examples.features}
+    if has_logit_effects(lm, module):
+        effects = {f: logit_effects(lm, module, f, k=n_logits, layer=(layer or 0) if transcoder else None)
+                   for f in examples.features}
     return write_dashboard(folder, examples, effects)

@@ -260,22 +260,23 @@ class LogitEffects(Result):
     top: tuple[tuple[int, str, float], ...]
     bottom: tuple[tuple[int, str, float], ...]
     norm: str
+    layer: int | None = None  # a transcoder's encoder layer (None: an SAE)
 
     def to_frame(self):
         import pandas as pd
 
-        rows = [dict(feature=self.feature, side=side, rank=r, token_id=t, token=s, value=v)
+        rows = [dict(feature=self.feature, layer=self.layer, side=side, rank=r, token_id=t, token=s, value=v)
                 for side, items in (("top", self.top), ("bottom", self.bottom)) for r, (t, s, v) in enumerate(items)]
         return pd.DataFrame(rows)
 
     def to_dict(self) -> dict:
-        return {"type": "LogitEffects", "feature": self.feature, "norm": self.norm,
+        return {"type": "LogitEffects", "feature": self.feature, "layer": self.layer, "norm": self.norm,
                 "top": [list(x) for x in self.top], "bottom": [list(x) for x in self.bottom]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LogitEffects":
         rows = lambda key: tuple((int(t), s, float(v)) for t, s, v in d[key])  # noqa: E731
-        return cls(int(d["feature"]), None, rows("top"), rows("bottom"), d["norm"])
+        return cls(int(d["feature"]), None, rows("top"), rows("bottom"), d["norm"], d.get("layer"))
 
     def plot(self, ax=None):
         import matplotlib.pyplot as plt
@@ -286,35 +287,94 @@ class LogitEffects(Result):
         ax.set_yticks(range(len(items)), [repr(s) for _, s, _ in items], fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel("logit effect")
-        ax.set_title(f"feature {self.feature}: decoder row through the unembedding")
+        where = "" if self.layer is None else f" of layer {self.layer}"
+        ax.set_title(f"feature {self.feature}{where}: decoder through the unembedding")
         return fig
 
 
-def logit_effects(lm: Any, sae: Any, i: int, k: int = 10) -> LogitEffects:
-    """Top and bottom ``k`` tokens of feature ``i``'s decoder direction read through the final norm and
-    the unembedding: ``values = (gain * center(d)) @ W_U`` with ``d = decoder_direction(sae, i)``.
+# points whose value is added to the residual stream as it is (a write there lands in the residual unchanged)
+_RESIDUAL_WRITES = ("mlp_out", "attn_out", "resid_pre", "resid_mid", "resid_post")
 
-    The final norm is treated as is conventional for logit effects: its gain (Gemma: 1 + weight) is
-    applied and, for LayerNorm, the centring; the per-token scale 1/s(x) is ignored (it depends on the
-    whole residual, and only rescales every token's value alike) and so is its bias (the same for
-    every feature). The dictionary must read a residual-width point (d_in == d_model).
-    """
-    from ..core.norms import ElementwiseNorm
 
-    module = sae.module if isinstance(sae, AttachedDictionary) else sae
+def residual_direction(lm: Any, dictionary: Any, i: int, layer: int | None = None) -> torch.Tensor:
+    """``[d_model]`` what one unit of feature ``i`` writes directly into the residual stream.
+
+    An SAE on a residual-width point: its decoder row (``decoder_direction``). A per-layer transcoder
+    (``Transcoder``, or a set without cross-layer decoders): the decoder row of feature ``i`` of ``layer``
+    (the MLP output it writes is added to the residual). A cross-layer transcoder: the sum of the feature's
+    decoders to its own layer's MLP output and to every later layer's, since each of those outputs is added
+    to the same residual stream (its direct path to the logits; what the later layers do with it in between
+    is not counted). Decoders are in the raw space (``out_scale`` undone)."""
+    module = dictionary.module if isinstance(dictionary, AttachedDictionary) else dictionary
+    if callable(getattr(module, "decoder", None)) and callable(getattr(module, "targets", None)):
+        n = module.n_layers
+        if layer is None:
+            if n != 1:
+                raise ValueError(f"this transcoder has {n} layers; give layer= (0..{n - 1}) to say whose feature")
+            layer = 0
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n:
+            raise ValueError(f"layer={layer!r}; allowed: an int in 0..{n - 1}")
+        if module.d_out != lm.d_model:
+            raise ValueError(f"the transcoder writes d_out={module.d_out} but the residual stream has d_model="
+                             f"{lm.d_model}; logit effects need decoders that write the residual stream")
+        writes = getattr(module.cfg, "writes", None)
+        targets = module.targets(layer)
+        if writes is not None:
+            bad = [writes[t] for t in targets if writes[t].rsplit(".", 1)[-1] not in _RESIDUAL_WRITES]
+            if bad:
+                raise ValueError(f"the transcoder writes {bad}, which the residual stream does not add as they are; "
+                                 f"logit effects need writes at {' / '.join(_RESIDUAL_WRITES)} points")
+        (i,) = _feature_ids(i, module.d_sae)
+        with torch.no_grad():
+            return sum(module.decoder(layer, t)[i].float() for t in targets).detach()
+    if layer not in (None, 0):
+        raise ValueError(f"layer={layer!r}: an SAE has one layer (leave layer out)")
     d_in, d_sae = dims(module)
     if d_in != lm.d_model:
         raise ValueError(f"the dictionary has d_in={d_in} but the residual stream has d_model={lm.d_model}; logit "
                          "effects read a decoder direction in the residual stream (a resid / attn_out / mlp_out SAE)")
-    (i,) = _feature_ids(i, d_sae)
+    return decoder_direction(module, i).float()
+
+
+def has_logit_effects(lm: Any, dictionary: Any) -> bool:
+    """Whether ``logit_effects`` applies: an SAE reading a residual-width point, or a transcoder writing
+    residual-width points the residual stream adds as they are (MLP / attention outputs)."""
+    module = dictionary.module if isinstance(dictionary, AttachedDictionary) else dictionary
+    if callable(getattr(module, "decoder", None)) and callable(getattr(module, "targets", None)):
+        writes = getattr(module.cfg, "writes", None) or ()
+        return module.d_out == lm.d_model and all(w.rsplit(".", 1)[-1] in _RESIDUAL_WRITES for w in writes)
+    return callable(getattr(module, "decode", None)) and getattr(module, "d_in", None) == lm.d_model
+
+
+def logit_effects(lm: Any, sae: Any, i: int, k: int = 10, *, layer: int | None = None) -> LogitEffects:
+    """Top and bottom ``k`` tokens of feature ``i``'s direct write to the residual stream read through the
+    final norm and the unembedding: ``values = (gain * center(d)) @ W_U`` with ``d = residual_direction(lm,
+    sae, i, layer)`` (an SAE's decoder row; a transcoder feature's decoder of ``layer``; a cross-layer
+    transcoder feature's decoders to its own and every later layer, summed).
+
+    The final norm is treated as is conventional for logit effects: its gain (Gemma: 1 + weight) is
+    applied and, for LayerNorm, the centring (what TransformerLens folds into ``W_U``, which SAE dashboards
+    read); the per-token scale 1/s(x) is ignored (it depends on the whole residual, and only rescales
+    every token's value alike) and so is its bias (the same for every feature). Leaving the gain out
+    would rank tokens by a direction the model never reads: the gain weights each residual dimension
+    before the unembedding sees it. This is the direct path only: a feature's effect through later
+    attention and MLPs is not in it.
+    """
+    from ..core.norms import ElementwiseNorm
+
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k={k!r}; it must be a positive int")
+    d = residual_direction(lm, sae, i, layer)
+    module = sae.module if isinstance(sae, AttachedDictionary) else sae
+    is_transcoder = callable(getattr(module, "targets", None))
+    if is_transcoder and layer is None:
+        layer = 0
+    i = int(i)
     norm = ElementwiseNorm(lm.get_module(lm.arch.final_norm))
     with torch.no_grad():
-        d = decoder_direction(module, i).float()
         if norm.center:
             d = d - d.mean()
-        d = d * norm.gain.detach().to(d.device)
+        d = d * norm.gain.detach().float().to(d.device)
         values = (d @ lm.W_U.detach().float().to(d.device)).cpu()
     k = min(k, values.shape[0])
     top_v, top_i = values.topk(k)
@@ -322,7 +382,8 @@ def logit_effects(lm: Any, sae: Any, i: int, k: int = 10) -> LogitEffects:
     strings = lambda ids: _token_strings(lm, ids)  # noqa: E731
     top = tuple(zip(top_i.tolist(), strings(top_i.tolist()), top_v.tolist()))
     bottom = tuple(zip(bot_i.tolist(), strings(bot_i.tolist()), (-bot_v).tolist()))
-    return LogitEffects(i, values, top, bottom, f"{norm.name}: gain{' and centring' if norm.center else ''}; scale ignored")
+    return LogitEffects(i, values, top, bottom, f"{norm.name}: gain{' and centring' if norm.center else ''}; scale ignored",
+                        layer if is_transcoder else None)
 
 
 # ----------------------------------------------------------------------------- filtering

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from starlette.concurrency import run_in_threadpool
 
-from ....dictionaries.features import logit_effects, steer
+from ....dictionaries.dashboard import effects_path
+from ....dictionaries.features import has_logit_effects, logit_effects, steer
 from ....dictionaries.latents import attached_layer, collect_latents, prompt_features
 from ....core.dictionary import dims
 from .. import dictionaries as D
@@ -99,14 +100,16 @@ async def prompt(state: Any, body: dict) -> dict:
 
 def _feature(lm: Any, state: Any, src: D.Source, layer: Any, feature: Any, k: int) -> dict:
     module, layer = _module(lm, state, src, layer)
-    d_in, d_sae = dims(module)
+    _, d_sae = dims(module)
     feature = I.integer(feature, "feature", 0, d_sae - 1)
     index = latent_index(lm, state, src, module, layer)
     examples = index.examples([feature], k=k)[feature]
-    effects = None
-    if callable(getattr(module, "decode", None)) and d_in == lm.d_model:  # a decoder direction in the residual
-        effects = logit_effects(lm, module, feature, k=10).to_dict()
-    return {"examples": examples.to_dict(), "effects": effects, "at": index.at, "contexts": index.describe(),
+    effects = path = None
+    if has_logit_effects(lm, module):  # its decoders write the residual stream
+        transcoder = callable(getattr(module, "targets", None))
+        eff = logit_effects(lm, module, feature, k=10, layer=layer if transcoder else None)
+        effects, path = eff.to_dict(), effects_path(eff)
+    return {"examples": examples.to_dict(), "effects": effects, "effects_path": path, "at": index.at, "contexts": index.describe(),
             "dictionary": src.to_dict(), "layer": layer, "feature": feature, "d_sae": d_sae}
 
 
@@ -404,7 +407,7 @@ FEATURE_BODY = f"""
 <p id="summary" class="meta"></p>
 <section class="side-by-side">
   <div><h3>Activation histogram (positive activations)</h3><div id="hist" class="plot"></div></div>
-  <div><h3>Logit effects</h3><div id="effects" class="plot"></div></div>
+  <div><h3>Logit effects</h3><div id="effects" class="plot"></div><p id="effects-path" class="meta"></p></div>
 </section>
 <section>
   <h3>Top examples</h3>
@@ -485,6 +488,7 @@ async function load() {
       " tokens read in " + d.contexts.n_texts + " held-out contexts) | max activation " + fe.max.toFixed(4);
     history.replaceState(null, "", featureUrl(d.dictionary.name, d.layer, d.feature));
     drawExamples(fe); drawHist(fe); drawEffects(d.effects);
+    $("effects-path").textContent = d.effects_path ? "Direct path: " + d.effects_path + "." : "";
     const span = Math.max(1, Math.ceil(8 * fe.max));  // the slider spans +-8x the feature's largest activation
     $("coeff").min = -span; $("coeff").max = span; $("coeff").step = span / 100;
     $("coeff").value = fe.max > 0 ? (4 * fe.max).toFixed(2) : 10; $("coeff-value").textContent = $("coeff").value;
