@@ -56,3 +56,48 @@ def test_bad_options_are_refused_before_loading(fake_model, tmp_path, capsys, ar
     code, out, err = _run(["graph", "the fox", *flat], capsys)
     assert code == 2 and match in " ".join((out + err).replace("│", " ").split())
     assert not fake_model
+
+
+def test_graph_page_holds_each_kept_feature_nodes_dashboard(fake_model, tmp_path, capsys):
+    import html
+    import re
+
+    import avec.models
+    from avec.dictionaries.features import logit_effects
+
+    lm = avec.models.load("tiny")
+    clt = random_clt(lm, seed=2)
+    path = clt.save(tmp_path / "clt.safetensors")
+    code, out, err = _run(["graph", "the fox", "--transcoders", str(path), "--model", "tiny", "--out",
+                           str(tmp_path / "g"), "--dashboard-contexts", "8"], capsys)
+    assert code == 0, err
+    page = (tmp_path / "g" / "graph.html").read_text()
+    data = json.loads(re.search(r'<script type="application/json" id="graph-data">(.*?)</script>', page, re.S)
+                      .group(1).replace("<\\/", "</"))
+    summary = json.loads((tmp_path / "g" / "summary.json").read_text())
+    kept = {(int(n["layer"]), int(n["node_id"].split("_")[1])) for n in json.loads(
+        (tmp_path / "g" / "graph.json").read_text())["nodes"] if n["feature_type"] == "cross layer transcoder"}
+    keys = {tuple(int(x) for x in k.split("_")) for k in data["dashboards"]}
+    assert kept <= keys and summary["dashboards"] == len(keys) > 0
+    layer, f = sorted(keys)[0]
+    dash = html.unescape(data["dashboards"][f"{layer}_{f}"])
+    assert f"Feature {f} at blocks.{layer}.mlp_in (layer {layer})" in dash
+    eff = logit_effects(lm, clt, f, k=8, layer=layer)
+    assert all(f"{v:+.3f}" in dash for _, _, v in eff.top)
+    assert "Top examples" in dash and "density" in dash
+
+
+def test_graph_without_dashboards_and_bad_dashboard_contexts(fake_model, tmp_path, capsys):
+    import avec.models
+
+    lm = avec.models.load("tiny")
+    path = random_clt(lm, seed=2).save(tmp_path / "clt.safetensors")
+    code, out, err = _run(["graph", "the fox", "--transcoders", str(path), "--model", "tiny", "--out",
+                           str(tmp_path / "g"), "--dashboard-contexts", "0"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "g" / "summary.json").read_text())["dashboards"] == 0
+    fake_model.clear()
+    code, out, err = _run(["graph", "the fox", "--transcoders", str(path), "--out", str(tmp_path / "h"),
+                           "--dashboard-contexts", "-1"], capsys)
+    assert code == 2 and "allowed 0 (no dashboards) .. 4096" in " ".join((out + err).replace("│", " ").split())
+    assert not fake_model

@@ -95,10 +95,12 @@ def effects_path(eff: LogitEffects) -> str:
             "decoders to this and every later MLP output, summed) through the unembedding")
 
 
-def feature_page(fe: FeatureExamples, effects: LogitEffects | None = None, at: str = "") -> str:
-    """One feature's page (a complete HTML document)."""
+def feature_page(fe: FeatureExamples, effects: LogitEffects | None = None, at: str = "", index_link: bool = True) -> str:
+    """One feature's page (a complete HTML document); ``index_link``: a link back to ``index.html`` (off for a
+    page shown on its own, e.g. inside a graph view)."""
     examples = "".join(_example_html(ex, fe.max_value) for ex in fe.examples) or '<p class="muted">no active token</p>'
-    body = (f'<p><a href="index.html">&larr; all features</a></p><h1>Feature {fe.feature}'
+    back = '<p><a href="index.html">&larr; all features</a></p>' if index_link else ""
+    body = (f'{back}<h1>Feature {fe.feature}'
             f'{" at " + _e(at) if at else ""}</h1>'
             f'<p>density {fe.density:.3%} ({fe.n_active} of {fe.n_tokens} tokens) &middot; max activation '
             f'{fe.max_value:.4g}</p><h2>Activation histogram (non-zero)</h2>{histogram_svg(fe)}'

@@ -27,12 +27,17 @@ def register(app: typer.Typer) -> None:
                   batch_size: int = typer.Option(32, help="targets per backward pass"),
                   max_memory_gb: float = typer.Option(8.0, help="refuse a prompt whose edge rows would take more "
                                                       "(the error says which --max-features fits)"),
+                  dashboard_contexts: int = typer.Option(32, help="held-out contexts (32 tokens) the feature nodes' "
+                                                         "dashboards read their top examples from (0: no dashboards)"),
                   threads: Optional[int] = typer.Option(None, help="torch threads")) -> None:
         """Attribution graph of PROMPT through the local replacement model made with TRANSCODERS."""
         folder = check_out_option(out, folder=True)
         for name, v in (("--node-threshold", node_threshold), ("--edge-threshold", edge_threshold)):
             if not 0.0 <= v <= 1.0:
                 raise typer.BadParameter(f"{v}: a share of the influence, in [0, 1]", param_hint=name)
+        if not 0 <= dashboard_contexts <= 4096:
+            raise typer.BadParameter(f"{dashboard_contexts}: allowed 0 (no dashboards) .. 4096",
+                                     param_hint="--dashboard-contexts")
         if not max_memory_gb > 0:
             raise typer.BadParameter(f"{max_memory_gb}: a positive number of gigabytes", param_hint="--max-memory-gb")
         if not Path(transcoders).exists():
@@ -54,12 +59,22 @@ def register(app: typer.Typer) -> None:
         g = attribute(lm, tc, prompt, batch_size=batch_size, max_feature_nodes=max_features, max_memory_gb=max_memory_gb)
         seconds = time.perf_counter() - t
         g.save_json(folder / "graph.json", node_threshold, edge_threshold, slug=folder.name or "graph")
-        save_graph_page(g, folder / "graph.html", node_threshold=node_threshold, edge_threshold=edge_threshold)
+        pages = None
+        if dashboard_contexts:  # clicking a feature node shows its top contexts and logit effects
+            from ...circuits.dashboards import graph_dashboards
+            from ...dictionaries.heldout import heldout_contexts
+
+            texts = heldout_contexts(lm.tokenizer, dashboard_contexts, 32)
+            pages = graph_dashboards(lm, tc, g, texts, node_threshold=node_threshold, edge_threshold=edge_threshold,
+                                     progress=True)
+        save_graph_page(g, folder / "graph.html", node_threshold=node_threshold, edge_threshold=edge_threshold,
+                        dashboards=pages)
         p = g.prune(node_threshold, edge_threshold)
         rep, comp = g.scores()
         summary = {"prompt": prompt, "model": model, "transcoders": str(transcoders), "seconds": round(seconds, 2),
                    "active_features": g.meta["n_active_features"], "feature_nodes": g.n_features,
                    "edges": int(g.targets.numel()), "kept_nodes": int(p.nodes.sum()), "kept_edges": int(p.edges.sum()),
+                   "dashboards": len(pages or {}), "dashboard_contexts": dashboard_contexts,
                    "replacement_score": rep, "completeness_score": comp,
                    "logits": [[s, float(q)] for s, q in zip(g.logit_strs, g.logit_probs)]}
         atomic_write_text(folder / "summary.json", json.dumps(summary, indent=1))
