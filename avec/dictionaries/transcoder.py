@@ -519,7 +519,10 @@ class Transcoders(nn.Module):
         """[n_layers, n, d_sae] normalised-space features -> [n_layers, n, d_out] targets (no skip);
         ``support`` [n_layers, n, d_sae] (default z != 0): the entries decoded (see ``sparse_mm``)."""
         n = z.shape[1]
-        outs = [sparse_mm(z[i], w.flatten(1), None if support is None else support[i]).view(n, w.shape[1], self.d_out)
+        # unbind, not z[i]: each z[i]'s backward would fill a zero tensor of z's whole shape
+        zs = z.unbind(0)
+        sup = [None] * self.n_layers if support is None else support.unbind(0)
+        outs = [sparse_mm(zs[i], w.flatten(1), sup[i]).view(n, w.shape[1], self.d_out)
                 .transpose(0, 1) for i, w in enumerate(self.W_dec)]  # each source to all its targets in one product
         total = _IntoTargets.apply(self.n_layers, [self.targets(i)[0] for i in range(self.n_layers)], *outs)
         return total + self.b_dec[:, None, :] if bias else total
@@ -534,7 +537,7 @@ class Transcoders(nn.Module):
             return _JumpReLU.apply(pre, theta, self.cfg.bandwidth), theta
         if arch == "topk":
             return topk_per_row(pre, self.cfg.k), None
-        z = torch.stack([topk_over_batch(pre[l], self.cfg.k) for l in range(self.n_layers)])
+        z = torch.stack([topk_over_batch(p, self.cfg.k) for p in pre.unbind(0)])
         if self.training:
             self._update_threshold(z)
         return z, None
