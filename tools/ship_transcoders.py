@@ -19,8 +19,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def fp16_copy(src: Path, dst: Path) -> None:
-    """``src`` (an avec transcoder file) rewritten with fp16 weights; thresholds stay fp32."""
+def fp16_copy(src: Path, dst: Path, bos: int | None) -> None:
+    """``src`` (an avec transcoder file) rewritten with fp16 weights; thresholds stay fp32; ``bos``: the token
+    the training contexts began with, recorded in the config (files trained before the config had the field)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -31,7 +32,7 @@ def fp16_copy(src: Path, dst: Path) -> None:
         meta = dict(f.metadata() or {})
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     cfg = TranscoderConfig.from_dict(json.loads(meta["config"]), source=str(src))
-    meta["config"] = json.dumps({**cfg.to_dict(), "dtype": "float16"})
+    meta["config"] = json.dumps({**cfg.to_dict(), "dtype": "float16", "bos": bos if bos is not None else cfg.bos})
     out = {k: (v if k == "threshold" else v.to(torch.float16)).contiguous() for k, v in tensors.items()}
     atomic_write(dst, lambda tmp: save_file(out, tmp, metadata=meta))
 
@@ -56,7 +57,7 @@ def main() -> None:
     ev = json.loads((run / "eval.json").read_text())
     src = run / f"{ev['kind']}.safetensors"
     dst = SHIPPED_DIR / f"{args.name}.safetensors"
-    fp16_copy(src, dst)
+    fp16_copy(src, dst, ev["train"].get("bos"))
     log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
     lm = load(ev["model"])

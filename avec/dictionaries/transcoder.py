@@ -136,6 +136,8 @@ class TranscoderConfig:
     threshold_momentum: float = 0.01
     trained_as: str | None = None       # "batchtopk" for a BatchTopK one saved as jumprelu
     folded: bool = False                # normalisation folded into the weights (a saved file)
+    bos: int | None = None              # the token every training context began with (its positions were not
+                                        # trained on); attribution puts it before a prompt that lacks it
 
     def __post_init__(self):
         object.__setattr__(self, "reads", _names(self.reads))
@@ -154,6 +156,8 @@ class TranscoderConfig:
             problems.append(f"k={self.k!r}; allowed: an int with 1 <= k <= d_sae={self.d_sae}")
         if self.k_aux is not None and (not isinstance(self.k_aux, int) or self.k_aux < 1):
             problems.append(f"k_aux={self.k_aux!r}; allowed: a positive int or None (d_out // 2)")
+        if self.bos is not None and (isinstance(self.bos, bool) or not isinstance(self.bos, int) or self.bos < 0):
+            problems.append(f"bos={self.bos!r}; allowed: a token id (int >= 0) or None")
         if self.cross_layer and self.n_layers == 1:
             problems.append("cross_layer=True needs n_layers > 1")
         if self.normalise not in NORMALISATIONS:
