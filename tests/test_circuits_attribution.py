@@ -266,3 +266,38 @@ def test_feature_interventions_through_the_core():
     with pytest.raises(ValueError, match="position 6 is out of range"):
         intervene(lm, clt, ids, [(0, 6, 0, 0.0)])
     assert not lm._dictionaries
+
+
+def test_a_dictionary_trained_after_a_bos_gets_it_before_the_prompt():
+    """A transcoder whose config records the BOS its training contexts began with: attribute and intervene put
+    it first (unless already there, or prepend_bos=False); the graph equals the one of the prompt given with it."""
+    from dataclasses import replace
+
+    from avec.circuits.interventions import intervene
+    from avec.dictionaries.transcoder import build
+
+    lm = tiny_lm("llama")
+    plain = random_clt(lm, seed=3)
+    bos = 7
+    marked = build(replace(plain.cfg, bos=bos))
+    marked.load_state_dict(plain.state_dict())
+    ids = tokens(lm, batch=1, seq=5, seed=4)[0]
+    ids[0] = 3  # not the BOS
+    with_bos = torch.cat([torch.tensor([bos]), ids])
+    g = attribute(lm, marked, ids, progress=False)
+    ref = attribute(lm, plain, with_bos, progress=False)
+    assert g.token_ids.tolist() == with_bos.tolist() and g.n_pos == 6
+    assert torch.equal(g.features, ref.features) and torch.equal(g.targets, ref.targets)
+    assert torch.allclose(g.weights, ref.weights, atol=1e-6)
+    again = attribute(lm, marked, with_bos, progress=False)  # already there: not doubled
+    assert again.token_ids.tolist() == with_bos.tolist()
+    assert attribute(lm, marked, ids, progress=False, prepend_bos=False).token_ids.tolist() == ids.tolist()
+    assert attribute(lm, plain, ids, progress=False).token_ids.tolist() == ids.tolist()  # none recorded: as given
+    # interventions count positions as the graph does (after the BOS)
+    l, p, f = g.features[-1].tolist()
+    a = intervene(lm, marked, ids, [(l, p, f, 0.0)])
+    b = intervene(lm, plain, with_bos, [(l, p, f, 0.0)])
+    assert torch.equal(a.activations, b.activations) and torch.allclose(a.edited_logits, b.edited_logits)
+    with pytest.raises(ValueError, match="bos=-1"):
+        replace(plain.cfg, bos=-1)
+    assert not lm._dictionaries

@@ -76,6 +76,24 @@ def test_influence_and_scores_equal_the_dense_definitions():
     assert clean.scores() == pytest.approx((1.0, 1.0))
 
 
+def test_influence_on_chosen_logits_is_linear_in_them():
+    """Influence on one logit = the dense series started at that logit alone (weight 1); the influences on
+    each logit, weighted by their probabilities, add up to the whole graph's influence."""
+    g = random_graph(seed=3)
+    A = dense(g)
+    for i in range(g.n_logits):
+        start = torch.zeros(g.n_nodes, dtype=torch.float64)
+        start[g.logit_node(i)] = 1.0
+        assert torch.allclose(g.influence(i).double(), dense_influence(A, start)[0], atol=1e-6)
+    both = g.influence([0, 2]).double()
+    assert torch.allclose(both, g.influence(0).double() + g.influence(2).double(), atol=1e-6)
+    weighted = sum(float(g.logit_probs[i]) * g.influence(i) for i in range(g.n_logits))
+    assert torch.allclose(weighted, g.influence(), atol=1e-6)
+    for bad in (3, -1, [], True, "a"):
+        with pytest.raises(ValueError, match="logit indices in 0..2"):
+            g.influence(bad)
+
+
 def _dense_threshold(scores, share):
     ordered = scores.flatten().sort(descending=True).values
     cum = ordered.cumsum(0) / ordered.sum()

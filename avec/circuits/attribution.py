@@ -197,6 +197,25 @@ def _strs(lm: Any, ids: torch.Tensor) -> list[str]:
     return [tok.decode([int(i)]) if tok is not None else f"<{int(i)}>" for i in ids.tolist()]
 
 
+def with_bos(lm: Any, ids: torch.Tensor, module: Any, prepend_bos: bool | None) -> torch.Tensor:
+    """``ids`` ``[1, n]`` with the dictionary's training BOS first: the token every context it was trained on
+    began with (``cfg.bos``; else the tokenizer's), unless the prompt already starts with it.
+    ``prepend_bos=None``: only when the dictionary records one (a prompt without it would put the attention
+    sink's huge activation on its first word, which such a dictionary never saw)."""
+    bos = getattr(getattr(module, "cfg", None), "bos", None)
+    if prepend_bos is None:
+        prepend_bos = bos is not None
+    if not prepend_bos:
+        return ids
+    if bos is None:
+        bos = getattr(getattr(lm, "tokenizer", None), "bos_token_id", None)
+        if bos is None:
+            raise ValueError("prepend_bos=True but neither the dictionary (cfg.bos) nor the tokenizer names a BOS token")
+    if int(ids[0, 0]) == bos:
+        return ids
+    return torch.cat([ids.new_tensor([[bos]]), ids], 1)
+
+
 def _tokens(lm: Any, prompt: Any) -> torch.Tensor:
     if isinstance(prompt, str):
         if not prompt:
@@ -212,7 +231,7 @@ def _tokens(lm: Any, prompt: Any) -> torch.Tensor:
 
 def attribute(lm: Any, transcoders: Any, prompt: Any, *, max_n_logits: int = 10, desired_logit_prob: float = 0.95,
               batch_size: int = 16, max_feature_nodes: int | None = None, max_memory_gb: float = 8.0,
-              progress: bool | Callable[[int, int], Any] = True) -> AttributionGraph:
+              progress: bool | Callable[[int, int], Any] = True, prepend_bos: bool | None = None) -> AttributionGraph:
     """The attribution graph of ``prompt`` (a string or token ids ``[n_pos]``) through the local replacement
     model made with ``transcoders`` (a cross-layer transcoder or a set of per-layer transcoders covering every
     layer, or such a dictionary already attached with ``lm.add_dictionary``).
@@ -224,6 +243,8 @@ def attribute(lm: Any, transcoders: Any, prompt: Any, *, max_n_logits: int = 10,
                        from the edges found so far, as circuit-tracer does); None: every active feature
     progress:          True shows a tqdm bar; a function ``progress(done, total)`` is called with the nodes
                        attributed so far after each batch (e.g. to show progress in a page)
+    prepend_bos:       put the dictionary's training BOS before a prompt that lacks it (``with_bos``; None: when
+                       the dictionary records one, as avec's trainer does); the graph's tokens include it
     max_memory_gb:     refuse up front (naming the sizes and what would fit) a prompt whose edges, one row of
                        floats per attributed node over every active feature, error and token, would take more
                        (the dense rows are what influence ranking and pruning read)
@@ -245,6 +266,7 @@ def attribute(lm: Any, transcoders: Any, prompt: Any, *, max_n_logits: int = 10,
     d = attached or lm.add_dictionary(transcoders)
     try:
         _check_replacement(lm, d)
+        ids = with_bos(lm, ids, d.module, prepend_bos)
         ctx = _Context(lm, d, ids)
         n, L = ctx.n_pos, lm.n_layers
         n_active = ctx.features.shape[0]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -174,11 +174,21 @@ class AttributionGraph(Result):
             cur = nxt
         raise RuntimeError("influence did not converge: the edges contain a cycle (an attribution graph is acyclic)")
 
-    def influence(self) -> torch.Tensor:
+    def influence(self, logits: int | Sequence[int] | None = None) -> torch.Tensor:
         """``[n_nodes]`` each node's total (direct and indirect) influence on the logits, weighted by their
-        probabilities, through the row-normalised absolute edge weights (circuit-tracer's node influence)."""
+        probabilities, through the row-normalised absolute edge weights (circuit-tracer's node influence).
+        ``logits``: only these logit nodes (indices into ``logit_ids``), each with weight 1: the influence on
+        one answer rather than on the output as a whole."""
         t, s, a = self._normalised()
-        return self._influence(t, s, a, self.logit_weights())
+        if logits is None:
+            return self._influence(t, s, a, self.logit_weights())
+        chosen = [logits] if isinstance(logits, int) else list(logits)
+        if not chosen or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.n_logits for i in chosen):
+            raise ValueError(f"logits={logits!r}: give logit indices in 0..{self.n_logits - 1} (this graph's logit "
+                             f"nodes: {', '.join(repr(x) for x in self.logit_strs)})")
+        start = torch.zeros(self.n_nodes)
+        start[[self.logit_node(i) for i in chosen]] = 1.0
+        return self._influence(t, s, a, start)
 
     # -- pruning and scores ----------------------------------------------------------------------
     def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Pruned:

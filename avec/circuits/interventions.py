@@ -85,22 +85,25 @@ def intervention_plot(d: dict, ax=None):
 
 
 def intervene(lm: Any, transcoders: Any, prompt: Any, edits: Sequence[tuple[int, int, int, float]], *,
-              scale: bool = False, k: int = 10) -> FeatureIntervention:
+              scale: bool = False, k: int = 10, prepend_bos: bool | None = None) -> FeatureIntervention:
     """Run ``prompt`` with ``transcoders`` spliced in (error terms kept) and each ``(layer, position, feature,
     value)`` of ``edits`` set: the feature's latent at that position becomes ``value`` (``scale=True``:
-    ``value`` times its clean activation). Positions are prompt positions (negative counts from the end).
+    ``value`` times its clean activation). Positions are prompt positions (negative counts from the end),
+    counted as ``attribute`` counts them: after the dictionary's training BOS when it is prepended
+    (``prepend_bos``, as in ``attribute``).
     ``transcoders`` is a cross-layer / per-layer transcoder module, or one already attached."""
     from ..core.dictionary import AttachedDictionary
     from ..dictionaries.features import clamp
-    from .attribution import _strs, _tokens
+    from .attribution import _strs, _tokens, with_bos
 
     ids = _tokens(lm, prompt)
-    n = ids.shape[1]
     if not edits:
         raise ValueError("no edits given: give (layer, position, feature, value) tuples")
     attached = transcoders if isinstance(transcoders, AttachedDictionary) else None
     d = attached or lm.add_dictionary(transcoders)
     try:
+        ids = with_bos(lm, ids, d.module, prepend_bos)
+        n = ids.shape[1]
         n_layers = len(d.reads)
         norm = []
         for e in edits:

@@ -1,11 +1,13 @@
-"""SAEs shipped with avec, as package data in ``avec/dictionaries/shipped/``: ``<name>.safetensors`` (fp16)
-and ``<name>.json`` beside it (the exact training command, the data, the training time and the held-out
-metrics).
+"""Dictionaries shipped with avec (SAEs and transcoder sets), as package data in ``avec/dictionaries/shipped/``:
+``<name>.safetensors`` (fp16) and ``<name>.json`` beside it (the exact training command, the data, the training
+time and the held-out metrics).
 
     from avec.dictionaries.shipped import available, info, load_shipped
     sae = load_shipped("smollm2-blocks.12.resid_post-topk-4608")     # float32 by default
     with lm.dictionary(sae, sae.cfg.hook, splice="recon"):
         ...
+    plt = load_shipped("smollm2-plt-mlp-batchtopk-512")              # a per-layer transcoder set (every MLP)
+    graph = avec.circuits.attribute(lm, plt, "Fact: the capital of the state containing Dallas is")
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ SHIPPED_DIR = Path(__file__).with_name("shipped")
 
 
 def available() -> list[str]:
-    """Names of the shipped SAEs."""
+    """Names of the shipped dictionaries (SAEs and transcoder sets)."""
     return sorted(p.stem for p in SHIPPED_DIR.glob("*.safetensors")) if SHIPPED_DIR.is_dir() else []
 
 
@@ -31,12 +33,12 @@ def _path(name: str, suffix: str) -> Path:
     stem = name.removesuffix(".safetensors").removesuffix(".json")
     path = SHIPPED_DIR / f"{stem}{suffix}"
     if not path.is_file():
-        raise ValueError(f"no shipped SAE {name!r}; shipped: {', '.join(available()) or 'none'}")
+        raise ValueError(f"no shipped SAE or transcoder {name!r}; shipped: {', '.join(available()) or 'none'}")
     return path
 
 
 def info(name: str) -> dict[str, Any]:
-    """The JSON record of a shipped SAE: command, data, training time, metrics."""
+    """The JSON record of a shipped dictionary: command, data, training time, metrics."""
     return json.loads(_path(name, ".json").read_text(encoding="utf-8"))
 
 
@@ -54,6 +56,37 @@ def cast(sae: SAE, dtype: str = "float32") -> SAE:
     return out.eval()
 
 
-def load_shipped(name: str, dtype: str = "float32") -> SAE:
-    """Load a shipped SAE (``available()`` lists them), its fp16 weights cast to ``dtype``."""
-    return cast(SAE.load(_path(name, ".safetensors")), dtype).eval()
+def _format(path: Path) -> str | None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return (f.metadata() or {}).get("format")
+
+
+def cast_transcoders(path: Path, dtype: str = "float32"):
+    """The transcoder set saved at ``path`` (any stored dtype) with weights in ``dtype``: the file's tensors
+    are cast directly (never through a module of the stored dtype, so fp32 thresholds stay fp32)."""
+    import json
+
+    from safetensors import safe_open
+
+    from .transcoder import TranscoderConfig, build
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}; allowed: {', '.join(DTYPES)}")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    cfg = TranscoderConfig.from_dict(json.loads(meta["config"]), source=str(path))
+    cfg = replace(cfg, dtype=dtype)
+    return build(cfg).load_folded({k: v.to(DTYPES[dtype]) for k, v in tensors.items()}, source=str(path)).eval()
+
+
+def load_shipped(name: str, dtype: str = "float32"):
+    """Load a shipped SAE or transcoder set (``available()`` lists them), its fp16 weights cast to ``dtype``."""
+    from .transcoder import FORMAT as TRANSCODER_FORMAT
+
+    path = _path(name, ".safetensors")
+    if _format(path) == TRANSCODER_FORMAT:
+        return cast_transcoders(path, dtype)
+    return cast(SAE.load(path), dtype).eval()

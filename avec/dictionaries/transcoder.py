@@ -136,6 +136,8 @@ class TranscoderConfig:
     threshold_momentum: float = 0.01
     trained_as: str | None = None       # "batchtopk" for a BatchTopK one saved as jumprelu
     folded: bool = False                # normalisation folded into the weights (a saved file)
+    bos: int | None = None              # the token every training context began with (its positions were not
+                                        # trained on); attribution puts it before a prompt that lacks it
 
     def __post_init__(self):
         object.__setattr__(self, "reads", _names(self.reads))
@@ -154,6 +156,8 @@ class TranscoderConfig:
             problems.append(f"k={self.k!r}; allowed: an int with 1 <= k <= d_sae={self.d_sae}")
         if self.k_aux is not None and (not isinstance(self.k_aux, int) or self.k_aux < 1):
             problems.append(f"k_aux={self.k_aux!r}; allowed: a positive int or None (d_out // 2)")
+        if self.bos is not None and (isinstance(self.bos, bool) or not isinstance(self.bos, int) or self.bos < 0):
+            problems.append(f"bos={self.bos!r}; allowed: a token id (int >= 0) or None")
         if self.cross_layer and self.n_layers == 1:
             problems.append("cross_layer=True needs n_layers > 1")
         if self.normalise not in NORMALISATIONS:
@@ -519,7 +523,10 @@ class Transcoders(nn.Module):
         """[n_layers, n, d_sae] normalised-space features -> [n_layers, n, d_out] targets (no skip);
         ``support`` [n_layers, n, d_sae] (default z != 0): the entries decoded (see ``sparse_mm``)."""
         n = z.shape[1]
-        outs = [sparse_mm(z[i], w.flatten(1), None if support is None else support[i]).view(n, w.shape[1], self.d_out)
+        # unbind, not z[i]: each z[i]'s backward would fill a zero tensor of z's whole shape
+        zs = z.unbind(0)
+        sup = [None] * self.n_layers if support is None else support.unbind(0)
+        outs = [sparse_mm(zs[i], w.flatten(1), sup[i]).view(n, w.shape[1], self.d_out)
                 .transpose(0, 1) for i, w in enumerate(self.W_dec)]  # each source to all its targets in one product
         total = _IntoTargets.apply(self.n_layers, [self.targets(i)[0] for i in range(self.n_layers)], *outs)
         return total + self.b_dec[:, None, :] if bias else total
@@ -534,7 +541,7 @@ class Transcoders(nn.Module):
             return _JumpReLU.apply(pre, theta, self.cfg.bandwidth), theta
         if arch == "topk":
             return topk_per_row(pre, self.cfg.k), None
-        z = torch.stack([topk_over_batch(pre[l], self.cfg.k) for l in range(self.n_layers)])
+        z = torch.stack([topk_over_batch(p, self.cfg.k) for p in pre.unbind(0)])
         if self.training:
             self._update_threshold(z)
         return z, None

@@ -179,7 +179,7 @@ def register(app: typer.Typer) -> None:
         cfg = TranscoderConfig(arch=arch, d_in=lm.d_model, d_sae=width, n_layers=len(chosen),
                                cross_layer=kind == "clt" if len(chosen) > 1 else False,
                                k=k if arch in ("topk", "batchtopk") else None, skip=skip, model_id=lm.model_id,
-                               sparsity_coeff=sparsity_coeff, **points)
+                               sparsity_coeff=sparsity_coeff, bos=store.rule.bos, **points)
         tc = build(cfg)
         steps = tokens // batch_tokens
         tcfg = TrainConfig(steps=steps, lr=lr, warmup_steps=warmup_steps, sparsity_warmup_steps=sparsity_warmup_steps,
