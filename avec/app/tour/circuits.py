@@ -56,24 +56,6 @@ def next_tokens(lm, prompt: str, k: int = 5, bos: bool = False) -> list[tuple[in
     return [(int(t), lm.tokenizer.decode([int(t)]), float(x)) for t, x in zip(i, v)]
 
 
-def feature_logit_effects(lm, tc, layer: int, feature: int, k: int = 5) -> list[str]:
-    """The ``k`` tokens a transcoder feature promotes most along the direct path: its decoders into the MLP
-    outputs it writes (one for a per-layer transcoder, each later layer's for a CLT feature), summed as the
-    residual stream sums them, through the final norm's gain and the unembedding (the norm's per-token
-    scale ignored, as for SAE features)."""
-    import torch
-
-    from ...core.norms import ElementwiseNorm
-
-    norm = ElementwiseNorm(lm.get_module(lm.arch.final_norm))
-    with torch.no_grad():
-        d = tc.decoder_vectors(layer, torch.tensor([feature]))[0].sum(0).float()  # [n_targets, d] -> [d]
-        if norm.center:
-            d = d - d.mean()
-        values = (d * norm.gain.detach().float()) @ lm.W_U.detach().float()
-    return [lm.tokenizer.decode([int(t)]) for t in values.topk(k).indices]
-
-
 def two_hop(lm, tc, s, quick: bool = False, prompt: str = TWO_HOP, one_hop: str = ONE_HOP,
             capital_of: str = CAPITAL_OF, n_edited: int = N_EDITED, bos: bool = True) -> dict:
     """Write the two-hop study into section ``s``; returns the measured values (for tests and the record).
@@ -82,6 +64,7 @@ def two_hop(lm, tc, s, quick: bool = False, prompt: str = TWO_HOP, one_hop: str 
     import torch
 
     from ...circuits import attribute, graph_page, intervene
+    from ...dictionaries.features import logit_effects
 
     # 1. What the model says: the one-hop answer (the intermediate), the capital of that, the two-hop answer.
     hop1 = next_tokens(lm, one_hop, bos=bos)
@@ -140,7 +123,8 @@ def two_hop(lm, tc, s, quick: bool = False, prompt: str = TWO_HOP, one_hop: str 
         rows.append({"layer": layer, "position": pos, "token": g.token_strs[pos], "feature": f,
                      "activation": float(g.activations[n]), f"influence on {inter!r}": float(on_inter[n]),
                      f"influence on {g.logit_strs[0]!r}": float(on_top[n]),
-                     "promotes (decoder through the unembedding)": " ".join(map(repr, feature_logit_effects(lm, tc, layer, f)))})
+                     "promotes (decoder through the unembedding)": " ".join(
+                         repr(t) for _, t, _ in logit_effects(lm, tc, f, k=5, layer=layer).top)})
     s.text(f"The {n_edited} features with the most influence on the {inter!r} logit (direct and indirect, through "
            "the graph's normalised edges):")
     s.table(pd.DataFrame(rows))
