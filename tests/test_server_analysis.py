@@ -251,7 +251,7 @@ FEATURE_BAD = [
     ("feature", {"dictionary": "/etc/passwd", "feature": 1}, "not an absolute path"),
     ("feature", {"dictionary": "leaky", "feature": 1}, "which is not a .safetensors file in the data folder"),
     ("feature", {"dictionary": "shipped:smollm2-blocks.12.resid_post-topk-4608", "feature": 1},
-     "is not a shipped SAE of this model; shipped for it: none"),
+     "is not a shipped SAE or transcoder set of this model; shipped for it: none"),
     ("density", {"dictionary": "clt.safetensors", "layer": 3}, "layer must be in 0..2"),
     ("density", {"dictionary": "love.safetensors"}, "is not an avec SAE or transcoder file"),
     ("density", {"dictionary": "sae.safetensors", "density": 1}, "unknown field(s) ['density']"),

@@ -106,17 +106,22 @@ def _from_folder(name: str, root: Path, folder: Path) -> Source | None:
                   mtime)
 
 
+def _shipped_source(name: str, rec: dict) -> Source:
+    """A shipped dictionary from its record: an SAE (``hook``) or a transcoder set (``structure``)."""
+    if rec.get("kind") == "transcoders":
+        st = rec["structure"]
+        return Source(SHIPPED + name, "transcoder", len(st["layers"]),
+                      tuple(f"blocks.{l}.{st['reads']}" for l in st["layers"]), st["width"], None)
+    return Source(SHIPPED + name, "sae", 1, (rec["hook"],), rec.get("d_sae"), None)
+
+
 def list_sources(state: Any, model_id: str | None, kinds: tuple[str, ...] = KINDS) -> list[Source]:
-    """The shipped SAEs trained on the model ``model_id``, then the dictionaries in the data folder (files,
-    then circuit-tracer folders), of the given kinds."""
+    """The dictionaries shipped for the model ``model_id`` (SAEs, transcoder sets), then the dictionaries in the
+    data folder (files, then circuit-tracer folders), of the given kinds."""
     from ...dictionaries import shipped
 
-    out = []
-    if "sae" in kinds:
-        for name in shipped.available():
-            rec = shipped.info(name)
-            if rec.get("model_id") == model_id:
-                out.append(Source(SHIPPED + name, "sae", 1, (rec["hook"],), rec.get("d_sae"), None))
+    out = [src for src in (_shipped_source(name, shipped.info(name)) for name in shipped.available())
+           if src.kind in kinds and shipped.info(src.name[len(SHIPPED):]).get("model_id") == model_id]
     if state.data_dir is None:
         return out
     root = state.data_dir.resolve()
@@ -146,12 +151,16 @@ def resolve(state: Any, name: Any, model_id: str | None, kinds: tuple[str, ...] 
 
     name = I.text(name, what, max_chars=300)
     if name.startswith(SHIPPED):
-        ok = [s.name for s in list_sources(state, model_id, ("sae",)) if s.path is None]
-        if "sae" not in kinds or name not in ok:
-            raise I.BadInput(f"{what} {name!r} is not a shipped SAE of this model; shipped for it: {ok or 'none'}"
-                             + ("" if "sae" in kinds else f" (this page reads {' / '.join(kinds)}s)"))
-        rec = shipped.info(name[len(SHIPPED):])
-        return Source(name, "sae", 1, (rec["hook"],), rec.get("d_sae"), None)
+        ok = {s.name: s for s in list_sources(state, model_id, KINDS) if s.path is None}
+        plural = " / ".join({"sae": "SAEs", "transcoder": "transcoders"}[k] for k in kinds)
+        reads = "" if kinds == KINDS else f" (this page reads {plural})"
+        if name not in ok:
+            raise I.BadInput(f"{what} {name!r} is not a shipped SAE or transcoder set of this model; shipped for it: "
+                             f"{list(ok) or 'none'}{reads}")
+        if ok[name].kind not in kinds:
+            raise I.BadInput(f"{what} {name!r} is {'an SAE' if ok[name].kind == 'sae' else 'a transcoder set'}; "
+                             f"this page reads {plural}")
+        return ok[name]
     path = I.data_file(state.data_dir, name, (".safetensors",), what=what, folders=True)
     root = state.data_dir.resolve()
     src = _from_folder(name, root, path) if path.is_dir() else _from_file(name, path)
