@@ -64,11 +64,11 @@ def residual_norm_section(ctx: TourContext, s: Section) -> None:
 
 def _sections() -> list[tuple[str, Callable[[TourContext, Section], None]]]:
     """Every technique's sections, in reading order (each technique lists its own in avec/app/tour/<technique>.py)."""
-    from . import dictionaries, lens, maze, patching, probes, steering
+    from . import circuits, dictionaries, lens, maze, patching, probes, steering
 
     return [("Model card", model_card), ("Residual stream norms by layer", residual_norm_section),
             *steering.SECTIONS, *lens.SECTIONS, *patching.SECTIONS, *probes.SECTIONS,
-            *dictionaries.SECTIONS, *maze.SECTIONS]
+            *dictionaries.SECTIONS, *circuits.SECTIONS, *maze.SECTIONS]
 
 
 SECTIONS = _sections()

@@ -25,7 +25,7 @@ def _shipped(ctx):
     from ...models.lm import LanguageModel
 
     if SHIPPED not in available():
-        raise RuntimeError(f"the transcoder set {SHIPPED!r} is not shipped with this copy of avec")
+        return None
     lm = ctx.lm
     rec = info(SHIPPED)
     if not isinstance(lm, LanguageModel) or lm.model_id != rec["model_id"]:
@@ -64,6 +64,8 @@ def two_hop(lm, tc, s, quick: bool = False, prompt: str = TWO_HOP, one_hop: str 
     import torch
 
     from ...circuits import attribute, graph_page, intervene
+    from ...circuits.dashboards import graph_dashboards
+    from ...dictionaries.heldout import heldout_contexts
     from ...dictionaries.features import logit_effects
 
     # 1. What the model says: the one-hop answer (the intermediate), the capital of that, the two-hop answer.
@@ -104,7 +106,13 @@ def two_hop(lm, tc, s, quick: bool = False, prompt: str = TWO_HOP, one_hop: str 
            f"Replacement score {rep:.3f}, completeness {comp:.3f} (circuit-tracer's definitions: the share of "
            "influence reaching the logits from tokens rather than error nodes, and the share of node inputs "
            "not from error nodes).")
-    s.raw(f'<iframe srcdoc="{html.escape(graph_page(g), quote=True)}" '
+    # each kept feature's dashboard (top held-out contexts, density, logit effects) opens on a click
+    t1 = time.perf_counter()
+    texts = heldout_contexts(lm.tokenizer, 16 if quick else 64, 32, prepend_bos=bos)
+    pages = graph_dashboards(lm, tc, g, texts)
+    s.text(f"Click a feature node for its dashboard ({len(pages)} dashboards from {texts.shape[0]} held-out contexts "
+           f"of 32 tokens, {time.perf_counter() - t1:.0f} s).")
+    s.raw(f'<iframe srcdoc="{html.escape(graph_page(g, dashboards=pages), quote=True)}" '
           'style="width:100%;height:900px;border:1px solid #ccc"></iframe>')
 
     # 3. The features carrying the intermediate answer: the graph's most influential on its logit.
@@ -173,7 +181,13 @@ def two_hop(lm, tc, s, quick: bool = False, prompt: str = TWO_HOP, one_hop: str 
 def two_hop_section(ctx, s) -> None:
     import pandas as pd
 
-    lm, tc, rec = _shipped(ctx)
+    got = _shipped(ctx)
+    if got is None:
+        s.text(f"The transcoder set {SHIPPED!r} is not shipped with this copy of avec, so this section has nothing to "
+               "trace. `avec transcoder train --kind plt --layers all --reads mlp_in --prepend-bos ...` makes one; "
+               "`avec graph PROMPT --transcoders FILE` then draws a graph with it.")
+        return
+    lm, tc, rec = got
     m = rec["metrics_held_out"]
     st = rec["structure"]
     s.text(f"Per-layer transcoders (one per MLP: {st['reads']} -> {st['writes']} of every one of SmolLM2's "
