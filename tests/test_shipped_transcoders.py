@@ -76,3 +76,22 @@ def test_the_graph_page_offers_a_shipped_transcoder_set(fake_shipped):
         D.resolve(State, "shipped:tiny-plt", lm.model_id, ("sae",))
     with pytest.raises(I.BadInput, match="is not a shipped SAE or transcoder set of this model"):
         D.resolve(State, "shipped:tiny-plt", "another-model", ("transcoder",))
+
+
+def test_the_tour_section_says_when_the_set_is_not_shipped(tmp_path, monkeypatch):
+    from avec.app.tour import SECTIONS
+    from avec.app.tour import circuits as tour_circuits
+    from avec.app.tour.context import TourContext
+
+    assert all(entry in SECTIONS for entry in tour_circuits.SECTIONS)
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", tmp_path)  # nothing shipped
+
+    class Section:
+        texts = []
+
+        def text(self, t):
+            self.texts.append(t)
+
+    s = Section()
+    tour_circuits.two_hop_section(TourContext(model_name="tiny", _models={"tiny": tiny_lm("llama")}), s)
+    assert "is not shipped with this copy of avec" in s.texts[0]
