@@ -40,6 +40,8 @@ def jsonable(value: Any) -> Any:
         return jsonable(value.item())
     if isinstance(value, np.ndarray):
         return jsonable(value.tolist())
+    if type(value).__name__ == "DataFrame":  # column -> values (its own to_dict nests by index)
+        return jsonable(value.to_dict(orient="list"))
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency
@@ -72,8 +74,8 @@ def _tuples(value: Any) -> Any:
 
 def restore(value: Any, annotation: str) -> Any:
     """JSON data (``jsonable``'s output) back to the type an annotation string names: ``torch.Tensor``
-    (NaN where JSON has null; a mapping of them for ``Mapping[str, torch.Tensor]``), ``tuple``, ``float``
-    (null -> NaN), ``Path``; anything else as it is."""
+    (NaN where JSON has null; a mapping of them for ``Mapping[str, torch.Tensor]``), ``np.ndarray`` (the same),
+    ``pd.DataFrame`` (from column lists), ``tuple``, ``float`` (null -> NaN), ``Path``; anything else as it is."""
     if "Tensor" in annotation:
         import torch
 
@@ -82,6 +84,14 @@ def restore(value: Any, annotation: str) -> Any:
         if isinstance(value, dict):
             return {k: torch.tensor(_nan(v)) for k, v in value.items()}
         return torch.tensor(_nan(value))
+    if "ndarray" in annotation:
+        import numpy as np
+
+        return None if value is None else np.asarray(_nan(value))
+    if "DataFrame" in annotation:
+        import pandas as pd
+
+        return None if value is None else pd.DataFrame(value)
     head = annotation.split("[")[0]
     if value is None:
         return math.nan if head in ("float", "<class 'float'>") else None

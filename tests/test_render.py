@@ -91,7 +91,38 @@ def _results(lm):
     probs = np.random.default_rng(0).dirichlet(np.ones(5), len(cells))
     out["VectorField"] = VectorField(maze, cells, probs, "a")
     out["FieldDiff"] = VectorField(maze, cells, probs[::-1].copy(), "b").diff(out["VectorField"])
+    out.update(_maze_results())
     return out
+
+
+def _maze_results():
+    """The maze's statistics, on made-up numbers (their computation is tested in tests/maze)."""
+    import pandas as pd
+
+    from avec.maze.behaviour import FEATURES, BehaviourStats
+    from avec.maze.evaluate import Motivation
+    from avec.maze.experiments import CoefficientSweep, SteeringStats
+    from avec.maze.retarget import CheeseChannels, RetargetResult
+
+    rng = np.random.default_rng(3)
+    n = 40
+    p_ch, p_tr = rng.uniform(0, 0.6, n), rng.uniform(0, 0.4, n)
+    frame = pd.DataFrame({"seed": np.arange(n), "size": rng.choice([9, 11, 15], n), "got_cheese": rng.integers(0, 2, n),
+                          "steps": rng.integers(5, 60, n), "p_cheese": p_ch, "p_top_right": p_tr,
+                          **{f: rng.uniform(0, 20, n) for f in FEATURES}})
+    channels = CheeseChannels("embedder.block2.res1.resadd_out", np.array([3, 7]), np.array([[0, 1], [1, 0]]),
+                              np.array([0.9, 0.5]), np.array([0.3, 0.2]), rng.normal(size=16), 12)
+    return {
+        "BehaviourStats": BehaviourStats(frame, {f: 0.1 * i for i, f in enumerate(FEATURES)}, -0.2, 0.7,
+                                         {f: 0.6 for f in FEATURES}, 0.55),
+        "Motivation": Motivation(p_ch, p_tr, frame["size"].to_numpy()),
+        "CoefficientSweep": CoefficientSweep("cheese", np.linspace(-2, 2, 5), rng.uniform(0, 1, 5), rng.uniform(0, 0.5, 5),
+                                             rng.uniform(0, 1, 5), rng.uniform(0, 0.5, 5), rng.uniform(0, 1, 5)),
+        "SteeringStats": SteeringStats("cheese vector", np.arange(n), p_ch, p_ch / 2, p_tr, p_tr * 1.5, {"coeff": 1.0}),
+        "CheeseChannels": channels,
+        "RetargetResult": RetargetResult(channels, "signal", 2.0, None, False, [[1, 2]] * n, rng.integers(1, 9, n),
+                                         rng.uniform(0.01, 0.5, n), rng.uniform(0.01, 0.9, n), None, None),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +156,9 @@ def test_every_result_renders_in_the_cli_and_the_report(results):
 @pytest.mark.parametrize("name", ["Completions", "ScanResult", "LogitLens", "DLA", "ResidualDecomposition",
                                   "ResidualNorms", "WeightNorms", "PatchingResult", "ProbeResult", "CCSResult",
                                   "Effect", "Perplexity", "ABScores", "TopExamples", "PromptFeatures", "FeatureDensity",
-                                  "TranscoderEvaluation", "LogitEffects", "TrainResult", "VectorField", "FieldDiff"])
+                                  "TranscoderEvaluation", "LogitEffects", "TrainResult", "VectorField", "FieldDiff",
+                                  "BehaviourStats", "Motivation", "CoefficientSweep", "SteeringStats", "CheeseChannels",
+                                  "RetargetResult"])
 def test_rebuilt_results_say_what_their_dict_says(results, name):
     """Types rebuilt from their dict: the rebuilt object's dict is the dict (nothing lost on the way)."""
     d = render.as_dict(results[name])

@@ -144,7 +144,8 @@ def result_types() -> dict[str, type]:
     for module in ("circuits.graph", "circuits.interventions", "dictionaries.evaluate", "dictionaries.features",
                    "dictionaries.latents", "dictionaries.train", "lens.decomposition", "lens.dla", "lens.logit_lens",
                    "lens.norms", "lens.tuned_lens", "patching.result", "probes.ccs", "probes.linear",
-                   "steering.evaluate", "steering.generation", "steering.scan", "maze.fields"):
+                   "steering.evaluate", "steering.generation", "steering.scan", "maze.fields", "maze.behaviour",
+                   "maze.evaluate", "maze.experiments", "maze.retarget"):
         importlib.import_module(f"avec.{module}")
 
     def subclasses(c: type):

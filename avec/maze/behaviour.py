@@ -27,6 +27,7 @@ import torch
 from .evaluate import EVAL_SEED_BASE, decision_probs, rollout, scan_mazes
 from .fields import new_figure, summary_html
 from .world import Maze
+from ..results import Result
 
 FEATURES = ("d_euclid_cheese_top_right", "d_steps_decision_cheese", "d_euclid_decision_cheese")
 ORIGINAL_AGENT = {"got_cheese": 0.714, "accuracy": 0.824, "accuracy_d_euclid_cheese_top_right": 0.773,
@@ -57,7 +58,7 @@ def maze_features(maze: Maze) -> dict:
 
 
 @dataclass(frozen=True)
-class BehaviourStats:
+class BehaviourStats(Result):
     """Per-maze outcomes and the regression. ``frame``: one row per maze (seed, size, got_cheese,
     steps, p_cheese, p_top_right and the FEATURES). ``coefficients``: logistic-regression weights on
     standardised features (all mazes); ``accuracy``: its cross-validated accuracy; ``single``: each

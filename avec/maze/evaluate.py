@@ -14,6 +14,7 @@ import torch
 from .env import ACTION_NAMES, N_ACTIONS, five_way
 from .render import renderer
 from .world import MOVES, SIZES, WORLD, Maze, top_right_region
+from ..results import Result
 
 EVAL_SEED_BASE = 1_000_000_000  # evaluation mazes use seeds >= this; training uses seeds below
 DEFAULT_REGION = 5  # the original study's rand_region_5 agent: the region of a checkpoint that records none
@@ -214,7 +215,7 @@ def is_off_region(maze: Maze, region: int) -> bool:
 
 
 @dataclass(frozen=True)
-class Motivation:
+class Motivation(Result):
     """Per-maze probabilities at the decision square, each float ``[N]``."""
 
     p_cheese: np.ndarray
@@ -244,6 +245,21 @@ class Motivation:
             "p_other": float(self.p_other.mean()),
             "frac_top_right_wins": float((self.p_top_right > self.p_cheese).mean()),
         }
+
+    def plot(self, ax=None):
+        """Histograms of P(cheese) and P(top-right) at the decision squares."""
+        import matplotlib.pyplot as plt
+
+        fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(5, 3.2))
+        bins = np.linspace(0, 1, 21)
+        ax.hist(self.p_cheese, bins=bins, alpha=0.6, label=f"P(cheese), mean {self.p_cheese.mean():.2f}")
+        ax.hist(self.p_top_right, bins=bins, alpha=0.6, label=f"P(top-right), mean {self.p_top_right.mean():.2f}")
+        ax.set_xlabel("probability at the decision square")
+        ax.set_ylabel("mazes")
+        ax.set_title(f"{len(self.p_cheese)} decision-square mazes", fontsize=10)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        return fig
 
 
 def decision_targets(maze: Maze) -> tuple[tuple[int, int], int, int]:

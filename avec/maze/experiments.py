@@ -24,6 +24,7 @@ from .evaluate import (EVAL_SEED_BASE, LOW_P_CHEESE, decision_targets, motivatio
                        off_region_mazes, resolve_region)
 from .fields import as_model, new_figure, png_base64, summary_html
 from .world import Maze
+from ..results import Result
 
 DEFAULT_HOOK = "embedder.block2.res1.resadd_out"
 
@@ -137,7 +138,7 @@ def decision_probs(policy: Any, mazes: Sequence[Maze], steer=None):
 
 
 @dataclass(frozen=True)
-class SteeringStats:
+class SteeringStats(Result):
     """Per-maze decision-square probabilities before and after an intervention, float ``[N]``."""
 
     name: str
@@ -294,7 +295,7 @@ def transfer_stats(policy, region: int | None = None, n: int = 100, coeff: float
 
 
 @dataclass(frozen=True)
-class CoefficientSweep:
+class CoefficientSweep(Result):
     """Mean decision-square probabilities per coefficient, float ``[K]`` each, with their medians over
     the mazes and the share of mazes whose P(cheese) is below LOW_P_CHEESE at that coefficient."""
 

@@ -42,7 +42,7 @@ only; the experiment reports on the mazes it is given (use held-out ones).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -56,6 +56,7 @@ from .evaluate import direction_index, observation_batch
 from .experiments import DEFAULT_HOOK, _acts, _at_start
 from .fields import _as_list, as_model, new_figure, png_base64
 from .world import WORLD, Maze
+from ..results import Result
 
 CALIBRATION_SEED_BASE = 2_000_000_000  # calibration mazes; evaluation mazes use seeds 1e9.. (evaluate.py)
 SCALES = (1.0, 2.0, 4.0, 8.0, 16.0)  # candidate multiples of the cheese signal for scale="auto"
@@ -75,7 +76,7 @@ def calibration_mazes(n: int, seed_base: int = CALIBRATION_SEED_BASE) -> list[Ma
 
 # --------------------------------------------------------------------------- finding the channels
 @dataclass(frozen=True)
-class CheeseChannels:
+class CheeseChannels(Result):
     """Channels at ``hook`` that track the cheese, best first.
 
     channels int ``[k]``; offsets int ``[k, 2]``: (d_row, d_col) from the cheese cell's
@@ -102,6 +103,21 @@ class CheeseChannels:
         return pd.DataFrame({"channel": self.channels, "offset_row": self.offsets[:, 0],
                              "offset_col": self.offsets[:, 1], "signal": self.signal,
                              "std": self.std, "score": self.scores[self.channels]})
+
+    def plot(self, ax=None):
+        """Every channel's score (cheese signal / activation std), the chosen ones marked."""
+        import matplotlib.pyplot as plt
+
+        fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 3))
+        scores = np.where(np.isfinite(self.scores), self.scores, 0.0)
+        ax.bar(np.arange(len(scores)), scores, color="0.7", width=1.0)
+        ax.bar(self.channels, scores[self.channels], color="#c2410c", width=1.0, label="chosen")
+        ax.set_xlabel(f"channel at {self.hook}")
+        ax.set_ylabel("cheese signal / std")
+        ax.set_title(f"{len(self.channels)} cheese channels ({self.n_mazes} mazes)", fontsize=10)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        return fig
 
 
 def cheese_channels(policy: Any, mazes: Sequence[Maze], at: str = DEFAULT_HOOK, k: int = 8,
@@ -230,7 +246,7 @@ def random_targets(mazes: Sequence[Maze], rng_seed: int = 0, exclude_cheese: boo
 
 # --------------------------------------------------------------------------- the experiment
 @dataclass(frozen=True)
-class RetargetResult:
+class RetargetResult(Result):
     """Per-maze path probabilities toward a random target cell, float ``[N]`` each: ``before``
     (no intervention), ``after`` (retargeted), ``reference`` (real cheese moved to the target,
     or None). ``distances``: path length in moves; ``scale``/``value``: the rule used."""
@@ -246,6 +262,11 @@ class RetargetResult:
     after: np.ndarray
     reference: np.ndarray | None = None
     scale_search: dict | None = None
+
+    @classmethod
+    def from_dict(cls, d) -> "RetargetResult":
+        """Rebuilt from ``to_dict()``, its channels included."""
+        return replace(super().from_dict(d), channels=CheeseChannels.from_dict(d["channels"]))
 
     def summary(self) -> dict:
         lr = np.log(self.after / self.before)

@@ -155,9 +155,11 @@ def register(app: typer.Typer) -> None:
                 "averaged": lambda: ex.averaged_cheese_stats(p, region, mazes=mazes, at=hook),
                 "transfer": lambda: ex.transfer_stats(p, mazes=mazes, at=hook),
                 "all_layers": lambda: ex.all_layers_stats(p, mazes=mazes)}
+        from ..render import view
+
         rows = []
         for e in chosen:
-            st = runs[e]()
+            st = view(runs[e]())  # rebuilt from its dict: what the report and the server show
             rows.append(st.summary())
             if plot_dir is not None:
                 atomic_savefig(st.plot(), plot_dir / f"maze-stats-{e}.png", dpi=90, bbox_inches="tight")
@@ -189,7 +191,9 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"need --steps >= 2 and --max > --min, got {steps}, [{lo}, {hi}]")
         p, region = _load(policy, region)
         hook = _hook(p, hook)
-        res = coefficient_sweep(p, off_region_mazes(region, n, seed_base), kind, np.linspace(lo, hi, steps), at=hook)
+        from ..render import view
+
+        res = view(coefficient_sweep(p, off_region_mazes(region, n, seed_base), kind, np.linspace(lo, hi, steps), at=hook))
         typer.echo(_table(res.to_frame()))
         atomic_savefig(res.plot(), out, dpi=90, bbox_inches="tight")
         typer.echo(f"wrote {out}")
@@ -247,8 +251,10 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"need --k >= 1 and --calibration >= 2, got {k}, {calibration}")
         p, region = _load(policy, region)
         hook = _hook(p, hook)
-        res = retarget_experiment(p, off_region_mazes(region, n, seed_base), scale=scale, value=value, k=k,
-                                  calibration=calibration, remove_cheese=remove_cheese, use_offsets=offsets, at=hook)
+        from ..render import view
+
+        res = view(retarget_experiment(p, off_region_mazes(region, n, seed_base), scale=scale, value=value, k=k,
+                                       calibration=calibration, remove_cheese=remove_cheese, use_offsets=offsets, at=hook))
         typer.echo(json.dumps(res.summary(), indent=1))
         typer.echo(_table(res.by_distance()))
         atomic_savefig(res.plot(), out, dpi=90, bbox_inches="tight")
@@ -272,7 +278,9 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"--max-steps must be >= 1, got {max_steps}")
         out, n, seed_base = _out(out), _n(n), _seed_base(seed_base)
         p, _ = _load(policy, None)
-        res = behaviour_statistics(p, n, seed_base=seed_base, max_steps=max_steps, seed=seed)
+        from ..render import view
+
+        res = view(behaviour_statistics(p, n, seed_base=seed_base, max_steps=max_steps, seed=seed))
         typer.echo(json.dumps({**res.summary(), "original_agent": ORIGINAL_AGENT}, indent=1))
         typer.echo(_table(res.by_bins("d_euclid_cheese_top_right").reset_index().astype({"bin": str})))
         atomic_savefig(res.plot(), out, dpi=90, bbox_inches="tight")
