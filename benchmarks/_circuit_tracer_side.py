@@ -12,6 +12,8 @@ Tasks (the request's keys in brackets):
                transcoders, ids, max_feature_nodes, batch_size, out, prune]
     write      a small random transcoder set and CLT written by circuit-tracer's own writers
                (``to_safetensors``), with their activations and reconstructions on random inputs [out]
+    tiny       a tiny random Llama and transcoder set, and circuit-tracer's graph through them [out, ids, write:
+               also the ``write`` task into out/written]
 """
 
 from __future__ import annotations
@@ -199,8 +201,58 @@ def write(req: dict) -> dict:
     return {"files": sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())}
 
 
+def tiny(req: dict) -> dict:
+    """A tiny random Llama (saved as a Hugging Face folder with a word-level tokenizer whose BOS is id 1), a random
+    per-layer JumpReLU set written by circuit-tracer, and circuit-tracer's attribution graph of ``ids`` through
+    them: for a fast cross-check of avec's graphs (tests/test_circuit_tracer_written.py)."""
+    import yaml
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from circuit_tracer.transcoder.activation_functions import JumpReLU
+    from circuit_tracer.transcoder.single_layer_transcoder import SingleLayerTranscoder, TranscoderSet
+
+    out = Path(req["out"])
+    torch.manual_seed(int(req.get("seed", 0)))
+    V, d, L, f = 101, 64, 3, 48
+    cfg = LlamaConfig(hidden_size=d, intermediate_size=96, num_hidden_layers=L, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=16, vocab_size=V, max_position_embeddings=128, bos_token_id=1,
+                      eos_token_id=2, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # norms away from 1, so that frozen norm scales matter
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.3 * torch.randn_like(p))
+    model.save_pretrained(out / "model")
+    vocab = {f"w{i}": i for i in range(V)}
+    vocab = {("<bos>" if i == 1 else "<eos>" if i == 2 else w): i for w, i in vocab.items()}
+    t = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<bos>", eos_token="<eos>", unk_token="w0").save_pretrained(
+        out / "model")
+    tcs = {}
+    for l in range(L):
+        tc = SingleLayerTranscoder(d, f, JumpReLU(torch.zeros(f), 0.1), l, device=torch.device("cpu"), dtype=torch.float32)
+        with torch.no_grad():
+            tc.W_enc.copy_(torch.randn(f, d) / d ** 0.5 * 3)
+            tc.W_dec.copy_(torch.randn(f, d) * 0.1)
+            tc.b_enc.copy_(torch.randn(f) * 0.2 - 0.3)
+            tc.b_dec.copy_(torch.randn(d) * 0.05)
+            tc.activation_function.threshold.copy_(torch.rand(f) * 0.2)
+        tcs[l] = tc
+    TranscoderSet(tcs, feature_input_hook="mlp.hook_in", feature_output_hook="hook_mlp_out", scan="tiny").to_safetensors(
+        str(out / "tc"))
+    (out / "tc" / "config.yaml").write_text(yaml.dump({"model_kind": "transcoder_set", "feature_input_hook": "mlp.hook_in",
+                                                        "feature_output_hook": "hook_mlp_out", "scan": "tiny"}))
+    res = graph({"model": str(out / "model"), "transcoders": str(out / "tc"), "ids": req["ids"],
+                 "batch_size": req.get("batch_size", 32), "out": str(out / "graph.safetensors")})
+    if req.get("write"):  # and the written-files check, in the same process (one circuit-tracer import for both)
+        res["written"] = write({"out": str(out / "written")})
+    return res
+
+
 if __name__ == "__main__":
     task, request = sys.argv[1], json.loads(Path(sys.argv[2]).read_text())
     torch.set_num_threads(int(request.get("threads", 1)))
-    result = {"export": export, "forward": forward, "graph": graph, "write": write}[task](request)
+    result = {"export": export, "forward": forward, "graph": graph, "write": write, "tiny": tiny}[task](request)
     print("RESULT " + json.dumps(result))
