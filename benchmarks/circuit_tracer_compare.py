@@ -43,8 +43,58 @@ What it does, in ``--work`` (default ``/tmp/avec-ctcompare``):
    activations and reconstructions are compared with circuit-tracer's (``--fixture DIR`` copies these files
    there: the test suite keeps them under ``tests/data/circuit_tracer_written``).
 
-Measured (Mon 30 Nov 2026, 2 shared cores, 1 torch thread per process; transcoders /tmp/pltspeed2: 30
-per-layer JumpReLU transcoders, width 1024, barely trained), see RESULTS below the code for the figures.
+Measured 2026-11-30 (2 cores shared with a transcoder training job and other sessions, load 2.7-5.8; 1 torch
+thread per process; batch 32 targets per backward pass in both). Transcoders: ``/tmp/pltspeed2/plt.safetensors``,
+30 per-layer JumpReLU transcoders of width 1024 reading ``mlp_in`` (briefly trained; the ``plt512`` set was
+still training). Full reports: ``python benchmarks/circuit_tracer_compare.py`` writes ``report.json``.
+
+Forward pass (11 tokens, BOS first): logits agree to 3.5e-5 (largest 29.2; same argmax everywhere), MLP inputs
+to 3.9e-6, MLP outputs to 4.9e-4 of 24,881 (the BOS's attention-sink value; 2e-8 relative), the transcoders'
+activations to 5.6e-6 and their reconstructions to 5.3e-5 of 224: the same weights and the same transcoders.
+
+Graphs, every active feature (edges compared on the nodes both have; see "what differs"):
+
+| prompt (BOS first) | feature nodes avec / ct | edges compared | max abs diff (max abs weight) | corr |
+|---|---|---|---|---|
+| "Fact: the capital of the state containing Dallas is" (11 tok) | 7,237 / 5,709 | 9.83 M | 1.4e-5 (6.79) | 1 - 2e-12 |
+| "The Eiffel Tower is located in the city of" (11 tok) | 9,400 / 7,872 | 18.1 M | 9.1e-6 (9.58) | 1 - 5e-13 |
+| first 16 tokens of TEXT | 10,627 / 9,099 | 25.0 M | 7.6e-6 (6.79) | 1 - 8e-13 |
+
+Median relative difference of an edge ~1e-6, in every kind (feature / error / token -> feature and -> logit);
+the same 10 logit nodes, probabilities within 2e-6; every circuit-tracer feature is an avec feature with the same
+(layer, position, id) and activation.
+
+What differs: the first position. circuit-tracer zeroes every feature activation and the error vector at position
+0 (``zero_positions=slice(0, 1)`` in ``compute_attribution_components`` / ``setup_attribution``): the BOS's MLP
+outputs stay in its forward pass as constants (detached like every MLP output), not as nodes. avec makes the
+BOS's 1,528 active features (about 51 per layer: the attention sink's MLP outputs are huge) and its 30 error
+nodes ordinary nodes. Their edges carry a median 15% (Dallas) / 20% (Eiffel) of the absolute weight arriving at a
+node. Everything else is the same local replacement model: frozen attention patterns and RMSNorm scales, MLP
+outputs detached, error = MLP output - reconstruction (with b_dec), feature -> target = activation x decoder .
+gradient, logit targets = unembedding column minus the mean column (demeaned logits) for the top tokens covering
+95% (at most 10), token nodes = the embeddings. Consequences:
+- pruning (0.8 / 0.98): Dallas: avec keeps 1,051 features (251 of them at the BOS), circuit-tracer 941, 800 in
+  both; errors 211 / 201, 197 in both. Eiffel: 1,725 (298 at the BOS) / 1,713, 1,427 in both. avec's ``prune``
+  run on circuit-tracer's own adjacency keeps exactly circuit-tracer's nodes and edges (1,163 nodes / 153,202
+  edges; 1,965 / 717,180): the pruning is the same, the inputs differ by the BOS nodes.
+- with a feature budget (64 tokens, 1,000 features): avec spends 181 on BOS features; its other 819 are all among
+  circuit-tracer's 1,000.
+
+Times (seconds of ``attribute`` only, model loaded; three rounds, the third with avec first) and peak resident
+memory of the process while it ran (model included; ~0.43 GB before for circuit-tracer, ~0.57 GB for avec):
+
+| prompt | circuit-tracer | avec | ct / avec | ms per attributed node ct / avec | peak GB ct / avec |
+|---|---|---|---|---|---|
+| 16 tokens, every feature (ct 9,099 features, avec 10,627) | 207, 198, 198 | 88.6, 63.1, 67.9 | 2.3x, 3.1x, 2.9x | 22 / 6-8 | 2.15-2.25 / 3.03-3.06 |
+| 64 tokens, 1,000 features (40,012 / 41,540 active) | 161, 168, 169 | 59.0, 66.6, 62.2 | 2.7x, 2.5x, 2.7x | 161-169 / 59-67 | 2.36-3.31 / 2.22-2.32 |
+
+avec attributes 17% more nodes at 16 tokens (the BOS's) and is still 2.3-3.1x faster; its peak is higher there
+(0.8 GB: its dense rows span every active feature, the BOS's included, and its sparse edge list, 25 M edges of
+20 bytes, is built from them), lower at 64 tokens. circuit-tracer's default batch of 512 is meant for a GPU: on a CPU its forward pass runs the prompt 512
+times over and keeps that graph; on the Dallas prompt its batch 128 took 127 s and its batch 32 87 s (load ~5).
+
+circuit-tracer's own files: a JumpReLU set with skip connections, a ReLU set and a JumpReLU CLT written by its
+``to_safetensors`` load in avec with exactly its activations and reconstructions to 1e-6.
 """
 
 from __future__ import annotations
@@ -347,6 +397,8 @@ def main(argv=None) -> dict:
                    "default 512 is for a GPU: on a CPU it multiplies the forward pass's batch, and memory, by 512)")
     p.add_argument("--budget-64", type=int, default=1000)
     p.add_argument("--skip-timing", action="store_true")
+    p.add_argument("--repeats", type=int, default=1, help="timing rounds; odd rounds run avec first")
+    p.add_argument("--skip-forward", action="store_true")
     p.add_argument("--skip-graphs", action="store_true")
     p.add_argument("--fixture", default=None)
     p.add_argument("--freeze", action="store_true")
@@ -394,12 +446,15 @@ def main(argv=None) -> dict:
 
     # 3. exactness of the forward pass and the transcoders
     ids = [tok(PROMPTS[0])]
-    ct("forward", {**common, "ids": ids, "out": str(work / "fwd-ct.safetensors")}, work)
-    av("forward", {**areq, "ids": ids, "out": str(work / "fwd-avec.safetensors")}, work)
-    fa, fc = load_file(str(work / "fwd-avec.safetensors")), load_file(str(work / "fwd-ct.safetensors"))
-    report["forward"] = compare_forward(fa, fc)
-    report["forward"]["same_argmax"] = bool(torch.equal(fa["logits"].argmax(-1), fc["logits"].argmax(-1)))
-    print(json.dumps({"forward": report["forward"]}, indent=1), flush=True)
+    if args.skip_forward:
+        ids = None
+    if ids is not None:
+        ct("forward", {**common, "ids": ids, "out": str(work / "fwd-ct.safetensors")}, work)
+        av("forward", {**areq, "ids": ids, "out": str(work / "fwd-avec.safetensors")}, work)
+        fa, fc = load_file(str(work / "fwd-avec.safetensors")), load_file(str(work / "fwd-ct.safetensors"))
+        report["forward"] = compare_forward(fa, fc)
+        report["forward"]["same_argmax"] = bool(torch.equal(fa["logits"].argmax(-1), fc["logits"].argmax(-1)))
+        print(json.dumps({"forward": report["forward"]}, indent=1), flush=True)
 
     # 4. graphs of two prompts, every active feature
     bs_ct = bs_av = args.batch_size
@@ -422,21 +477,31 @@ def main(argv=None) -> dict:
     # 5. times
     if not args.skip_timing:
         report["timing"] = []
-        for n_tok, budget in ((16, None), (64, args.budget_64)):
-            ids = [[bos] + text[:n_tok - 1]]
-            row = {"tokens": n_tok, "max_feature_nodes": budget, "batch_size_ct": bs_ct, "batch_size_avec": bs_av,
-                   "load_before": _uptime()}
-            rc = ct("graph", {**common, "ids": ids, "batch_size": bs_ct, "max_feature_nodes": budget,
-                              "out": str(work / f"t{n_tok}-ct.safetensors")}, work)
-            ra = av("graph", {**areq, "ids": ids, "batch_size": bs_av, "max_feature_nodes": budget,
-                              "out": str(work / f"t{n_tok}-avec.safetensors")}, work)
-            row.update({"ct": rc, "avec": ra, "ratio_ct_over_avec": rc["seconds"] / ra["seconds"],
-                        "load_after": _uptime()})
-            if budget is None:
+        for rep in range(args.repeats):
+            for n_tok, budget in ((16, None), (64, args.budget_64)):
+                ids = [[bos] + text[:n_tok - 1]]
+                row = {"tokens": n_tok, "max_feature_nodes": budget, "batch_size": bs_ct, "repeat": rep,
+                       "order": "ct, avec" if rep % 2 == 0 else "avec, ct", "load_before": _uptime()}
+                runs = {}
+                for side in (("ct", "avec") if rep % 2 == 0 else ("avec", "ct")):  # alternate who goes first
+                    req = {"ids": ids, "batch_size": bs_ct, "max_feature_nodes": budget,
+                           "out": str(work / f"t{n_tok}-{side}.safetensors")}
+                    runs[side] = ct("graph", {**common, **req}, work) if side == "ct" else av("graph", {**areq, **req}, work)
+                rc, ra = runs["ct"], runs["avec"]
+                row.update({"ct": rc, "avec": ra, "ratio_ct_over_avec": rc["seconds"] / ra["seconds"],
+                            "ms_per_node_ct": 1000 * rc["seconds"] / rc["n_selected"],
+                            "ms_per_node_avec": 1000 * ra["seconds"] / ra["n_selected"], "load_after": _uptime()})
                 ga, gc = load_file(str(work / f"t{n_tok}-avec.safetensors")), load_file(str(work / f"t{n_tok}-ct.safetensors"))
-                row["compare"] = compare_graphs(ga, gc, n_layers)["edges"]
-            report["timing"].append(row)
-            print(json.dumps(row, indent=1), flush=True)
+                if budget is None:
+                    row["compare"] = compare_graphs(ga, gc, n_layers)["edges"]
+                else:  # which features each chose to attribute within the budget
+                    fa = {tuple(x) for x in ga["features"].tolist()}
+                    fc = {tuple(x) for x in gc["active_features"][gc["selected_features"]].tolist()}
+                    row["selected"] = {"avec": len(fa), "ct": len(fc), "both": len(fa & fc),
+                                       "avec_at_pos0": sum(1 for f in fa if f[1] == 0),
+                                       "same_logit_nodes": bool(torch.equal(ga["logit_ids"], gc["logit_ids"]))}
+                report["timing"].append(row)
+                print(json.dumps(row, indent=1), flush=True)
 
     # 6. files circuit-tracer wrote, read by avec
     written = Path(tempfile.mkdtemp(dir=work, prefix="ct-written-"))
