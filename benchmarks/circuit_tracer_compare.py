@@ -18,7 +18,7 @@ Setting up the circuit-tracer venv (CPU only; torch is kept at the CPU build ave
 ``nnsight==0.6.3`` matters: circuit-tracer 0.5.0 asks for ``nnsight>=0.6.0``, and pip's choice, 0.8.1, no longer has
 ``nnsight.intervention.tracing`` (its import fails). Versions used for the numbers below: circuit-tracer 0.5.0,
 nnsight 0.6.3, transformers 4.57.3, transformer-lens 3.2.1, torch 2.13.0+cpu, gguf 0.19.0, accelerate 1.15.0
-(``pip freeze`` of the venv is printed with ``--freeze``); avec's side: transformers 5.24.0, torch 2.13.0+cpu.
+(the venv's whole ``pip freeze`` is ``benchmarks/circuit_tracer_venv.txt``; ``--freeze`` records it in the report); avec's side: transformers 5.24.0, torch 2.13.0+cpu.
 ``AVEC_CT_PYTHON`` names another interpreter for the circuit-tracer side.
 
 What it does, in ``--work`` (default ``/tmp/avec-ctcompare``):
@@ -231,16 +231,8 @@ def compare_forward(a: dict, c: dict) -> dict:
     return {k: _stats(a[k], c[k]) for k in ("logits", "mlp_in", "mlp_out", "reconstruction", "activations")}
 
 
-def _ct_nodes(c: dict, n_layers: int) -> tuple[list[tuple], int, int]:
-    feats = c["active_features"][c["selected_features"]]
-    n = c["input_tokens"].shape[0]
-    return [tuple(x) for x in feats.tolist()], n, n_layers
-
-
 def compare_graphs(a: dict, c: dict, n_layers: int) -> dict:
     """Map avec's nodes onto circuit-tracer's and compare every edge. Returns the statistics and what differs."""
-    from safetensors.torch import load_file  # noqa: F401
-
     L = n_layers
     n = int(c["input_tokens"].shape[0])
     assert torch.equal(a["token_ids"], c["input_tokens"]), "the graphs were made from different token ids"
