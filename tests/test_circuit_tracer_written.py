@@ -98,7 +98,7 @@ def test_cross_check_files_the_installed_circuit_tracer_writes_load_in_avec(ct_o
 
 
 @needs_ct
-def test_cross_check_graph_edges_equal_circuit_tracers_off_the_bos_position(ct_out):
+def test_cross_check_graph_edges_equal_circuit_tracers(ct_out):
     """Same model (a folder circuit-tracer's transformers saved), same transcoders (files circuit-tracer wrote), same
     ids: every edge between nodes both graphs have agrees. circuit-tracer zeroes the features and error of position 0
     (the BOS): avec keeps them as nodes, so edges out of them are compared apart."""
@@ -134,3 +134,9 @@ def test_cross_check_graph_edges_equal_circuit_tracers_off_the_bos_position(ct_o
     torch.testing.assert_close(mine, A, atol=1e-5 * float(A.abs().max()), rtol=1e-4)
     # and avec's edges out of the BOS's nodes are real: they carry part of what reaches the attributed nodes
     assert float(g.weights[~keep].abs().sum()) > 0
+    # with circuit-tracer's convention (position 0's MLP outputs constants) the two graphs are the same, node for node
+    h = attribute(lm, tc, torch.tensor(IDS), progress=False, prepend_bos=False, first_position_nodes=False)
+    assert torch.equal(h.features, ct_feats) and h.n_nodes == A.shape[0]
+    same = torch.zeros_like(A)
+    same[h.targets, h.sources] = h.weights
+    torch.testing.assert_close(same, A, atol=1e-5 * float(A.abs().max()), rtol=1e-4)

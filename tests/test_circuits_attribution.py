@@ -285,8 +285,9 @@ def test_a_dictionary_trained_after_a_bos_gets_it_before_the_prompt():
     ids[0] = 3  # not the BOS
     with_bos = torch.cat([torch.tensor([bos]), ids])
     g = attribute(lm, marked, ids, progress=False)
-    ref = attribute(lm, plain, with_bos, progress=False)
+    ref = attribute(lm, plain, with_bos, progress=False, first_position_nodes=False)
     assert g.token_ids.tolist() == with_bos.tolist() and g.n_pos == 6
+    assert not g.meta["first_position_nodes"] and bool((g.features[:, 1] > 0).all())  # the BOS: constants
     assert torch.equal(g.features, ref.features) and torch.equal(g.targets, ref.targets)
     assert torch.allclose(g.weights, ref.weights, atol=1e-6)
     again = attribute(lm, marked, with_bos, progress=False)  # already there: not doubled
@@ -300,4 +301,39 @@ def test_a_dictionary_trained_after_a_bos_gets_it_before_the_prompt():
     assert torch.equal(a.activations, b.activations) and torch.allclose(a.edited_logits, b.edited_logits)
     with pytest.raises(ValueError, match="bos=-1"):
         replace(plain.cfg, bos=-1)
+    assert not lm._dictionaries
+
+
+def test_first_position_as_constants_keeps_every_other_edge():
+    """circuit-tracer's convention (first_position_nodes=False): position 0's features are not nodes and its error
+    nodes have no edges; every other edge is the same as in the full graph (nothing later reaches position 0)."""
+    lm = tiny_lm("llama")
+    clt = random_clt(lm, seed=9)
+    ids = tokens(lm, batch=1, seq=6, seed=2)[0]
+    full = attribute(lm, clt, ids, progress=False)
+    part = attribute(lm, clt, ids, progress=False, first_position_nodes=False)
+    assert full.meta["first_position_nodes"] and not part.meta["first_position_nodes"]
+    first = full.features[:, 1] == 0
+    assert bool(first.any()) and torch.equal(part.features, full.features[~first])
+    assert torch.equal(part.activations, full.activations[~first])
+    # map the partial graph's nodes to the full graph's: features shift, errors / tokens / logits follow them
+    shift = int(first.sum())
+    def to_full(idx):
+        return torch.where(idx < part.n_features, (~first).nonzero()[:, 0][idx.clamp(max=part.n_features - 1)],
+                           idx + shift)
+    A = full.adjacency().to_dense()
+    B = torch.zeros_like(A)
+    B[to_full(part.targets), to_full(part.sources)] = part.weights
+    keep = torch.ones(full.n_nodes, dtype=torch.bool)
+    keep[:full.n_features][first] = False
+    errors0 = [full.error_node(l, 0) for l in range(full.n_layers)]
+    keep_src = keep.clone()
+    keep_src[errors0] = False
+    # float32 sums over other batches of targets: equal to 1e-6 of the largest weight
+    assert torch.allclose(B[keep][:, keep_src], A[keep][:, keep_src], atol=1e-6 * float(A.abs().max()), rtol=1e-4)
+    assert B[:, errors0].abs().sum() == 0 and A[:, errors0].abs().sum() > 0
+    part.prune()  # influence and pruning run on what is left
+    for bad in ({"first_position_nodes": "no"}, {"prepend_bos": 1}):
+        with pytest.raises(ValueError, match="give True, False or None"):
+            attribute(lm, clt, ids, progress=False, **bad)
     assert not lm._dictionaries

@@ -76,8 +76,9 @@ def _check_replacement(lm: Any, d: Any) -> None:
 class _Context:
     """The prompt's clean run with the dictionary attached: active features, errors, embeddings."""
 
-    def __init__(self, lm: Any, d: Any, ids: torch.Tensor):
+    def __init__(self, lm: Any, d: Any, ids: torch.Tensor, first_position_nodes: bool = True):
         self.lm, self.d, self.ids = lm, d, ids
+        self.first_position_nodes = first_position_nodes
         L = lm.n_layers
         self.lat = [d.point("latents", l) for l in range(L)]
         self.err = [d.point("error", l) for l in range(L)]
@@ -94,6 +95,9 @@ class _Context:
             acts.append(z[nz[:, 0], nz[:, 1]])
         self.features = torch.cat(feats) if feats else torch.zeros(0, 3, dtype=torch.long)  # [n_feat, 3]
         self.activations = torch.cat(acts) if acts else torch.zeros(0)
+        if not first_position_nodes:  # position 0's MLP outputs are constants: its features are not nodes
+            keep = self.features[:, 1] > 0
+            self.features, self.activations = self.features[keep], self.activations[keep]
         self.n_pos = ids.shape[1]
         self._live: tuple[int, Any] | None = None
         self._dec: dict[int, torch.Tensor] = {}
@@ -186,6 +190,8 @@ class _Context:
                 feat_edges[:, at] = (g @ dec[pos == p].reshape(at.numel(), -1).T) * acts[at]
         err_edges = torch.zeros(B, L, n)
         err_edges[:, :below, :upto] = (g_err * self.errors[:below, :upto].transpose(0, 1)).sum(-1).transpose(1, 2)
+        if not self.first_position_nodes:
+            err_edges[:, :, 0] = 0.0  # position 0's error is part of a constant there, not a node's value
         tok_edges = torch.zeros(B, n)
         tok_edges[:, :upto] = (grads["embed"][:, 0].float() * self.embed[:upto]).sum(-1)
         return torch.cat([feat_edges, err_edges.reshape(B, -1), tok_edges], 1)
@@ -231,7 +237,8 @@ def _tokens(lm: Any, prompt: Any) -> torch.Tensor:
 
 def attribute(lm: Any, transcoders: Any, prompt: Any, *, max_n_logits: int = 10, desired_logit_prob: float = 0.95,
               batch_size: int = 16, max_feature_nodes: int | None = None, max_memory_gb: float = 8.0,
-              progress: bool | Callable[[int, int], Any] = True, prepend_bos: bool | None = None) -> AttributionGraph:
+              progress: bool | Callable[[int, int], Any] = True, prepend_bos: bool | None = None,
+              first_position_nodes: bool | None = None) -> AttributionGraph:
     """The attribution graph of ``prompt`` (a string or token ids ``[n_pos]``) through the local replacement
     model made with ``transcoders`` (a cross-layer transcoder or a set of per-layer transcoders covering every
     layer, or such a dictionary already attached with ``lm.add_dictionary``).
@@ -245,6 +252,12 @@ def attribute(lm: Any, transcoders: Any, prompt: Any, *, max_n_logits: int = 10,
                        attributed so far after each batch (e.g. to show progress in a page)
     prepend_bos:       put the dictionary's training BOS before a prompt that lacks it (``with_bos``; None: when
                        the dictionary records one, as avec's trainer does); the graph's tokens include it
+    first_position_nodes: whether the first position's features and errors are nodes. False is circuit-tracer's
+                       convention: that position's MLP outputs are constants of the frozen model, so its features
+                       are not nodes and its error nodes have no edges (the other edges are unchanged: nothing at a
+                       later position reaches position 0). None: False when the prompt starts with the BOS the
+                       dictionary records (it never trained on those positions, which hold the attention sink),
+                       else True
     max_memory_gb:     refuse up front (naming the sizes and what would fit) a prompt whose edges, one row of
                        floats per attributed node over every active feature, error and token, would take more
                        (the dense rows are what influence ranking and pruning read)
@@ -260,6 +273,9 @@ def attribute(lm: Any, transcoders: Any, prompt: Any, *, max_n_logits: int = 10,
     if max_feature_nodes is not None and (isinstance(max_feature_nodes, bool) or not isinstance(max_feature_nodes, int)
                                           or max_feature_nodes < 0):
         raise ValueError(f"max_feature_nodes={max_feature_nodes!r}; give a number of features >= 0, or None for all")
+    for name, v in (("prepend_bos", prepend_bos), ("first_position_nodes", first_position_nodes)):
+        if v is not None and not isinstance(v, bool):
+            raise ValueError(f"{name}={v!r}; give True, False or None (follow the dictionary)")
     ids = _tokens(lm, prompt)
     t0 = time.perf_counter()
     attached = transcoders if isinstance(transcoders, AttachedDictionary) else None
@@ -267,7 +283,10 @@ def attribute(lm: Any, transcoders: Any, prompt: Any, *, max_n_logits: int = 10,
     try:
         _check_replacement(lm, d)
         ids = with_bos(lm, ids, d.module, prepend_bos)
-        ctx = _Context(lm, d, ids)
+        if first_position_nodes is None:
+            bos = getattr(getattr(d.module, "cfg", None), "bos", None)
+            first_position_nodes = not (bos is not None and int(ids[0, 0]) == bos)
+        ctx = _Context(lm, d, ids, bool(first_position_nodes))
         n, L = ctx.n_pos, lm.n_layers
         n_active = ctx.features.shape[0]
         tok_ids, probs, dirs = logit_targets(lm, ctx.logits, max_n_logits, desired_logit_prob)
@@ -334,6 +353,7 @@ def attribute(lm: Any, transcoders: Any, prompt: Any, *, max_n_logits: int = 10,
             targets=targets, sources=sources, weights=weights.float(),
             meta={"model": getattr(lm, "name", ""), "dictionary": type(d.module).__name__, "reads": d.reads[0].split(".", 2)[-1],
                   "n_active_features": int(n_active), "n_feature_nodes": int(n_sel), "n_logits": int(n_logits),
+                  "first_position_nodes": bool(first_position_nodes),
                   "batch_size": batch_size, "seconds": round(seconds, 3)})
         return graph
     finally:
