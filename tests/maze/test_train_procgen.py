@@ -216,3 +216,15 @@ def test_mouse_finding_targets_are_where_procgen_draws_the_mouse():
         errors.append(np.abs(np.array(divmod(mouse_targets([cell], 32)[0], 32)) + 0.5 - seen))
     errors = np.array(errors)
     assert errors.max() <= 1.0 and errors.mean() < 0.5, errors
+
+
+def test_scene_map_squares_sit_on_their_cells():
+    """cell_of_square gives, for each square of block1's 32 x 32 map (2 x 2 pixels), the cell under its centre;
+    with it the open-floor target of a maze is its grid sampled there."""
+    from avec.maze.train_procgen import cell_of_square
+
+    at = cell_of_square(32)
+    for k, cell in enumerate(at):
+        lo, hi = cell * 64 / 25, (cell + 1) * 64 / 25  # the cell's pixel span
+        assert lo <= 2 * k + 1 <= hi  # the square's centre (pixels 2k and 2k + 1) lies in it
+    assert np.all(np.diff(at) >= 0) and set(at.tolist()) == set(range(25))  # a cell spans > 2 pixels: none is missed
