@@ -239,13 +239,21 @@ class ProcgenSampler(Sampler):
 
     def loss(self, policy, obs, labels, dists, step: int):
         """train.loss_fn, plus for the first ``mouse_aux_steps`` steps the mouse-finding loss (weight 1
-        falling linearly to 0): cross-entropy of :class:`MouseFinder`'s map against the mouse's cell.
+        falling linearly to 0): cross-entropy of :class:`MouseFinder`'s map against the mouse's square;
+        and for the first ``scene_aux_steps`` the scene loss (same schedule): cross-entropy of its cheese
+        map against the cheese's square plus binary cross-entropy of its open-floor map against the grid
+        (:func:`cell_of_square`).
 
         Why: on procgen's pictures the mouse is 1-3 bright pixels on a textured floor that has light
         speckles of its own; until the network finds it the expert's move cannot be predicted. Pilots
         without this loss sat on the ~0.3-accuracy plateau (the marginal of the moves) for all of their
         600-1000 steps, from scratch and from region5's weights alike; with it the plateau ended by
-        ~250 steps and the finder's peak was on the mouse's square in ~90% of states by step 1000."""
+        ~250 steps and the finder's peak was on the mouse's square in ~90% of states by step 1000.
+        The scene loss: with the mouse loss alone, at 5000 steps the policy still walked into walls in
+        3 x 3 mazes (accuracy 0.88 on uniform states there, 0.50 in 25 x 25 ones; greedy reach 0.17 on
+        held-out levels at 6600 steps); procgen draws walls as the level's background texture and floors
+        as one of several textures, and the moves alone teach that slowly. With the scene loss the same
+        run was at training accuracy 0.79 by step 1000 (0.70 without)."""
         w = max(0.0, 1.0 - step / self.mouse_aux_steps) if self.mouse_aux_steps else 0.0
         ws = max(0.0, 1.0 - step / self.scene_aux_steps) if self.scene_aux_steps else 0.0
         self._mouse = self._seen = [float("nan")] * 2
