@@ -81,6 +81,21 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     out_path = CKPT / "README.json"
     readme = json.loads(out_path.read_text())
+    readme["procgen_about"] = (
+        "procgen_region5 / procgen_region15: trained on procgen 0.10.7's own levels and observations by the one "
+        "command in 'command' (avec maze train --backend procgen = python -m avec.maze.train_procgen, from the repo "
+        "root, OMP_NUM_THREADS=1, --threads 1): BC + DAgger from the BFS expert as region5 / region15, every "
+        "picture rendered by procgen, the cheese moved into the maze's top-right R x R square of procgen levels "
+        "with seeds in [1e6, 1e9), plus auxiliary losses on where the mouse, the cheese and the open floor are "
+        "(a 1 x 1 conv head on block1, not part of the policy). training.train_seconds is wall-clock on a machine "
+        "shared with other jobs (training.load_average), training.train_cpu_seconds the run's own CPU time "
+        "(one thread: about the wall-clock on an idle core). procgen_held_out: benchmarks/procgen_policies.py on "
+        "procgen levels from seed 1.5e9 (never trained on): reach on the first n levels with the cheese moved "
+        "into the R x R square (500-step limit), the original study's behavioural statistics on the first n "
+        "decision-square levels (cheese where procgen put it; got_cheese = sampled rollouts as in the study, "
+        "got_cheese_greedy beside it), and the cheese vector on the first n off-region decision-square levels; "
+        "each also per maze size. The avec-world policies' entries hold the same measurement under "
+        "procgen_held_out where it was run.")
     for name in args.names:
         policy = load_policy(name)
         region = int(policy.metadata.get("region", 5))
