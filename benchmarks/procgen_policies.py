@@ -77,6 +77,9 @@ def main(argv=None):
     ap.add_argument("--seed-base", type=int, default=1_500_000_000)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--load-log", default=None,
+                    help="a file of '<time> <contents of /proc/loadavg>' lines sampled while the policy trained: "
+                    "its 1-minute load averages are summarised into training.load_average")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out_path = CKPT / "README.json"
@@ -107,6 +110,11 @@ def main(argv=None):
             continue
         if (policy.metadata.get("config") or {}).get("backend") == "procgen":
             report = json.loads((CKPT / f"{name}.json").read_text())
+            if args.load_log:
+                load = np.array([float(line.split()[1]) for line in Path(args.load_log).read_text().splitlines()])
+                report["load_average"] = {"samples": int(len(load)), "min": float(load.min()),
+                                          "mean": round(float(load.mean()), 2), "max": float(load.max()),
+                                          "cores": 2, "note": "1-minute load average of the machine, each minute"}
             readme[name] = {"file": f"{name}.safetensors", "command": report.get("command"),
                             "width_scale": policy.scale, "parameters": sum(p.numel() for p in policy.parameters()),
                             "training": report, "procgen_held_out": res}
