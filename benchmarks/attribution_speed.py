@@ -34,7 +34,7 @@ def main(argv=None) -> dict:
     import avec
     from avec.circuits import attribute
     from avec.dictionaries.clt import CrossLayerTranscoder, layer_points
-    from avec.dictionaries.transcoder_cli import _load_any
+    from avec.app.cli.transcoders import _load_any
 
     lm = avec.load("smollm2")
     if args.transcoders:

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from avec import io
-from avec.cli import app, main
+from avec.app.cli import app, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,14 +127,14 @@ def test_success_and_usage_errors_keep_their_exit_codes(capsys, monkeypatch):
 def test_no_pretty_traceback_box_and_console_script_is_main():
     assert app.pretty_exceptions_enable is False
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["avec"] == "avec.cli:main"
+    assert scripts["avec"] == "avec.app.cli:main"
 
 
 def test_python_dash_m_prints_one_line(tmp_path):
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if k != "AVEC_DEBUG"}
-    r = subprocess.run([sys.executable, "-m", "avec.cli", "tour", "--out", str(tmp_path / "x.txt")],
+    r = subprocess.run([sys.executable, "-m", "avec.app.cli", "tour", "--out", str(tmp_path / "x.txt")],
                        cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2, r.stderr
     assert r.stderr == (f"error: Invalid value: --out '{tmp_path / 'x.txt'}' has suffix '.txt'; allowed: .html, .htm "
@@ -148,10 +148,10 @@ def no_model(monkeypatch):
         raise AssertionError("the model was loaded before the output path was checked")
 
     monkeypatch.setattr("avec.models.load", boom)
-    monkeypatch.setattr("avec.report.tour.run_tour", boom)
+    monkeypatch.setattr("avec.app.tour.run_tour", boom)
     import importlib
 
-    monkeypatch.setattr(importlib.import_module("avec.steering.reproduce"), "reproduce", boom)
+    monkeypatch.setattr(importlib.import_module("avec.app.tour.reproduce"), "reproduce", boom)
 
 
 COMMANDS = [

@@ -171,14 +171,26 @@ def test_each_edge_is_the_effect_of_doubling_its_source_in_the_frozen_model(arch
     assert all(v > 0 for v in checked.values()), checked
 
 
-def test_batch_size_and_order_do_not_change_the_edges():
+def test_batch_size_order_and_decoder_cache_do_not_change_the_edges(monkeypatch):
+    """Batches of 1 (one forward per position prefix), of 64 (one forward in all), and decoder vectors
+    read for each batch rather than kept: the same graph."""
+    import avec.circuits.attribution as attribution
+
     lm = tiny_lm("llama")
     clt = random_clt(lm, seed=1)
     ids = tokens(lm, batch=1, seq=5, seed=3)[0]
     a = attribute(lm, clt, ids, batch_size=1, progress=False)
     b = attribute(lm, clt, ids, batch_size=64, progress=False)
-    A, B = a.adjacency().to_dense(), b.adjacency().to_dense()
-    assert torch.allclose(A, B, atol=1e-5)
+    monkeypatch.setattr(attribution, "DECODER_CACHE_BYTES", 0)
+    c = attribute(lm, clt, ids, batch_size=3, progress=False)
+    heard = []
+    d = attribute(lm, clt, ids, batch_size=4, progress=lambda done, total: heard.append((done, total)))
+    n_nodes = d.n_features + d.n_logits
+    assert heard[0] == (d.n_logits, n_nodes) and heard[-1] == (n_nodes, n_nodes)
+    assert [h[0] for h in heard] == sorted(h[0] for h in heard) and len(heard) == 1 + -(-d.n_features // 4)
+    A, B, C = (g.adjacency().to_dense() for g in (a, b, c))
+    assert A.abs().sum() > 0
+    assert torch.allclose(A, B, atol=1e-5) and torch.allclose(A, C, atol=1e-5)
 
 
 def test_a_feature_budget_keeps_the_most_influential_features():
@@ -219,6 +231,12 @@ def test_logit_targets_and_bad_input():
         attribute(lm, random_clt(lm), tokens(lm, batch=2, seq=4), progress=False)
     with pytest.raises(ValueError, match="batch_size"):
         attribute(lm, random_clt(lm), tokens(lm, batch=1, seq=4)[0], batch_size=0, progress=False)
+    # a prompt whose edges would not fit the memory budget: refused before any backward pass, with what fits
+    with pytest.raises(ValueError, match=r"max_memory_gb=1e-06: attribute fewer features \(max_feature_nodes <= 0"):
+        attribute(lm, random_clt(lm), tokens(lm, batch=1, seq=4)[0], max_memory_gb=1e-6, progress=False)
+    with pytest.raises(ValueError, match="max_memory_gb"):
+        attribute(lm, random_clt(lm), tokens(lm, batch=1, seq=4)[0], max_memory_gb=0, progress=False)
+    assert not lm._dictionaries
 
 
 def test_feature_interventions_through_the_core():

@@ -46,6 +46,7 @@ def test_graph_command_writes_json_page_and_summary(fake_model, tmp_path, capsys
 @pytest.mark.parametrize("args, match", [
     (["--node-threshold", "1.5"], "a share of the influence"),
     (["--transcoders", "/nonexistent/clt.safetensors"], "no such file or folder"),
+    (["--max-memory-gb", "0"], "a positive number of gigabytes"),
 ])
 def test_bad_options_are_refused_before_loading(fake_model, tmp_path, capsys, args, match):
     base = {"--transcoders": str(tmp_path), "--out": str(tmp_path / "g")}

@@ -5,9 +5,9 @@ import base64
 import torch
 from typer.testing import CliRunner
 
-from avec.cli import app
+from avec.app.cli import app
 from avec.lens import residual_norms
-from avec.report import Report
+from avec.app.report import Report
 
 
 def test_models_command_lists_bundled_models():
@@ -36,7 +36,7 @@ def test_residual_norms_match_the_cache(smollm2):
 
 
 def test_tour_writes_a_self_contained_report(tmp_path, smollm2):
-    from avec.report import tour
+    from avec.app import tour
 
     out = tmp_path / "tour.html"
     path, failed = tour.run_tour(out, only=["Residual"])
@@ -49,7 +49,7 @@ def test_tour_writes_a_self_contained_report(tmp_path, smollm2):
 
 
 def test_report_records_failing_sections(tmp_path):
-    from avec.report import tour
+    from avec.app import tour
 
     def broken(ctx, section):
         raise RuntimeError("section exploded")

@@ -228,6 +228,27 @@ def test_grad_needs_a_scalar_or_vector_metric():
     assert rows.grads["blocks.0.resid_pre"].shape[0] == 2  # one gradient row per metric (see test_core_freeze)
 
 
+def test_one_forward_pass_gives_the_gradients_of_several_metrics():
+    """run(grad=True) without a metric keeps the graph: run.gradients(m) equals run(grad=True, metric=m), for
+    scalar and vector metrics, as often as asked; a run without the graph says how to get one."""
+    lm = tiny_lm("llama", dtype=torch.float64)
+    x = tokens(lm, batch=1, seq=5)
+    points = ["blocks.0.resid_mid", "blocks.1.resid_pre"]
+    first = lambda r: r.logits[0, -1, 3] - r.logits[0, -1, 7]  # noqa: E731
+    rows = lambda r: r.logits[0, -1, :4] * r.cache["blocks.1.resid_pre"][0, 2, 0]  # noqa: E731
+    live = lm.run(x, cache=points, grad=True)
+    assert live.grads is None and not live.logits.requires_grad
+    for metric in (first, rows, first):
+        got = live.gradients(metric)
+        want = lm.run(x, cache=points, grad=True, metric=metric)
+        for p in points:
+            torch.testing.assert_close(got[p], want.grads[p], rtol=0, atol=0)
+        torch.testing.assert_close(torch.as_tensor(live.metric), torch.as_tensor(want.metric))
+    assert live.gradients(rows)["blocks.0.resid_mid"].shape[0] == 4
+    with pytest.raises(ValueError, match="grad=True and no metric"):
+        lm.run(x, cache=points).gradients(first)
+
+
 # -- plain modules -----------------------------------------------------------------------------
 
 class TinyCNN(nn.Module):

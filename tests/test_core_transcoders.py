@@ -323,3 +323,35 @@ def test_stopping_gradients_at_every_latents_point_gives_direct_effects(lm):
     assert torch.allclose(g_stop, g_held, atol=1e-6) and g_stop.abs().sum() > 0
     assert not torch.allclose(g_stop, g_full, atol=1e-6)
     assert torch.equal(stopped.logits, full.logits)
+
+
+def test_latents_held_by_stop_gradient_are_decoded_once(lm, monkeypatch):
+    """StopGradient leaves a latents point's values as they are: the run decodes each source layer once
+    (not once for the encoded values and again for the 'edited' ones), and its output and gradients are
+    those of a run that decodes twice; a real edit is decoded on its own."""
+    from avec.dictionaries.clt import CrossLayerTranscoder, layer_points
+
+    torch.manual_seed(0)
+    clt = CrossLayerTranscoder(arch="topk", k=4, d_in=64, d_sae=32, n_layers=3, **layer_points(3, reads="resid_mid"))
+    lat = [f"blocks.{l}.resid_mid.clt.latents" for l in range(3)]
+    err = [f"blocks.{l}.mlp_out.clt.error" for l in range(3)]
+    x = tokens(lm, batch=1, seq=5)
+    calls = []
+    real = CrossLayerTranscoder.decode_targets
+    monkeypatch.setattr(CrossLayerTranscoder, "decode_targets", lambda self, z, i: calls.append(i) or real(self, z, i))
+    metric = lambda run: run.logits[0, -1].logsumexp(-1)  # noqa: E731
+    common = dict(cache=["blocks.0.resid_pre", *err], grad=True, metric=metric, freeze=["norms", "attention"])
+    with lm.dictionary(clt):
+        stopped = lm.run(x, interventions=[StopGradient(p) for p in lat], **common)
+        assert sorted(calls) == [0, 1, 2]
+        calls.clear()
+        clean = lm.run(x, cache=lat)  # reading latents runs the encoders only
+        assert calls == []
+        # the same held values as separate tensors: decoded again, the same result
+        copied = lm.run(x, interventions=[StopGradient(p) for p in lat] + [Patch(p, source=clean) for p in lat],
+                        **common)
+        assert sorted(calls) == [0, 0, 1, 1, 2, 2]  # the encoded values and the copies
+    torch.testing.assert_close(stopped.logits, copied.logits, rtol=0, atol=0)
+    for p in common["cache"]:
+        torch.testing.assert_close(stopped.grads[p], copied.grads[p])
+    assert no_hooks_left(lm.module)

@@ -81,8 +81,8 @@ def test_index_to_feature_page_and_back(page, written):
 
 def test_a_page_in_the_tour_report_renders_inside_it(page, written, tmp_path):
     from avec.dictionaries.dashboard import feature_page
-    from avec.dictionaries.tour_sections import _embed
-    from avec.report.html import Report
+    from avec.app.tour.dictionaries import _embed
+    from avec.app.report.html import Report
 
     _, ids, examples, effects = written
     report = Report("t")

@@ -7,8 +7,8 @@ import pytest
 import torch
 from _tiny import tiny_hf
 
-from avec.cli import main
-from avec.dictionaries.cli import held_out, split_documents
+from avec.app.cli import main
+from avec.app.cli.dictionaries import held_out, split_documents
 from avec.dictionaries.sae import SAE
 from avec.models import LanguageModel
 

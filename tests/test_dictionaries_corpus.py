@@ -261,3 +261,35 @@ def test_other_bad_arguments(tmp_path):
     pytest.importorskip("pyarrow")
     with pytest.raises(ValueError, match="not a readable Parquet file"):
         list(texts(junk))
+
+
+# -- held-out contexts ---------------------------------------------------------------------------------------
+
+def test_heldout_contexts_come_from_heldout_documents_only(smollm2):
+    import torch
+
+    from avec.dictionaries.contexts import context_rule, iter_contexts
+    from avec.dictionaries.heldout import heldout_contexts, split_documents
+
+    tok = smollm2.tokenizer
+    docs = [f"Document number {i} talks about subject {i * 7 % 13} at some length, sentence after sentence." * 3
+            for i in range(60)]
+    got = heldout_contexts(tok, 4, 16, corpus=docs, holdout=30, seed=1)
+    assert got.shape == (4, 16) and got.dtype == torch.int64
+    assert (got[:, 0] == tok.bos_token_id).all()
+    assert torch.equal(got, heldout_contexts(tok, 4, 16, corpus=docs, holdout=30, seed=1))  # seeded
+    rule = context_rule(tok, 16, prepend_bos=True)
+    shuffled = split_documents(docs, "heldout", 30, shuffle=True, seed=1)
+    assert torch.equal(got, torch.stack(list(iter_contexts(shuffled, tok, rule))[:4]))
+    # every document these contexts quote is a held-out one (the numbers name the documents)
+    import re
+
+    from avec.dictionaries.heldout import held_out
+
+    quoted = {int(n) for n in re.findall(r"Document number (\d+) talks", " ".join(tok.batch_decode(got)))}
+    assert quoted and all(held_out(docs[i], 30) for i in quoted)
+    assert any(not held_out(d, 30) for d in docs)  # the split does leave documents out
+    with pytest.raises(ValueError, match="fewer than the 100000 asked"):
+        heldout_contexts(tok, 100000, 16, corpus=docs, holdout=30)
+    with pytest.raises(ValueError, match="n must be"):
+        heldout_contexts(tok, 0, 16, corpus=docs)

@@ -27,7 +27,7 @@ import torch
 import _ddp_worker as W
 from avec.dictionaries.distributed import Dist, shard
 from avec.dictionaries.sae import SAE
-from avec.dictionaries.train import lr_at, sparsity_scale_at, train
+from avec.dictionaries.train import adam, lr_at, sparsity_scale_at, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,7 +126,7 @@ def _check_relu_jumprelu_topk_equal_1_process_on_the_global_batches(ddp_run, tmp
 def _per_rank_reference(names, cfg):
     """1 process: each step, the two ranks' batches as two halves; loss = mean of the halves' losses."""
     saes = W.saes(names)
-    opts = {n: torch.optim.Adam(s.parameters(), lr=cfg.lr, betas=cfg.betas) for n, s in saes.items()}
+    opts = {n: adam(s, cfg) for n, s in saes.items()}
     since = {n: torch.zeros(s.d_sae, dtype=torch.int64) for n, s in saes.items()}
     aux_seen = 0.0
     for step in range(cfg.steps):

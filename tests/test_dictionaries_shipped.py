@@ -59,9 +59,9 @@ class _Section:
 
 
 def test_tour_sections_run_on_the_shipped_sae(smollm2):
-    from avec.dictionaries import tour_sections
-    from avec.report.context import TourContext
-    from avec.report.tour import SECTIONS
+    from avec.app.tour import dictionaries as tour_sections
+    from avec.app.tour.context import TourContext
+    from avec.app.tour import SECTIONS
 
     assert all(entry in SECTIONS for entry in tour_sections.SECTIONS)
     ctx = TourContext(quick=True, _models={"smollm2": smollm2})
@@ -74,8 +74,8 @@ def test_tour_sections_run_on_the_shipped_sae(smollm2):
 def test_tour_sections_refuse_another_model():
     from _tiny import tiny_lm
 
-    from avec.dictionaries import tour_sections
-    from avec.report.context import TourContext
+    from avec.app.tour import dictionaries as tour_sections
+    from avec.app.tour.context import TourContext
 
     with pytest.raises(RuntimeError, match="--model smollm2"):
         tour_sections.sae_section(TourContext(model_name="tiny", _models={"tiny": tiny_lm("llama")}), _Section())

@@ -493,3 +493,28 @@ def test_decoding_by_source_equals_decoding_by_target(cross_layer, active):
         want = clt.decode_layer([zs[i] for i in clt.sources(j)], j)
         got = clt.decoder_bias(j) + sum(by_source[i][..., clt.targets(i).index(j), :] for i in clt.sources(j))
         assert torch.allclose(got, want, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cross_layer", [True, False])
+def test_decoder_vectors_and_chosen_pre_activations_are_the_matrices_rows_and_columns(cross_layer):
+    """What attribution reads for a few features: decoder_vectors(i, f) are decoder(i, t)[f] for each target
+    t (below a cut if asked); pre_activations(x, l, features) are the full pre-activations' columns."""
+    from avec.dictionaries.clt import CrossLayerTranscoder, layer_points
+
+    torch.manual_seed(0)
+    t = CrossLayerTranscoder(arch="topk", k=3, d_in=16, d_sae=12, n_layers=4, cross_layer=cross_layer,
+                             **layer_points(4))
+    with torch.no_grad():
+        t.out_scale.copy_(torch.tensor([0.5, 1.0, 2.0, 4.0]))
+        t.in_scale.copy_(torch.tensor([3.0, 1.0, 0.5, 2.0]))
+    feats = torch.tensor([7, 0, 7, 11])
+    for i in range(4):
+        targets = t.targets(i)
+        v = t.decoder_vectors(i, feats)
+        assert v.shape == (4, len(targets), 16)
+        for k, j in enumerate(targets):
+            torch.testing.assert_close(v[:, k], t.decoder(i, j)[feats])
+        cut = t.decoder_vectors(i, feats, below=i + 1)
+        torch.testing.assert_close(cut, v[:, :1])
+        x = torch.randn(5, 16)
+        torch.testing.assert_close(t.pre_activations(x, i, features=feats), t.pre_activations(x, i)[:, feats])

@@ -194,7 +194,7 @@ def test_ridge_start_recovers_an_affine_map_and_zero_start_is_the_logit_lens():
 def test_tuned_lens_command_trains_saves_and_scores(tmp_path, smollm2):
     from typer.testing import CliRunner
 
-    from avec.cli import app
+    from avec.app.cli import app
     from avec.lens.tuned_lens import TunedLens
 
     text = tmp_path / "corpus.txt"

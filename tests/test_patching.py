@@ -28,6 +28,18 @@ def test_batched_sweep_equals_loop_of_single_patches(model_type, point, by):
     assert fast.values.abs().max() > 0.05  # the grid is not trivially empty
 
 
+def test_progress_function_hears_every_forward_pass():
+    lm = tiny_lm("llama")
+    clean, corrupt = pair(lm, batch=1)
+    for batched, chunk in ((True, 4), (False, 32)):
+        heard = []
+        res = activation_patching(lm, clean, corrupt, "resid_pre", answer=3, wrong=4, chunk_size=chunk,
+                                  batched=batched, progress=lambda done, total: heard.append((done, total)))
+        cells = res.values.numel()  # 3 layers x 5 positions
+        step = chunk if batched else 1
+        assert heard == [(min(d, cells), cells) for d in range(step, cells + step, step)], heard
+
+
 def test_normalised_metric_endpoints():
     lm = tiny_lm("qwen2")
     clean, corrupt = pair(lm)
@@ -189,8 +201,8 @@ def test_cli_registrars_add_commands():
     import typer
     from typer.testing import CliRunner
 
-    from avec.lens.cli import register as register_lens
-    from avec.patching.cli import register as register_patching
+    from avec.app.cli.lens import register as register_lens
+    from avec.app.cli.patching import register as register_patching
 
     app = typer.Typer()
     register_lens(app)
@@ -203,8 +215,8 @@ def test_cli_registrars_add_commands():
 
 
 def test_tour_sections_are_listed():
-    from avec.lens.tour_sections import SECTIONS as LENS
-    from avec.patching.tour_sections import SECTIONS as PATCH
+    from avec.app.tour.lens import SECTIONS as LENS
+    from avec.app.tour.patching import SECTIONS as PATCH
 
     for title, fn in LENS + PATCH:
         assert isinstance(title, str) and callable(fn)

@@ -230,7 +230,8 @@ def test_cli_registers_and_tour_sections_are_listed():
     import typer
     from typer.testing import CliRunner
 
-    from avec.probes import cli, tour_sections
+    from avec.app.cli import probes as cli
+    from avec.app.tour import probes as tour_sections
 
     app = typer.Typer()
     cli.register(app)

@@ -219,7 +219,7 @@ def test_cli_rejects_a_bad_kind_and_folds_before_loading_the_model(monkeypatch):
     from typer.testing import CliRunner
 
     import avec.models
-    from avec.cli import app
+    from avec.app.cli import app
 
     def no_load(*a, **k):
         raise AssertionError("the model must not be loaded for bad arguments")
@@ -239,7 +239,7 @@ def test_cli_probe_prints_cross_validated_scores(monkeypatch, smollm2):
     from typer.testing import CliRunner
 
     import avec.models
-    from avec.cli import app
+    from avec.app.cli import app
 
     monkeypatch.setattr(avec.models, "load", lambda *a, **k: smollm2)
     out = CliRunner().invoke(app, ["probe", "truth/capitals", "--limit", "48", "--layers", "0,12", "--folds", "3"])

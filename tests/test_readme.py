@@ -64,7 +64,7 @@ def _commands():
 def test_cli_command_in_the_readme_exists(command):
     from typer.testing import CliRunner
 
-    from avec.cli import app
+    from avec.app.cli import app
 
     result = CliRunner().invoke(app, command + ["--help"])
     assert result.exit_code == 0, result.output

@@ -3,9 +3,9 @@
 import pytest
 from typer.testing import CliRunner
 
-from avec.cli import app
-from avec.steering import tour_sections
-from avec.steering.reproduce import reproduce, reproduction_names
+from avec.app.cli import app
+from avec.app.tour import steering as tour_sections
+from avec.app.tour.reproduce import reproduce, reproduction_names
 
 from _steering_tiny import tiny_lm_with_tokenizer
 

@@ -90,7 +90,7 @@ def test_cli_steer_and_scan(smollm2, tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from avec.steering.cli import register
+    from avec.app.cli.steering import register
 
     app = typer.Typer()
     register(app)

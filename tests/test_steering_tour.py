@@ -4,9 +4,9 @@ code paths, not the behaviour (the real tour runs on SmolLM2 and Gemma 3)."""
 
 import pytest
 
-from avec.report.context import TourContext
-from avec.report.html import Section
-from avec.steering.tour_sections import GEMMA, SECTIONS, _layer
+from avec.app.tour.context import TourContext
+from avec.app.report.html import Section
+from avec.app.tour.steering import GEMMA, SECTIONS, _layer
 
 from _steering_tiny import tiny_lm_with_tokenizer
 
@@ -49,3 +49,17 @@ def test_layers_move_to_the_same_relative_depth(smollm2, gemma_stand_in):
     assert [_layer(smollm2, l) for l in (0, 6, 12, 29)] == [0, 6, 12, 29]  # SmolLM2's own layers unchanged
     picked = [_layer(gemma_stand_in, l) for l in range(30)]
     assert picked == sorted(picked) and picked[0] == 0 and picked[-1] == gemma_stand_in.n_layers - 1
+
+
+def test_wedding_outcome_is_read_from_the_rows_not_the_model():
+    from avec.app.tour.steering import _wedding_outcome
+
+    key = "texts with a wedding word"
+    rows = [{"vector": "none", "layer": "-", "coeff": 0.0, key: 0.25},
+            {"vector": "ActAdd (front)", "layer": 6, "coeff": 4.0, key: 0.0},
+            {"vector": "ActAdd (front)", "layer": 6, "coeff": 8.0, key: 0.25},
+            {"vector": "mean diff (all positions)", "layer": 8, "coeff": 0.5, key: 0.5},
+            {"vector": "mean diff (all positions)", "layer": 8, "coeff": 1.5, key: 0.75}]
+    text = _wedding_outcome(rows)
+    assert "ActAdd (front): at best 25% (layer 6, coeff 8), not above the unsteered 25%" in text
+    assert "mean diff (all positions): at best 75% (layer 8, coeff 1.5), above the unsteered 25%" in text

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from avec.dictionaries.transcoder import Transcoder, Transcoders, load_transcoder
-from avec.dictionaries.transcoder_cli import parse_layers
+from avec.app.cli.transcoders import parse_layers
 from test_dictionaries_cli import _run, setup  # noqa: F401  (the fixture)
 
 

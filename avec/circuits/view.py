@@ -3,8 +3,9 @@ side panel with the clicked node's incoming and outgoing edges and its feature d
 made from a lasso / box selection (saved in the graph JSON's ``qParams.supernodes``).
 
 The page is one self-contained file (Plotly, inlined: no network), or, with ``plotly_js="file"``, a page
-beside a shared ``plotly.min.js``. Feature dashboards come from ``dashboards``: a mapping from
-``(layer, feature)`` to a page (HTML text, shown inline) or to a file name relative to the page (linked).
+loading a shared ``plotly.min.js`` (beside it, or at ``plotly_src``). Feature dashboards come from
+``dashboards``: a mapping from ``(layer, feature)`` to a page (HTML text, shown inline), to a file name
+relative to the page, or to an address starting with ``/`` (both linked).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def _label(g: AttributionGraph, n: int) -> str:
 
 def graph_page(g: AttributionGraph, *, node_threshold: float = 0.8, edge_threshold: float = 0.98,
                dashboards: Mapping[tuple[int, int], str] | None = None, title: str | None = None,
-               plotly_js: str = "inline") -> str:
+               plotly_js: str = "inline", plotly_src: str = "plotly.min.js") -> str:
     """The HTML page (a string) of ``g`` pruned at the given thresholds (see the module docstring)."""
     import plotly.graph_objects as go
     from plotly.offline import get_plotlyjs
@@ -108,7 +109,8 @@ def graph_page(g: AttributionGraph, *, node_threshold: float = 0.8, edge_thresho
     rep, comp = g.scores()
     data = {"nodes": {str(i["node"]): i for i in info}, "edges": edges, "dashboards": dash,
             "graph": {"prompt": g.prompt, "node_threshold": node_threshold, "edge_threshold": edge_threshold}}
-    script = ('<script>' + get_plotlyjs() + '</script>') if plotly_js == "inline" else '<script src="plotly.min.js"></script>'
+    script = ('<script>' + get_plotlyjs() + '</script>') if plotly_js == "inline" \
+        else f'<script src="{html.escape(plotly_src, quote=True)}"></script>'
     return _PAGE.format(title=html.escape(title or "attribution graph"), script=script, plot=plot,
                         data=json.dumps(data).replace("</", "<\\/"), prompt=html.escape(g.prompt),
                         summary=html.escape(f"{len(nodes)} of {g.n_nodes} nodes, {len(w)} of {g.targets.numel()} edges "
@@ -174,7 +176,7 @@ function show(node) {{
   if (info.kind === "feature") {{
     const page = DATA.dashboards[`${{info.layer}}_${{info.feature}}`];
     if (page && page.trim().startsWith("<")) h += `<h4>dashboard</h4><iframe id="dashboard"></iframe>`;
-    else if (page) h += `<p><a id="dashboard-link" href="${{encodeURI(page)}}" target="_blank">feature dashboard</a></p>`;
+    else if (page) h += `<p><a id="dashboard-link" href="${{esc(page.startsWith("/") ? page : encodeURI(page))}}" target="_blank">feature dashboard</a></p>`;
     else h += `<p>no dashboard for this feature</p>`;
     document.getElementById("node").innerHTML = h;
     if (page && page.trim().startsWith("<")) document.getElementById("dashboard").srcdoc = page;

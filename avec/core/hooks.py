@@ -310,7 +310,12 @@ class _LiveDictionary:
         for i in sources:
             key = (which, i)
             if key not in self.written:
-                self.written[key] = module.decode_targets(latents[i], i)
+                z_key = ("z", i)
+                if which == "edited" and z_key in self.written and _detached_alias(latents[i], self.z[i]):
+                    # the same values without a gradient (e.g. StopGradient): no second decode
+                    self.written[key] = self.written[z_key].detach()
+                else:
+                    self.written[key] = module.decode_targets(latents[i], i)
             targets = module.targets(i) if callable(getattr(module, "targets", None)) else [j]
             out = out + self.written[key][..., targets.index(j), :]
         if x_skip is not None:
@@ -341,9 +346,8 @@ class _LiveDictionary:
                                "not compute (a run started part-way, start_at_layer?)")
         x_skip = self.x.get(j if d.cross_layer else 0)
         recon = self._decode(j, "z", x_skip)
-        same = all(self.edited[i] is self.z[i] for i in sources)
-        new_recon = self._point(d.point("recon", j), recon if same else self._decode(j, "edited", x_skip), ctx, state,
-                                grad, track_use)
+        edited = recon if all(self.edited[i] is self.z[i] for i in sources) else self._decode(j, "edited", x_skip)
+        new_recon = self._point(d.point("recon", j), edited, ctx, state, grad, track_use)
         error = (y - recon).detach()  # a constant: upstream gradients flow through the latents only
         new_error = self._point(d.point("error", j), error, ctx, state, grad, track_use)
         if d.splice == "recon":
@@ -354,6 +358,12 @@ class _LiveDictionary:
             live = new_recon + new_error  # the same value; carries d out / d recon = d out / d error = 1
             exact = exact.detach() + (live - live.detach())
         return exact.to(y.dtype)
+
+
+def _detached_alias(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``a`` is ``b``'s very memory without a gradient (e.g. ``b.detach()``): the same values."""
+    return (not a.requires_grad and a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+            and a.dtype == b.dtype and a.device == b.device)
 
 
 def _needed(d: AttachedDictionary, parts: dict[str, _Entry], grad: bool) -> tuple[set[int], set[int]]:

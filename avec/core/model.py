@@ -7,11 +7,12 @@ an architecture adapter that names transformer hook points the TransformerLens w
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 from collections.abc import Mapping
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -110,6 +111,17 @@ class Run:
     attention_mask: torch.Tensor | None = None
     prompts: list[str] | None = None
     model_id: str = ""
+    _graph: Any = field(default=None, repr=False, compare=False)
+
+    def gradients(self, metric: Callable[["Run"], torch.Tensor]) -> "Cache":
+        """d metric / d each cached activation, from this run's forward pass (run with ``grad=True`` and no
+        ``metric``, which keeps its autograd graph: call this as often as needed, e.g. once per batch of
+        attribution targets). ``metric`` gets the run with live activations, as in ``Model.run``, and returns a
+        scalar or a vector ``[k]`` (then each gradient has a leading axis ``[k, ...]``)."""
+        if self._graph is None:
+            raise ValueError("gradients() needs a run made with grad=True and no metric (such a run keeps its "
+                             "autograd graph); this one was not")
+        return self._graph.gradients(self, metric)
 
     @property
     def logits(self) -> torch.Tensor:
@@ -149,6 +161,45 @@ class Run:
                 raise ValueError("the kept logits do not reach every prompt's last token (shorter prompts are "
                                  "right-padded); keep more positions or run same-length prompts")
         return logits[torch.arange(logits.shape[0], device=idx.device), idx]
+
+
+class _Graph:
+    """A gradient run's live activations (part of its autograd graph): gradients of metrics w.r.t. them."""
+
+    def __init__(self, model: "Model", live: dict, names: list, output: Any, selector, ctx, device, dtype,
+                 keep: bool):
+        self.model, self.live, self.names, self.output = model, live, names, output
+        self.selector, self.ctx, self.device, self.dtype = selector, ctx, device, dtype
+        self.keep = keep  # False: one metric, and the backward pass frees the graph as it goes (lower peak memory)
+
+    def gradients(self, run: Run, metric: Callable[[Run], torch.Tensor]) -> "Cache":
+        """Sets ``run.metric`` and returns the gradients (see ``Run.gradients``); the graph is kept if ``keep``."""
+        m = self.model
+        with torch.enable_grad():
+            value = metric(replace(run, output=self.output, cache=Cache(self.live, m.model_id, m.table), _graph=None))
+            if not isinstance(value, torch.Tensor) or value.dim() > 1 or value.numel() == 0:
+                raise ValueError("the metric must return a scalar tensor or a vector [k] of metrics, got "
+                                 f"{tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}")
+            tensors = [self.live[n] for n in self.names]
+            rows = value.dim() == 1
+            if rows and value.shape[0] > 1:  # k vector-Jacobian products in one vmapped backward pass
+                eye = torch.eye(value.shape[0], dtype=value.dtype, device=value.device)
+                found = torch.autograd.grad(value, tensors, grad_outputs=eye, is_grads_batched=True,
+                                            allow_unused=True, retain_graph=self.keep)
+            else:
+                found = torch.autograd.grad(value.reshape(()), tensors, allow_unused=True, retain_graph=self.keep)
+                found = [g[None] if g is not None and rows else g for g in found]
+        shape = (value.shape[0],) if rows else ()
+        grads = {n: (g if g is not None else torch.zeros(*shape, *t.shape, dtype=t.dtype, device=t.device))
+                 for n, g, t in zip(self.names, found, tensors)}
+        run.metric = value.detach() if rows else float(value.detach())
+        fin = lambda g: m._finish(g, self.selector, self.ctx, self.device, self.dtype)  # noqa: E731
+        if not rows:
+            return fin(grads)
+        # one row per metric: positions are selected within each row
+        per_row = [fin({n: g[i] for n, g in grads.items()}) for i in range(value.shape[0])]
+        return Cache({n: torch.stack([c[n] for c in per_row]) for n in grads}, m.model_id, m.table,
+                     positions=per_row[0].positions)
 
 
 InterventionsLike = Intervention | Iterable[Intervention] | Any
@@ -403,7 +454,10 @@ class Model:
         grad:        also return ``run.grads``: d metric / d each cached activation; ``metric`` maps
                      the Run (with live logits) to a scalar tensor, or to a vector ``[k]`` of k metrics: then
                      each gradient has a leading axis ``[k, ...]`` (one row per metric, from one forward pass
-                     and one batched backward pass: a Jacobian's rows, e.g. attribution targets)
+                     and one batched backward pass: a Jacobian's rows, e.g. attribution targets). With
+                     ``grad=True`` and no ``metric`` the run keeps its autograd graph instead:
+                     ``run.gradients(metric)`` then takes the gradients of any number of metrics from this
+                     one forward pass (the graph lives as long as the run)
         cache_device, cache_dtype: where and how to store the cache (default: as computed)
         freeze:      for gradients, hold parts of the model fixed at their values in this run (outputs
                      are unchanged): "norms" (every LayerNorm / RMSNorm's per-token scale), and for
@@ -421,8 +475,6 @@ class Model:
         edits = self._bind([interventions, self._freeze_edits(freeze)])
         names = self.resolve(cache) if cache else []
         reads = [self.table.resolve(n) for n in names]
-        if grad and metric is None:
-            raise ValueError("grad=True needs a metric: a function of the Run returning a scalar tensor")
         if grad and not reads:
             raise ValueError("grad=True needs cached hook points to take gradients with respect to")
         if stop_early and (grad or not reads):
@@ -444,35 +496,17 @@ class Model:
             live = dict(state.store)
         run = Run(output=output, cache=Cache(live, self.model_id, self.table), model_id=self.model_id, **extra)
         _warn_if_non_finite(run, edits)
-        grads, rows = None, False
+        graph = _Graph(self, live, names, output, selector, state.prompt_ctx or state.ctx, cache_device,
+                       cache_dtype, keep=metric is None) if grad else None
         if grad:
-            with torch.enable_grad():
-                value = metric(run)
-                if not isinstance(value, torch.Tensor) or value.dim() > 1 or value.numel() == 0:
-                    raise ValueError("the metric must return a scalar tensor or a vector [k] of metrics, got "
-                                     f"{tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}")
-                tensors = [live[n] for n in names]
-                rows = value.dim() == 1
-                if rows and value.shape[0] > 1:  # k vector-Jacobian products in one vmapped backward pass
-                    eye = torch.eye(value.shape[0], dtype=value.dtype, device=value.device)
-                    found = torch.autograd.grad(value, tensors, grad_outputs=eye, is_grads_batched=True, allow_unused=True)
-                else:
-                    found = torch.autograd.grad(value.reshape(()), tensors, allow_unused=True)
-                    found = [g[None] if g is not None and rows else g for g in found]
-            shape = (value.shape[0],) if rows else ()
-            grads = {n: (g if g is not None else torch.zeros(*shape, *t.shape, dtype=t.dtype, device=t.device))
-                     for n, g, t in zip(names, found, tensors)}
-            run.metric = value.detach() if rows else float(value.detach())
-            run.output = _detach(output)
+            if metric is None:  # the graph stays with the run: run.gradients(metric), as often as needed
+                run._graph = graph
+                run.output = _detach(copy.copy(output))  # a copy: the graph keeps the live one
+            else:
+                run.grads = graph.gradients(run, metric)
+                run.output = _detach(output)
         ctx = state.prompt_ctx or state.ctx
         run.cache = self._finish(live, selector, ctx, cache_device, cache_dtype)
-        if grads is not None and not rows:
-            run.grads = self._finish(grads, selector, ctx, cache_device, cache_dtype)
-        elif grads is not None:  # one row per metric: positions are selected within each row
-            per_row = [self._finish({n: g[i] for n, g in grads.items()}, selector, ctx, cache_device, cache_dtype)
-                       for i in range(value.shape[0])]
-            run.grads = Cache({n: torch.stack([c[n] for c in per_row]) for n in grads}, self.model_id, self.table,
-                              positions=per_row[0].positions)
         return run
 
     def _finish(self, tensors, selector, ctx: TokenContext | None, device, dtype) -> Cache:

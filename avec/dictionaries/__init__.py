@@ -16,6 +16,8 @@ They plug into the core as hook points of their own: ``lm.add_dictionary(sae, at
     evaluate   evaluate(...): MSE, FVU, L0, dead / dense, CE loss recovered, KL;
                evaluate_transcoder(...): the same per layer, CE / KL / top-1 agreement with every target spliced
     features   ablate / clamp / steer a feature, logit_effects, filter_features, top_examples
+    latents    collect_latents: a dictionary's positive latents over texts, kept sparse (any feature's
+               top examples without another pass); prompt_features: the strongest latents per position
     dashboard  one HTML page per feature and an index
     saelens_io load_saelens / save_saelens: SAELens folders (cfg.json + sae_weights.safetensors)
     cli        `avec sae train | eval | dashboard` (held-out documents split by a hash of their text)
@@ -31,6 +33,7 @@ from .features import (
     FeatureEdit, ablate, clamp, decoder_direction, feature_activations, filter_features, logit_effects, steer,
     top_examples,
 )
+from .latents import LatentIndex, PromptFeatures, collect_latents, prompt_features
 from .saelens_io import SAELensFormatError, load_saelens, save_saelens
 from .store import ActivationStore
 from .sae import SAE, SAEConfig, geometric_median
@@ -44,5 +47,5 @@ __all__ = [
     "dashboard", "write_dashboard", "FeatureEdit", "ablate", "clamp", "decoder_direction", "feature_activations",
     "filter_features", "logit_effects", "steer", "top_examples", "SAELensFormatError", "load_saelens", "save_saelens",
     "ActivationStore", "Transcoder", "TranscoderConfig", "load_transcoder", "CrossLayerTranscoder", "layer_points",
-    "TranscoderEvaluation", "evaluate_transcoder",
+    "TranscoderEvaluation", "evaluate_transcoder", "LatentIndex", "PromptFeatures", "collect_latents", "prompt_features",
 ]

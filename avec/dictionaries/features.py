@@ -500,7 +500,9 @@ def top_examples(lm: Any, sae: Any, at: str | None, texts: Any, feature_ids: Any
     ``feature_ids`` is largest, each with ``context`` = (tokens before, tokens after) around it and the
     feature's activation on every token of that window; plus a histogram of the non-zero activations
     (``bins`` bins) and the density (fraction of read tokens with activation > 0). Runs ``lm.run`` in
-    batches of ``batch_size`` with the dictionary attached; only positive activations are examples.
+    batches of ``batch_size`` with the dictionary attached; only positive activations are examples (ties:
+    the earlier text and position first). (``latents.collect_latents`` keeps every feature's latents
+    for many such readings from one pass.)
 
     skip_tokens: tokens never read (not examples, not in the histogram or density; still shown as
     context): "special" (default: the tokenizer's BOS / EOS / pad / special tokens, which the activation
@@ -510,46 +512,12 @@ def top_examples(lm: Any, sae: Any, at: str | None, texts: Any, feature_ids: Any
         raise ValueError(f"context={context!r}; give tokens (before, after) as two ints >= 0, or one int")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k={k!r}; it must be a positive int")
-    skip = _skipped_ids(lm, skip_tokens)
+    from .latents import collect_latents  # the one reading of examples: collected sparse, then read
+
     with _attached(lm, sae, at) as d:
         ids = _feature_ids(feature_ids, dims(d.module)[1])
-        idx = torch.tensor(ids)
-        point = d.point("latents")
-        best: dict[int, list[Example]] = {f: [] for f in ids}
-        values: dict[int, list[torch.Tensor]] = {f: [] for f in ids}
-        n_tokens = 0
-        for start, batch in _batches(texts, batch_size):
-            run = lm.run(batch, cache=[point])
-            lat = run.cache[point][..., idx.to(run.cache[point].device)].float().cpu()  # [b, pos, F]
-            toks = run.tokens.cpu()
-            real = run.attention_mask.cpu().bool() if run.attention_mask is not None else torch.ones(toks.shape, dtype=torch.bool)
-            lengths = real.sum(1)  # context windows stop at the text's end (right padding)
-            mask = _read_mask(run, skip)
-            n_tokens += int(mask.sum())
-            for j, f in enumerate(ids):
-                a = lat[..., j].masked_fill(~mask, 0.0)
-                values[f].append(a[mask][a[mask] > 0])
-                flat = a.flatten()
-                kk = min(k, int((flat > 0).sum()))
-                if kk == 0:
-                    continue
-                top_v, top_i = flat.topk(kk)
-                for v, fi in zip(top_v.tolist(), top_i.tolist()):
-                    row, pos = divmod(fi, a.shape[1])
-                    lo, hi = max(0, pos - before), min(int(lengths[row]), pos + after + 1)
-                    best[f].append(Example(start + row, pos, v, tuple(_token_strings(lm, toks[row, lo:hi].tolist())),
-                                           tuple(a[row, lo:hi].tolist()), pos - lo))
-                best[f] = sorted(best[f], key=lambda e: -e.value)[:k]
-    out = {}
-    for f in ids:
-        vals = torch.cat(values[f]).numpy() if values[f] else np.zeros(0)
-        if vals.size:
-            counts, edges = np.histogram(vals, bins=bins, range=(0.0, float(vals.max())))
-        else:
-            counts, edges = np.zeros(0, dtype=int), np.zeros(0)
-        out[f] = FeatureExamples(f, tuple(best[f]), tuple(int(c) for c in counts), tuple(float(e) for e in edges),
-                                 int(vals.size), n_tokens, float(vals.max()) if vals.size else 0.0)
-    return TopExamples(out, d.at, _n_inputs(texts))
+        index = collect_latents(lm, d, None, texts, features=ids, batch_size=batch_size, skip_tokens=skip_tokens)
+    return index.examples(ids, k=k, context=(before, after), bins=bins)
 
 
 # ----------------------------------------------------------------------------- for probes

@@ -38,6 +38,27 @@ def split_documents(corpus: str, part: str, holdout: int, shuffle: bool = False,
     return docs
 
 
+def heldout_contexts(tokenizer: Any, n: int, context: int = 64, *, corpus: str = "default", holdout: int = 2,
+                     seed: int = 0, prepend_bos: bool | None = True) -> Any:
+    """``[n, context]`` token ids (int64) cut from the held-out documents of ``corpus`` (shuffled with
+    ``seed``), the way training cuts them (``context_rule``: BOS first when ``prepend_bos``): text the
+    dictionary never trained on, e.g. to read its features' top examples. Raises if the held-out split
+    yields fewer than ``n`` contexts."""
+    import torch
+
+    from .contexts import context_rule, iter_contexts
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a whole number of contexts >= 1, got {n!r}")
+    rule = context_rule(tokenizer, context, prepend_bos=prepend_bos)
+    docs = split_documents(corpus, "heldout", holdout, shuffle=True, seed=seed)
+    got = list(itertools.islice(iter_contexts(docs, tokenizer, rule), n))
+    if len(got) < n:
+        raise ValueError(f"the held-out split of {corpus!r} (holdout {holdout}%) gives {len(got)} contexts of "
+                         f"{context} tokens, fewer than the {n} asked")
+    return torch.stack(got)
+
+
 def describe_split(corpus: str, part: str, holdout: int, shuffle: bool, seed: int) -> str:
     what = f"{corpus} {part} (crc32 % 100 {'<' if part == 'heldout' else '>='} {holdout})"
     return what + (f", shuffled seed {seed}" if shuffle else "")

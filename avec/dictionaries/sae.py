@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from ..io import atomic_write
+from .sparse_codes import Codes, Encoded, Pattern
 
 ARCHS = ("relu", "jumprelu", "topk", "batchtopk")
 SPARSITIES = ("l0", "tanh")
@@ -190,7 +191,7 @@ class _Step(torch.autograd.Function):
         pre, theta = ctx.saved_tensors
         eps = ctx.bandwidth
         g_theta = -(1.0 / eps) * _rect((pre - theta) / eps) * g
-        return torch.zeros_like(pre), _sum_to(g_theta, theta), None
+        return None, _sum_to(g_theta, theta), None  # None: no gradient to pre (not a tensor of zeros)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -224,23 +225,28 @@ def topk_over_batch(pre: torch.Tensor, k: int) -> torch.Tensor:
 
 @dataclass
 class SAEOutput:
-    """A training forward pass (normalised space). ``latents`` [n, d_sae], ``x_hat`` [n, d_in]."""
+    """A training forward pass (normalised space). ``codes`` the latents (``latents``: dense [n, d_sae]),
+    ``x_hat`` [n, d_in]."""
 
     loss: torch.Tensor
     mse: torch.Tensor
     sparsity: torch.Tensor
     aux: torch.Tensor
-    latents: torch.Tensor
+    codes: Codes
     x_hat: torch.Tensor
 
     @property
+    def latents(self) -> torch.Tensor:
+        return self.codes.to_dense()
+
+    @property
     def n_tokens(self) -> int:
-        return int(self.latents.shape[0])
+        return int(self.x_hat.shape[0])
 
     @property
     def fired(self) -> torch.Tensor:
         """bool [d_sae]: the latents active on some token of the batch."""
-        return (self.latents != 0).any(0)
+        return self.codes.fired()
 
 
 # ----------------------------------------------------------------------------- the module
@@ -341,53 +347,85 @@ class SAE(nn.Module):
 
         sparsity_scale: multiplies ``sparsity_coeff`` (the trainer's warm-up); dead: bool [d_sae],
         latents counted dead (AuxK). BatchTopK updates its inference threshold here (when training).
+        Mostly-zero latents take sparse kernels for the gradients (``sparse_codes``: same loss, same
+        gradients to float rounding).
         """
         x = self._check_input(x).reshape(-1, self.d_in).to(self.W_enc.dtype)
         x_n = x * self.input_scale.to(x.dtype)
-        pre = (x_n - self.b_dec) @ self.W_enc + self.b_enc
+        enc = Encoded(self, x_n)
+        pre = enc.pre  # no gradient: read it through enc.at / enc.dense for one
+        n, m = pre.shape
         cfg, zero = self.cfg, pre.new_zeros(())
-        dec_norm = self.W_dec.norm(dim=-1)
         sparsity, aux = zero, zero
         if cfg.arch == "relu":
-            z = torch.relu(pre)
-            sparsity = (z * dec_norm).sum(-1).mean()
+            z = torch.relu(enc.dense())
+            sparsity = (z * self.W_dec.norm(dim=-1)).sum(-1).mean()
+            codes = Codes(n, m, dense=z)
         elif cfg.arch == "jumprelu":
-            theta = self.threshold
-            z = _JumpReLU.apply(pre, theta, cfg.bandwidth)
-            if cfg.sparsity == "l0":
-                sparsity = _Step.apply(pre, theta, cfg.bandwidth).sum(-1).mean()
-            else:
-                sparsity = torch.tanh(cfg.tanh_scale * z.abs() * dec_norm).sum(-1).mean()
-            if cfg.pre_act_coeff > 0:
-                aux = cfg.pre_act_coeff * (torch.relu(theta - pre) * dec_norm).sum(-1).mean()
-        elif cfg.arch == "topk":
-            z = topk_per_row(pre, cfg.k)
+            codes, sparsity, aux = self._jumprelu(enc)
         else:
-            z = topk_over_batch(pre, cfg.k)
-            if self.training:
-                self._update_threshold(z)
-        x_hat = z @ self.W_dec + self.b_dec
+            if cfg.arch == "topk":
+                pattern = Pattern.per_row(pre.topk(cfg.k, dim=-1).indices, m)
+            else:  # the k * n largest ReLU(pre) over the batch
+                flat = torch.relu(pre).reshape(-1)
+                pattern = Pattern.flat(flat.topk(min(cfg.k * n, flat.numel())).indices, n, m)
+            codes = Codes(n, m, pattern=pattern, values=torch.relu(enc.at(pattern)))
+            if cfg.arch == "batchtopk" and self.training:
+                self._update_threshold(codes.kept())
+        x_hat = codes.decode(self.W_dec) + self.b_dec
         mse = (x_hat - x_n).pow(2).sum(-1).mean()
         if cfg.arch in ("topk", "batchtopk") and dead is not None and bool(dead.any()):
-            aux = cfg.aux_coeff * self._aux_k_loss(pre, dead, (x_n - x_hat).detach())
+            aux = cfg.aux_coeff * self._aux_k_loss(enc, dead, (x_n - x_hat).detach())
         loss = mse + cfg.sparsity_coeff * sparsity_scale * sparsity + aux
-        return SAEOutput(loss, mse, sparsity, aux, z, x_hat)
+        return SAEOutput(loss, mse, sparsity, aux, codes, x_hat)
 
-    def _aux_k_loss(self, pre: torch.Tensor, dead: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
+    def _jumprelu(self, enc: Encoded) -> tuple[Codes, torch.Tensor, torch.Tensor]:
+        """JumpReLU latents, sparsity and pre-activation losses. The gradients reach the entries where
+        z != 0 and, for theta, where |pre - theta| < bandwidth / 2 (the STE's window): when those are
+        few, only they are read (sparse route); otherwise everything (dense route, as written below)."""
+        cfg, pre, theta = self.cfg, enc.pre, self.threshold
+        n, m = pre.shape
+        zero = pre.new_zeros(())
+        if cfg.pre_act_coeff == 0:
+            with torch.no_grad():  # u > -1/2 for u = (pre - theta) / bandwidth: exactly pre > theta or |u| < 1/2
+                reach = (pre - theta.detach()) / cfg.bandwidth > -0.5
+                count = int(reach.sum())
+            if enc.sparse_ok(count / max(1, n * m)):
+                pattern = Pattern.where(reach)
+                p, t = enc.at(pattern), theta[pattern.cols]
+                values = _JumpReLU.apply(p, t, cfg.bandwidth)
+                if cfg.sparsity == "l0":  # no gradient to pre (_Step), only to theta
+                    sparsity = _Step.apply(p.detach(), t, cfg.bandwidth).sum() / n
+                else:
+                    dec_norm = self.W_dec.norm(dim=-1)[pattern.cols]
+                    sparsity = torch.tanh(cfg.tanh_scale * values.abs() * dec_norm).sum() / n
+                return Codes(n, m, pattern=pattern, values=values), sparsity, zero
+        pre = enc.dense()
+        dec_norm = self.W_dec.norm(dim=-1)
+        z = _JumpReLU.apply(pre, theta, cfg.bandwidth)
+        if cfg.sparsity == "l0":
+            sparsity = _Step.apply(pre, theta, cfg.bandwidth).sum(-1).mean()
+        else:
+            sparsity = torch.tanh(cfg.tanh_scale * z.abs() * dec_norm).sum(-1).mean()
+        aux = cfg.pre_act_coeff * (torch.relu(theta - pre) * dec_norm).sum(-1).mean() if cfg.pre_act_coeff > 0 else zero
+        return Codes(n, m, dense=z), sparsity, aux
+
+    def _aux_k_loss(self, enc: Encoded, dead: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
         """The top-k_aux dead latents reconstruct the error ``err`` [n, d_in]; MSE normalised by the
         error's variance (as OpenAI's normalized_mse), so its weight does not depend on the error size."""
         k_aux = min(self.cfg.aux_k, int(dead.sum()))
-        masked = pre.masked_fill(~dead.to(pre.device), float("-inf"))
-        vals, idx = masked.topk(k_aux, dim=-1)
-        z_aux = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
-        err_hat = z_aux @ self.W_dec
+        masked = enc.pre.masked_fill(~dead.to(enc.pre.device), float("-inf"))
+        pattern = Pattern.per_row(masked.topk(k_aux, dim=-1).indices, enc.pre.shape[1])
+        z_aux = Codes(pattern.n, pattern.m, pattern=pattern, values=torch.relu(enc.at(pattern)))
+        err_hat = z_aux.decode(self.W_dec)
         denom = (err - err.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
         return (err_hat - err).pow(2).sum(-1).mean() / denom
 
     @torch.no_grad()
-    def _update_threshold(self, z: torch.Tensor) -> None:
-        """Running average of the smallest activation BatchTopK kept (the first batch sets it)."""
-        kept = z[z > 0]
+    def _update_threshold(self, kept: torch.Tensor) -> None:
+        """Running average of the smallest activation BatchTopK kept (``kept``: the nonzero ones; the first
+        batch sets it)."""
+        kept = kept[kept > 0]
         if kept.numel() == 0:
             return
         low = kept.min().float()

@@ -305,6 +305,14 @@ def _read_log(path: Path, upto: int) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- training
+def adam(sae: Any, config: TrainConfig) -> torch.optim.Adam:
+    """A dictionary's Adam. Fused (one kernel over each tensor instead of ~10 passes; the same update to float
+    rounding: ~3x faster on CPU, a sixth of a TopK SAE step) where torch has that kernel."""
+    params = list(sae.parameters())
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64) for p in params)
+    return torch.optim.Adam(params, lr=config.lr, betas=config.betas, fused=fused or None)
+
+
 def _trainable(x: Any) -> bool:
     return isinstance(x, torch.nn.Module) and all(callable(getattr(x, a, None)) for a in
                                                   ("losses", "init_from_sample", "save")) and hasattr(x, "cfg")
@@ -333,7 +341,7 @@ def _batch_metrics(x: Any, out, sae: Any) -> dict[str, Any]:
         x_n = x.reshape(-1, sae.d_in).to(out.x_hat.dtype) * sae.input_scale.to(out.x_hat.dtype)
         var = (x_n - x_n.mean(0)).pow(2).sum()
         return {"loss": float(out.loss), "mse": float(out.mse), "sparsity": float(out.sparsity),
-                "aux": float(out.aux), "l0": float((out.latents != 0).sum(-1).float().mean()),
+                "aux": float(out.aux), "l0": float(out.codes.active()) / out.n_tokens,
                 "fvu": float((out.x_hat - x_n).pow(2).sum() / var.clamp_min(1e-12))}
 
 
@@ -368,7 +376,7 @@ def train(saes: Any, batches: Iterable | Callable[[int], Iterable], config: Trai
 
     named = _as_named(saes)
     d = _dist.setup()
-    opts = {n: torch.optim.Adam(s.parameters(), lr=config.lr, betas=config.betas) for n, s in named.items()}
+    opts = {n: adam(s, config) for n, s in named.items()}
     since_fired = {n: torch.zeros(_n_latents(s), dtype=torch.int64, device=s.b_dec.device) for n, s in named.items()}
     out = Path(out) if out is not None else None
     step = position = 0

@@ -80,7 +80,7 @@ def sparse_mm(z: torch.Tensor, w: torch.Tensor, support: torch.Tensor | None = N
     if flat.shape[0] == 0 or float(mask.float().mean()) >= SPARSE_BELOW:
         return (flat.to(w.dtype) @ w).reshape(*lead, w.shape[-1])
     rows, cols = mask.nonzero(as_tuple=True)  # row-major: each row's entries are contiguous
-    if rows.numel() * w.shape[-1] <= GATHER_BELOW:
+    if z.requires_grad and torch.is_grad_enabled() and rows.numel() * w.shape[-1] <= GATHER_BELOW:
         # few tokens (a prompt, not a training batch): gather the active rows and add them up. Its backward
         # is plain indexing, which batched (vmapped) gradients run at once; embedding_bag's per-sample-weight
         # backward has no batching rule and runs once per gradient row (minutes for an attribution graph)
@@ -329,6 +329,16 @@ class Transcoders(nn.Module):
         w = self.W_dec[source][:, target - source if self.cross_layer else 0]
         return w / self.out_scale[target].to(w.dtype)
 
+    def decoder_vectors(self, source: int, features: torch.Tensor, below: int | None = None) -> torch.Tensor:
+        """[len(features), n, d_out] what each of layer ``source``'s ``features`` (ids [r]) writes to its targets
+        ``targets(source)`` lying below layer ``below`` (default: all of them, ``n`` of them), in raw space:
+        ``decoder(source, t)[f]`` for each such target t in order. Only these rows are read (attribution
+        graphs take the few active features' decoders, never a whole decoder)."""
+        source = self._check_layer(source)
+        targets = [t for t in self.targets(source) if below is None or t < below]
+        w = self.W_dec[source][features.to(torch.long), :len(targets)]        # [r, n, d_out]
+        return w / self.out_scale[targets].to(w.dtype)[:, None]
+
     def encoder(self, l: int) -> torch.Tensor:
         """[d_in, d_sae] layer l's encoder in raw space: ``pre_activations(x, l) == x @ encoder(l) + b_enc[l]``."""
         l = self._check_layer(l)
@@ -418,11 +428,15 @@ class Transcoders(nn.Module):
         return self
 
     # -- forward (inference, raw space) -----------------------------------------------------------
-    def pre_activations(self, x: torch.Tensor, l: int) -> torch.Tensor:
-        """[..., d_in] raw input of layer l -> [..., d_sae]."""
+    def pre_activations(self, x: torch.Tensor, l: int, features: torch.Tensor | None = None) -> torch.Tensor:
+        """[..., d_in] raw input of layer l -> [..., d_sae], or [..., len(features)] for the feature ids
+        ``features`` alone (their encoder columns only)."""
         l = self._check_layer(l)
         x = self._check(x, self.d_in, "d_in").to(self.W_enc.dtype)
-        return (x * self.in_scale[l].to(x.dtype)) @ self.W_enc[l] + self.b_enc[l]
+        W, b = self.W_enc[l], self.b_enc[l]
+        if features is not None:
+            W, b = W[:, features], b[features]
+        return (x * self.in_scale[l].to(x.dtype)) @ W + b
 
     def threshold_vector(self, l: int) -> torch.Tensor | None:
         """theta of layer l's features [d_sae] (jumprelu; batchtopk: its inference threshold)."""

@@ -77,6 +77,12 @@ class DLA(Result):
         a = self.against[0] if len(set(self.against)) == 1 else "against"
         return f"logit({t!r}) - logit({a!r})"
 
+    def to_dict(self) -> dict:
+        """Every field as JSON data, plus ``label`` and ``total`` (``[batch]``)."""
+        from ..results import jsonable
+
+        return {**super().to_dict(), "label": self.label, "total": jsonable(self.total)}
+
     def to_frame(self):
         """One row per component: mean contribution over prompts (and each prompt's, if several)."""
         import pandas as pd

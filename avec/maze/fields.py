@@ -142,6 +142,14 @@ class VectorField:
             raise ValueError("the two fields cover different cells (different mazes or cheese positions)")
         return FieldDiff(self, other)
 
+    def to_dict(self) -> dict:
+        """JSON data: the maze, ``cells`` ``[k][2]``, ``probs`` ``[k][5]`` (``actions`` order), ``arrows``
+        ``[k][2]`` of (dx, dy), the label."""
+        from ..results import jsonable
+
+        return {"type": "VectorField", "label": self.label, "maze": self.maze.to_dict(), "actions": list(ACTION_NAMES),
+                "cells": jsonable(self.cells), "probs": jsonable(self.probs), "arrows": jsonable(self.arrows)}
+
     def to_frame(self) -> pd.DataFrame:
         df = pd.DataFrame(self.probs, columns=[f"p_{a.lower()}" for a in ACTION_NAMES])
         df.insert(0, "row", self.cells[:, 0])
@@ -179,6 +187,13 @@ class FieldDiff:
     @property
     def arrows(self) -> np.ndarray:
         return self.a.arrows - self.b.arrows
+
+    def to_dict(self) -> dict:
+        """JSON data: both fields (``a``, ``b``), and ``probs`` / ``arrows`` of ``a - b``."""
+        from ..results import jsonable
+
+        return {"type": "FieldDiff", "a": self.a.to_dict(), "b": self.b.to_dict(), "probs": jsonable(self.probs),
+                "arrows": jsonable(self.arrows)}
 
     def to_frame(self) -> pd.DataFrame:
         df = pd.DataFrame(self.probs, columns=[f"dp_{x.lower()}" for x in ACTION_NAMES])

@@ -306,6 +306,12 @@ class Maze:
             f"seed={self.seed}, region={self.region})"
         )
 
+    def to_dict(self) -> dict:
+        """JSON data: ``grid`` ``[25][25]`` of bools (True = open), size, pad, mouse, cheese, seed, region."""
+        return {"type": "Maze", "grid": self.grid.tolist(), "size": self.size, "pad": self.pad,
+                "mouse": list(self.mouse), "cheese": None if self.cheese is None else list(self.cheese),
+                "seed": self.seed, "region": self.region}
+
     def to_text(self) -> str:
         """ASCII picture, row 0 on top: '#' wall, '.' open, 'M' mouse, 'C' cheese."""
         rows = []

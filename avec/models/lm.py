@@ -4,7 +4,7 @@ steerable generation. The HF model is wrapped, never reimplemented: its own forw
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -271,12 +271,15 @@ class LanguageModel(Model):
         seed: int | None = None,
         use_cache: bool = True,
         chat: bool = False,
+        progress: Callable[[int, int], Any] | None = None,
     ) -> list[str]:
         """Complete each prompt; returns the new text only, one string per prompt.
 
         steer / interventions apply to every forward pass (prompt and each generated token) with the
         same prompt-relative positions whether or not the KV cache is on. ``chat`` wraps each prompt
-        in the tokenizer's chat template. ``seed`` makes sampling reproducible.
+        in the tokenizer's chat template. ``seed`` makes sampling reproducible. ``progress(done, total)``
+        is called once per generated token (``total`` = ``max_new_tokens``; fewer calls if every row stops
+        at EOS first), e.g. to show progress in a page.
         """
         single = isinstance(prompts, str)
         prompts = [prompts] if single else list(prompts)
@@ -314,6 +317,11 @@ class LanguageModel(Model):
                     [NucleusFilter(top_p, temperature=temperature, top_k=top_k)]))
         else:  # silence "temperature is set but do_sample=False" from generation configs
             kwargs.update(temperature=None, top_p=None, top_k=None)
+        if progress is not None:  # a logits processor sees each step's scores once: count, change nothing
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList([*kwargs.get("logits_processor", []),
+                                                              _StepCounter(progress, max_new_tokens)])
         if seed is not None:
             torch.manual_seed(seed)
         with torch.no_grad(), self.intervene(*edits):
@@ -325,6 +333,18 @@ class LanguageModel(Model):
         d = self.dims
         return (f"LanguageModel({self.name!r}, {self.arch.family}, layers={d.n_layers}, d_model={d.d_model}, "
                 f"heads={d.n_heads}x{d.d_head}, d_mlp={d.d_mlp}, vocab={d.vocab})")
+
+
+class _StepCounter:
+    """A logits processor that reports each generation step to ``callback(done, total)``; scores pass unchanged."""
+
+    def __init__(self, callback: Callable[[int, int], Any], total: int):
+        self.callback, self.total, self.done = callback, total, 0
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.done += 1
+        self.callback(self.done, self.total)
+        return scores
 
 
 class _PassThrough(nn.Module):

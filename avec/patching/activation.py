@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm
@@ -123,7 +123,7 @@ def _chunk_interventions(grid: Grid, chunk, source: dict[str, torch.Tensor], bat
 def activation_patching(lm: LanguageModel, clean: Any, corrupted: Any, point: str = "resid_pre", by: str | None = None,
                         *, metric: Metric | None = None, answer: Any = None, wrong: Any = None,
                         layers: Iterable[int] | None = None, direction: str = "denoise", chunk_size: int = 32,
-                        batched: bool = True, progress: bool = False) -> PatchingResult:
+                        batched: bool = True, progress: bool | Callable[[int, int], Any] = False) -> PatchingResult:
     """Patch every cell of a grid and score each patched run.
 
     clean, corrupted: prompts (or token ids ``[batch, pos]``) of the same token length, pair by pair
@@ -135,6 +135,8 @@ def activation_patching(lm: LanguageModel, clean: Any, corrupted: Any, point: st
     direction: "denoise" (patch clean into corrupted) or "noise" (corrupted into clean)
     chunk_size: cells per forward pass (rows = chunk_size x number of prompt pairs)
     batched: False runs the one-forward-per-cell loop (the reference; slower)
+    progress: True shows a tqdm bar; a function ``progress(done, total)`` is called with the cells done
+              after each forward pass (e.g. to show progress in a page)
     """
     if direction not in ("denoise", "noise"):
         raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
@@ -158,7 +160,22 @@ def activation_patching(lm: LanguageModel, clean: Any, corrupted: Any, point: st
                           pair.clean_metric, pair.corrupted_metric, lm.name, time.perf_counter() - t0)
 
 
-def _sweep(lm, grid: Grid, pair: Pair, source_run, base_run, ids, mask, chunk_size: int, progress: bool) -> torch.Tensor:
+def _steps(progress: Any, total: int, desc: str):
+    """``(bar, tell)``: a tqdm bar shown when ``progress is True``; ``tell(done)`` calls a progress function."""
+    bar = tqdm(total=total, desc=desc, disable=progress is not True)
+    report = progress if callable(progress) else None
+    done = [0]  # a disabled bar does not count
+
+    def tell(step: int) -> None:
+        bar.update(step)
+        done[0] += step
+        if report is not None:
+            report(done[0], total)
+
+    return bar, tell
+
+
+def _sweep(lm, grid: Grid, pair: Pair, source_run, base_run, ids, mask, chunk_size: int, progress: Any) -> torch.Tensor:
     B, seq = pair.batch, pair.seq
     source = {h: source_run.cache[h] for h in (grid.hook(l) for l in grid.layers)}
     starts = base_run.cache  # the unpatched run's residual entering each layer: a chunk starts there
@@ -166,7 +183,8 @@ def _sweep(lm, grid: Grid, pair: Pair, source_run, base_run, ids, mask, chunk_si
     values: list[torch.Tensor | None] = [None] * len(grid.cells)
     chunks = [order[i:i + chunk_size] for i in range(0, len(order), chunk_size)]
     keep = pair.forward_kwargs()
-    for chunk in tqdm(chunks, desc=f"patching {grid.point}", disable=not progress):
+    bar, tell = _steps(progress, len(grid.cells), f"patching {grid.point}")
+    for chunk in chunks:
         k = len(chunk)
         cells = [grid.cells[i] for i in chunk]
         ivs = _chunk_interventions(grid, cells, source, B, seq)
@@ -178,15 +196,20 @@ def _sweep(lm, grid: Grid, pair: Pair, source_run, base_run, ids, mask, chunk_si
         for i, cell in enumerate(chunk):
             sl = slice(i * B, (i + 1) * B)
             values[cell] = evaluate(pair.metric, logits_view(lm, logits[sl], rows_ids[sl], rows_mask[sl])).float().cpu()
+        tell(k)
+    bar.close()
     return torch.stack(values)
 
 
-def _loop(lm, grid: Grid, pair: Pair, source_run, ids, mask, progress: bool) -> torch.Tensor:
+def _loop(lm, grid: Grid, pair: Pair, source_run, ids, mask, progress: Any) -> torch.Tensor:
     """The reference: one forward pass per cell with the core's plain ``Patch``."""
     values = []
-    for l, p, h in tqdm(grid.cells, desc=f"patching {grid.point} (loop)", disable=not progress):
+    bar, tell = _steps(progress, len(grid.cells), f"patching {grid.point} (loop)")
+    for l, p, h in grid.cells:
         iv = Patch(grid.hook(l), source=source_run, positions=None if p is None else At((p,)),
                    heads=None if h is None else (h,))
         run = lm.run({"input_ids": ids, "attention_mask": mask}, interventions=[iv])
         values.append(evaluate(pair.metric, run).float().cpu())
+        tell(1)
+    bar.close()
     return torch.stack(values)

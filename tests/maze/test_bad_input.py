@@ -11,7 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from avec.cli import app
+from avec.app.cli import app
 from avec.maze.policy import CHECKSUM_KEY, ImpalaPolicy, load_policy, read_checkpoint, save_policy, tensors_digest
 from avec.maze.train import main as train_main
 from avec.maze.train import train_policy
@@ -93,7 +93,7 @@ def test_train_out_paths_checked_before_work(tmp_path, monkeypatch):
 
 
 def test_maze_train_cli_one_line_error(tmp_path, capsys, monkeypatch):
-    from avec.cli import main
+    from avec.app.cli import main
 
     monkeypatch.delenv("AVEC_DEBUG", raising=False)
     with pytest.raises(SystemExit) as info:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from avec.cli import app
+from avec.app.cli import app
 
 CKPT = Path(__file__).resolve().parents[2] / "avec" / "maze" / "checkpoints" / "region5.safetensors"
 

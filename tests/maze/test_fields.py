@@ -101,3 +101,23 @@ def test_policy_probs_chunking_is_exact(tiny_policy, maze):
     a = policy_probs(tiny_policy, obs, chunk=len(obs))
     b = policy_probs(tiny_policy, obs, chunk=7)
     assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_field_and_diff_to_dict(tiny_policy, maze):
+    import json
+
+    from avec.maze.experiments import cheese_vector
+
+    base = vector_field(tiny_policy, maze)
+    steered = vector_field(tiny_policy, maze, steer=-1 * cheese_vector(tiny_policy, maze), label="cheese x -1")
+    d = json.loads(json.dumps(base.to_dict(), allow_nan=False))
+    assert d["type"] == "VectorField" and d["label"] == "original" and d["actions"] == list(ACTION_NAMES)
+    assert np.array_equal(np.array(d["cells"]), base.cells) and np.array_equal(np.array(d["probs"]), base.probs)
+    assert np.allclose(np.array(d["arrows"]), base.to_frame()[["dx", "dy"]].to_numpy())
+    m = d["maze"]
+    assert np.array_equal(np.array(m["grid"]), maze.grid) and tuple(m["mouse"]) == maze.mouse
+    assert tuple(m["cheese"]) == maze.cheese and m["size"] == maze.size and m["pad"] == maze.pad
+    diff = json.loads(json.dumps(steered.diff(base).to_dict(), allow_nan=False))
+    assert diff["type"] == "FieldDiff" and diff["a"]["label"] == "cheese x -1"
+    assert np.allclose(np.array(diff["probs"]), steered.probs - base.probs)
+    assert np.abs(np.array(diff["probs"])).max() > 0  # the vector moved something

@@ -9,10 +9,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from avec.cli import app
+from avec.app.cli import app
 from avec.core import Model
 from avec.maze import experiments as ex
-from avec.maze.cli import EVAL_SEED_BASE as CLI_SEED_BASE
+from avec.app.cli.maze import EVAL_SEED_BASE as CLI_SEED_BASE
 from avec.maze.evaluate import (EVAL_SEED_BASE, Motivation, evaluate, off_region_mazes, resolve_region,
                                 training_mazes, training_region)
 from avec.maze.policy import save_policy

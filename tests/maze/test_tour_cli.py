@@ -2,11 +2,11 @@
 
 from typer.testing import CliRunner
 
-from avec.cli import app
+from avec.app.cli import app
 
 
 def test_maze_tour_sections_run(tmp_path):
-    from avec.report import tour
+    from avec.app import tour
 
     path, failed = tour.run_tour(tmp_path / "t.html", quick=True, only=["Maze"])
     page = path.read_text()

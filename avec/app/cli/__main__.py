@@ -1,0 +1,5 @@
+"""``python -m avec.app.cli``: the ``avec`` command."""
+
+from . import main
+
+main()

@@ -1,0 +1,279 @@
+"""`avec maze ...` commands. ``register(app)`` adds the ``maze`` command group.
+
+Every steering experiment is a command: ``stats`` (cheese, top_right, both, random, averaged,
+transfer, all_layers over many test mazes), ``sweep`` (coefficient sweep), ``layers`` (layer
+sweep), ``retarget`` (channel retargeting), ``field`` (one maze's vector field), ``behaviour``
+(the original study's behavioural statistics)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ...io import FIGURE_SUFFIXES, atomic_savefig, check_out_option
+from ...maze.world import WORLD
+
+STATS = ("cheese", "top_right", "both", "random", "averaged", "transfer", "all_layers")
+KINDS = ("cheese", "top_right")
+POLICY_HELP = "shipped name (region5, region15) or checkpoint path (.safetensors, or procgen-tools .pth)"
+HOOK_HELP = "hook point (a spatial layer, e.g. embedder.block2.res1.resadd_out)"
+
+
+def _choice(value: str, allowed, what: str) -> str:
+    if value not in allowed:
+        raise typer.BadParameter(f"unknown {what} {value!r}; choose from {list(allowed)}")
+    return value
+
+
+def _load(policy: str, region: Optional[int]):
+    """(policy, region): the region is --region, else the checkpoint's, else 5."""
+    from ...maze.policy import load_policy
+
+    try:
+        p = load_policy(policy)
+    except (FileNotFoundError, ValueError) as e:
+        raise typer.BadParameter(f"cannot load policy {policy!r}: {e}") from None
+    from ...maze.evaluate import resolve_region
+
+    if region is not None and not 1 <= region <= WORLD:
+        raise typer.BadParameter(f"--region must be in 1..{WORLD}, got {region}")
+    return p, resolve_region(p, region)
+
+
+def spatial_hooks(policy) -> list[str]:
+    """Hook points the maze vectors can live at: every ``embedder.block*`` output."""
+    from ...maze.fields import as_model
+
+    return [h for h in as_model(policy).hook_points if h.startswith("embedder.block")]
+
+
+def _hook(policy, hook: str) -> str:
+    allowed = spatial_hooks(policy)
+    if hook not in allowed and hook.removesuffix("_out") not in allowed:
+        raise typer.BadParameter(f"unknown hook point {hook!r}; choose from {allowed} "
+                                 "(a trailing '_out' is accepted, procgen-tools style)")
+    return hook
+
+
+EVAL_SEED_BASE = 1_000_000_000  # = evaluate.EVAL_SEED_BASE (a literal: this module imports torch lazily; tested equal)
+SEED_BASE_HELP = ("first maze seed: the test mazes are the first --n qualifying seeds from here (default 1e9, "
+                  "the evaluation seeds; another base gives held-out mazes)")
+
+
+def _seed_base(seed_base: int) -> int:
+    if seed_base < 0:
+        raise typer.BadParameter(f"--seed-base must be a non-negative maze seed, got {seed_base}")
+    return seed_base
+
+
+def _n(n: int) -> int:
+    if n < 2:
+        raise typer.BadParameter(f"--n must be at least 2, got {n}")
+    return n
+
+
+def _out(out: str) -> str:
+    """--out must be writable with a figure suffix: checked before any work."""
+    check_out_option(out, FIGURE_SUFFIXES)
+    return out
+
+
+def _finite(value: Optional[float], option: str) -> Optional[float]:
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{option} must be a finite number, got {value}")
+    return value
+
+
+def _table(frame) -> str:
+    return frame.to_string(index=False, float_format=lambda x: f"{x:.3f}")
+
+
+def register(app: typer.Typer) -> None:
+    maze = typer.Typer(help="maze world: train policies, vector fields, cheese / top-right vector experiments",
+                       no_args_is_help=True)
+
+    @maze.command("train", add_help_option=False,
+                  context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def train(ctx: typer.Context) -> None:
+        """Train a maze policy (BC + DAgger); all options as `python -m avec.maze.train --help`."""
+        from ...maze.train import main
+
+        main(list(ctx.args))
+
+    @maze.command("field")
+    def field(seed: int = typer.Option(0, help="maze seed"),
+              policy: str = typer.Option("region5", help=POLICY_HELP),
+              coeff: float = typer.Option(-1.0, help="cheese-vector coefficient (0: no steering)"),
+              hook: str = typer.Option("embedder.block2.res1.resadd_out", help=HOOK_HELP),
+              out: str = typer.Option("maze-field.png", help="where to write the picture")) -> None:
+        """Vector field of a policy on one maze, unsteered vs cheese-vector steered (procgen-tools style)."""
+        from ...maze.experiments import cheese_vector
+        from ...maze.fields import vector_field
+        from ...maze.world import Maze
+
+        out, coeff = _out(out), _finite(coeff, "--coeff")
+        p, _ = _load(policy, None)
+        hook = _hook(p, hook)
+        m = Maze.from_seed(seed)
+        base = vector_field(p, m)
+        steered = vector_field(p, m, steer=coeff * cheese_vector(p, m, hook), label=f"cheese vector x {coeff:g}")
+        atomic_savefig(steered.plot(compare_to=base), out, dpi=90, bbox_inches="tight")
+        typer.echo(f"wrote {out}")
+
+    @maze.command("stats")
+    def stats(policy: str = typer.Option("region5", help=POLICY_HELP),
+              n: int = typer.Option(100, help="number of test mazes with a decision square"),
+              seed_base: int = typer.Option(EVAL_SEED_BASE, help=SEED_BASE_HELP),
+              experiment: Optional[List[str]] = typer.Option(None, help=" | ".join(STATS) + " (repeatable; default all)"),
+              hook: str = typer.Option("embedder.block2.res1.resadd_out",
+                                       help=HOOK_HELP + "; all_layers uses every residual output"),
+              region: Optional[int] = typer.Option(None, help="test mazes have the cheese outside the top-right "
+                                                   "R x R square (default: the policy's training region, else 5)"),
+              plot_dir: Optional[Path] = typer.Option(None, help="write each experiment's box/scatter plot here")) -> None:
+        """Decision-square statistics of the steering experiments over many test mazes:
+        P(cheese) / P(top-right) before and after, and how often they move the intended way."""
+        import pandas as pd
+
+        from ...maze import experiments as ex
+        from ...maze.evaluate import off_region_mazes
+
+        chosen = [_choice(e, STATS, "experiment") for e in (experiment or STATS)]
+        n, seed_base = _n(n), _seed_base(seed_base)
+        check_out_option(plot_dir, what="--plot-dir", folder=True)
+        p, region = _load(policy, region)
+        hook = _hook(p, hook)
+        mazes = off_region_mazes(region, n, seed_base)
+        runs = {"cheese": lambda: ex.cheese_vector_stats(p, mazes=mazes, at=hook),
+                "top_right": lambda: ex.top_right_stats(p, mazes=mazes, at=hook),
+                "both": lambda: ex.composition_stats(p, mazes=mazes, at=hook),
+                "random": lambda: ex.random_baseline_stats(p, mazes=mazes, at=hook),
+                "averaged": lambda: ex.averaged_cheese_stats(p, region, mazes=mazes, at=hook),
+                "transfer": lambda: ex.transfer_stats(p, mazes=mazes, at=hook),
+                "all_layers": lambda: ex.all_layers_stats(p, mazes=mazes)}
+        rows = []
+        for e in chosen:
+            st = runs[e]()
+            rows.append(st.summary())
+            if plot_dir is not None:
+                atomic_savefig(st.plot(), plot_dir / f"maze-stats-{e}.png", dpi=90, bbox_inches="tight")
+        typer.echo(_table(pd.DataFrame(rows)))
+        if plot_dir is not None:
+            typer.echo(f"wrote {len(chosen)} plot(s) to {plot_dir}")
+
+    @maze.command("sweep")
+    def sweep(policy: str = typer.Option("region5", help=POLICY_HELP),
+              kind: str = typer.Option("cheese", help=" | ".join(KINDS)),
+              n: int = typer.Option(50, help="number of test mazes with a decision square"),
+              seed_base: int = typer.Option(EVAL_SEED_BASE, help=SEED_BASE_HELP),
+              lo: float = typer.Option(-3.0, "--min", help="smallest coefficient"),
+              hi: float = typer.Option(3.0, "--max", help="largest coefficient"),
+              steps: int = typer.Option(13, help="number of coefficients"),
+              hook: str = typer.Option("embedder.block2.res1.resadd_out", help=HOOK_HELP),
+              region: Optional[int] = typer.Option(None, help="test-maze region (default: the policy's, else 5)"),
+              out: str = typer.Option("maze-sweep.png", help="where to write the plot")) -> None:
+        """Coefficient sweep of each maze's own cheese or top-right vector: mean P(cheese) and
+        P(top-right) at the decision square per coefficient (all pairs in one batch)."""
+        import numpy as np
+
+        from ...maze.evaluate import off_region_mazes
+        from ...maze.experiments import coefficient_sweep
+
+        kind, out, n, seed_base = _choice(kind, KINDS, "kind"), _out(out), _n(n), _seed_base(seed_base)
+        _finite(lo, "--min"), _finite(hi, "--max")
+        if steps < 2 or not hi > lo:
+            raise typer.BadParameter(f"need --steps >= 2 and --max > --min, got {steps}, [{lo}, {hi}]")
+        p, region = _load(policy, region)
+        hook = _hook(p, hook)
+        res = coefficient_sweep(p, off_region_mazes(region, n, seed_base), kind, np.linspace(lo, hi, steps), at=hook)
+        typer.echo(_table(res.to_frame()))
+        atomic_savefig(res.plot(), out, dpi=90, bbox_inches="tight")
+        typer.echo(f"wrote {out}")
+
+    @maze.command("layers")
+    def layers(policy: str = typer.Option("region5", help=POLICY_HELP),
+               n: int = typer.Option(50, help="number of test mazes with a decision square"),
+               seed_base: int = typer.Option(EVAL_SEED_BASE, help=SEED_BASE_HELP),
+               coeff: float = typer.Option(-1.0, help="cheese-vector coefficient"),
+               hook: Optional[List[str]] = typer.Option(None, help="hook points (repeatable; default every "
+                                                        "residual-block output)"),
+               region: Optional[int] = typer.Option(None, help="test-maze region (default: the policy's, else 5)")) -> None:
+        """Layer sweep: the cheese-vector statistic with the vector taken and applied at each hook point."""
+        from ...maze.evaluate import off_region_mazes
+        from ...maze.experiments import layer_sweep
+
+        n, coeff, seed_base = _n(n), _finite(coeff, "--coeff"), _seed_base(seed_base)
+        p, region = _load(policy, region)
+        hooks = [_hook(p, h) for h in hook] if hook else None
+        frame = layer_sweep(p, off_region_mazes(region, n, seed_base), hooks, coeff)
+        cols = ["hook"] + [c for c in frame.columns if c not in ("hook", "experiment")]
+        typer.echo(_table(frame[cols]))
+
+    @maze.command("retarget")
+    def retarget(policy: str = typer.Option("region5", help=POLICY_HELP),
+                 n: int = typer.Option(100, help="number of held-out test mazes"),
+                 seed_base: int = typer.Option(EVAL_SEED_BASE, help=SEED_BASE_HELP),
+                 calibration: int = typer.Option(60, help="calibration mazes (seeds from 2e9) for choosing "
+                                                 "channels and scale"),
+                 k: int = typer.Option(8, help="number of cheese channels"),
+                 scale: str = typer.Option("auto", help="multiple of each channel's mean cheese signal to add, "
+                                           "or 'auto' (chosen on the calibration mazes)"),
+                 value: Optional[float] = typer.Option(None, help="instead set the channels to this fixed value"),
+                 remove_cheese: bool = typer.Option(True, help="measure with the cheese removed from each maze"),
+                 offsets: bool = typer.Option(True, help="write at each channel's calibrated offset (else at "
+                                              "the cell's geometric activation position)"),
+                 hook: str = typer.Option("embedder.block2.res1.resadd_out", help=HOOK_HELP),
+                 region: Optional[int] = typer.Option(None, help="test-maze region (default: the policy's, else 5)"),
+                 out: str = typer.Option("maze-retarget.png", help="where to write the scatter plot")) -> None:
+        """Channel retargeting: write cheese signal into the cheese-tracking channels at a random
+        target cell and compare the path probability toward it (geometric mean of on-path moves)."""
+        import json
+
+        from ...maze.evaluate import off_region_mazes
+        from ...maze.retarget import retarget_experiment
+
+        out, n, value, seed_base = _out(out), _n(n), _finite(value, "--value"), _seed_base(seed_base)
+        if scale != "auto":
+            try:
+                scale = float(scale)
+            except ValueError:
+                raise typer.BadParameter(f"--scale must be a number or 'auto', got {scale!r}") from None
+            _finite(scale, "--scale")
+        if k < 1 or calibration < 2:
+            raise typer.BadParameter(f"need --k >= 1 and --calibration >= 2, got {k}, {calibration}")
+        p, region = _load(policy, region)
+        hook = _hook(p, hook)
+        res = retarget_experiment(p, off_region_mazes(region, n, seed_base), scale=scale, value=value, k=k,
+                                  calibration=calibration, remove_cheese=remove_cheese, use_offsets=offsets, at=hook)
+        typer.echo(json.dumps(res.summary(), indent=1))
+        typer.echo(_table(res.by_distance()))
+        atomic_savefig(res.plot(), out, dpi=90, bbox_inches="tight")
+        typer.echo(f"wrote {out}")
+
+    @maze.command("behaviour")
+    def behaviour(policy: str = typer.Option("region5", help=POLICY_HELP),
+                  n: int = typer.Option(1000, help="number of test mazes with a decision square"),
+                  seed_base: int = typer.Option(EVAL_SEED_BASE, help=SEED_BASE_HELP),
+                  max_steps: int = typer.Option(500, help="episode step limit (procgen's is 500)"),
+                  seed: int = typer.Option(0, help="seed of the sampled actions"),
+                  out: str = typer.Option("maze-behaviour.png", help="where to write the plot")) -> None:
+        """Behavioural statistics as Grietzer & Turner measured the original agent: how often sampled
+        rollouts get the cheese on decision-square mazes, and a logistic regression of that on the
+        cheese-top-right and decision-square-cheese distances (the original: 71.4 % / 82.4 %)."""
+        import json
+
+        from ...maze.behaviour import ORIGINAL_AGENT, behaviour_statistics
+
+        if max_steps < 1:
+            raise typer.BadParameter(f"--max-steps must be >= 1, got {max_steps}")
+        out, n, seed_base = _out(out), _n(n), _seed_base(seed_base)
+        p, _ = _load(policy, None)
+        res = behaviour_statistics(p, n, seed_base=seed_base, max_steps=max_steps, seed=seed)
+        typer.echo(json.dumps({**res.summary(), "original_agent": ORIGINAL_AGENT}, indent=1))
+        typer.echo(_table(res.by_bins("d_euclid_cheese_top_right").reset_index().astype({"bin": str})))
+        atomic_savefig(res.plot(), out, dpi=90, bbox_inches="tight")
+        typer.echo(f"wrote {out}")
+
+    app.add_typer(maze, name="maze")
