@@ -331,7 +331,7 @@ def labelled(mazes, idx, cells, reflected):
 
 
 # ------------------------------------------------------------------------------------ measuring
-def _by_size(sizes: np.ndarray, **values) -> dict:
+def evaluate_by_size(sizes: np.ndarray, **values) -> dict:
     """{size: {"levels": count, name: mean of values[name] over that size's levels}}."""
     out = {}
     for n in np.unique(sizes):
@@ -356,14 +356,14 @@ def evaluate_procgen(policy, region: int | None = None, n_train: int = 200, n_te
     sizes = np.array([m.size for m in train])
     out |= {"reach_rate_greedy": float(g.mean()), "reach_rate_sampled": float(s.mean()),
             "mean_steps_greedy_when_reached": float(gs[g].mean()) if g.any() else None, "n_train_levels": n_train,
-            "reach_by_size": _by_size(sizes, greedy=g, sampled=s)}
+            "reach_by_size": evaluate_by_size(sizes, greedy=g, sampled=s)}
     tests = pb.off_region_levels(region, n_test, seed_base)
     tg, _, _ = pb.rollout(policy, tests, max_steps, greedy=True)
     ts, _, _ = pb.rollout(policy, tests, max_steps, greedy=False, rng=np.random.default_rng(seed_base + 1))
     mot = decision_probs(policy, tests)
     out |= {"test_reach_rate_greedy": float(tg.mean()), "test_reach_rate_sampled": float(ts.mean()),
             "decision_square": mot.summary(),
-            "test_by_size": _by_size(mot.sizes, p_cheese=mot.p_cheese, p_top_right=mot.p_top_right, reach_greedy=tg,
+            "test_by_size": evaluate_by_size(mot.sizes, p_cheese=mot.p_cheese, p_top_right=mot.p_top_right, reach_greedy=tg,
                                      reach_sampled=ts)}
     return out
 
