@@ -77,10 +77,28 @@ def main(argv=None):
     ap.add_argument("--seed-base", type=int, default=1_500_000_000)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--load-log", default=None,
+                    help="a file of '<time> <contents of /proc/loadavg>' lines sampled while the policy trained: "
+                    "its 1-minute load averages are summarised into training.load_average")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out_path = CKPT / "README.json"
     readme = json.loads(out_path.read_text())
+    readme["procgen_about"] = (
+        "procgen_region5 / procgen_region15: trained on procgen 0.10.7's own levels and observations by the one "
+        "command in 'command' (avec maze train --backend procgen = python -m avec.maze.train_procgen, from the repo "
+        "root, OMP_NUM_THREADS=1, --threads 1): BC + DAgger from the BFS expert as region5 / region15, every "
+        "picture rendered by procgen, the cheese moved into the maze's top-right R x R square of procgen levels "
+        "with seeds in [1e6, 1e9), plus auxiliary losses on where the mouse, the cheese and the open floor are "
+        "(a 1 x 1 conv head on block1, not part of the policy). training.train_seconds is wall-clock on a machine "
+        "shared with other jobs (training.load_average), training.train_cpu_seconds the run's own CPU time "
+        "(one thread: about the wall-clock on an idle core). procgen_held_out: benchmarks/procgen_policies.py on "
+        "procgen levels from seed 1.5e9 (never trained on): reach on the first n levels with the cheese moved "
+        "into the R x R square (500-step limit), the original study's behavioural statistics on the first n "
+        "decision-square levels (cheese where procgen put it; got_cheese = sampled rollouts as in the study, "
+        "got_cheese_greedy beside it), and the cheese vector on the first n off-region decision-square levels; "
+        "each also per maze size. The avec-world policies' entries hold the same measurement under "
+        "procgen_held_out where it was run.")
     for name in args.names:
         policy = load_policy(name)
         region = int(policy.metadata.get("region", 5))
@@ -92,6 +110,11 @@ def main(argv=None):
             continue
         if (policy.metadata.get("config") or {}).get("backend") == "procgen":
             report = json.loads((CKPT / f"{name}.json").read_text())
+            if args.load_log:
+                load = np.array([float(line.split()[1]) for line in Path(args.load_log).read_text().splitlines()])
+                report["load_average"] = {"samples": int(len(load)), "min": float(load.min()),
+                                          "mean": round(float(load.mean()), 2), "max": float(load.max()),
+                                          "cores": 2, "note": "1-minute load average of the machine, each minute"}
             readme[name] = {"file": f"{name}.safetensors", "command": report.get("command"),
                             "width_scale": policy.scale, "parameters": sum(p.numel() for p in policy.parameters()),
                             "training": report, "procgen_held_out": res}

@@ -327,6 +327,19 @@ def test_queued_requests_hear_how_many_are_ahead(server):
     assert all(r[-1][0] == "result" for r in results)
 
 
+def test_maze_explorer_lists_only_policies_trained_on_avecs_world():
+    """The explorer draws avec's pictures: a shipped policy trained on procgen's (config backend "procgen") is
+    left out, every other shipped checkpoint is listed."""
+    from avec.app.server.pages.maze import shipped_policies
+    from avec.maze.policy import load_policy
+
+    ckpts = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "avec" / "maze" / "checkpoints")
+                   .glob("*.safetensors"))
+    backends = {n: (load_policy(n).metadata.get("config") or {}).get("backend", "avec") for n in ckpts}
+    assert "procgen" in backends.values() and "avec" in backends.values(), backends
+    assert shipped_policies() == [n for n in ckpts if backends[n] == "avec"]
+
+
 def test_maze_field_equals_the_python_api(server):
     from avec.maze.experiments import cheese_vector, top_right_vector
     from avec.maze.fields import vector_field

@@ -16,10 +16,21 @@ MAX_MAZE_COEFF = 10.0
 
 
 def shipped_policies() -> list[str]:
-    """Names of the policies shipped in avec/maze/checkpoints."""
+    """Names of the policies shipped in avec/maze/checkpoints that were trained on avec's world: the explorer
+    draws avec's pictures, which a policy trained on procgen's (``procgen_region5``) has never seen."""
+    import json
+
+    from safetensors import safe_open
+
     from ....maze import policy
 
-    return sorted(p.stem for p in (Path(policy.__file__).parent / "checkpoints").glob("*.safetensors"))
+    def backend(path: Path) -> str:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("avec", "{}"))
+        return (meta.get("config") or {}).get("backend", "avec")
+
+    return sorted(p.stem for p in (Path(policy.__file__).parent / "checkpoints").glob("*.safetensors")
+                  if backend(p) == "avec")
 
 
 def _decision(field) -> dict | None:
