@@ -40,7 +40,24 @@ def test_graph_command_writes_json_page_and_summary(fake_model, tmp_path, capsys
     assert summary["kept_nodes"] >= len(data["nodes"]) > 0  # the JSON leaves out kept nodes without kept edges
     assert 0 <= summary["replacement_score"] <= 1 and 0 <= summary["completeness_score"] <= 1
     assert "<html" in (tmp_path / "g" / "graph.html").read_text()[:200]
-    assert "replacement" in out
+    info = data["metadata"]["info"]
+    assert summary["json_nodes"] == len(data["nodes"]) and summary["edges"] == info["n_edges"] > len(data["links"])
+    line = out.strip().splitlines()[-1]
+    # the printed line is the graph JSON's: its counts, scores and top answer
+    assert f"{len(data['nodes'])} of {info['n_nodes']} nodes" in line
+    assert f"replacement {summary['replacement_score']:.3f}" in line and repr(info["logits"][0][0]) in line
+
+
+def test_graph_summary_line_renders_only_the_dict():
+    from avec.app.render import graph_summary_line
+
+    d = {"metadata": {"info": {"n_nodes": 90, "n_edges": 700, "replacement_score": 0.25, "completeness_score": 0.5,
+                               "logits": [[" Paris", 0.75]]}},
+         "nodes": [{}] * 3, "links": [{}] * 5}
+    assert graph_summary_line(d) == ("3 of 90 nodes, 5 of 700 edges; replacement 0.250, completeness 0.500; "
+                                     "top answer ' Paris' (0.750)")
+    d["metadata"]["info"] = {}  # a graph JSON from elsewhere: what it has
+    assert graph_summary_line(d) == "3 nodes, 5 edges"
 
 
 @pytest.mark.parametrize("args, match", [

@@ -125,6 +125,21 @@ def _graph_plot(d: dict, ax=None, max_edges: int = 400):
     return fig
 
 
+def graph_summary_line(d: Mapping) -> str:
+    """One line for a graph JSON: kept nodes and edges of all, replacement and completeness scores, the top
+    answer (from ``metadata.info``, which avec's ``to_dict`` fills; a file from elsewhere may lack them)."""
+    info = d.get("metadata", {}).get("info", {})
+    nodes = f"{len(d['nodes'])} of {info['n_nodes']} nodes" if "n_nodes" in info else f"{len(d['nodes'])} nodes"
+    edges = f"{len(d['links'])} of {info['n_edges']} edges" if "n_edges" in info else f"{len(d['links'])} edges"
+    parts = [f"{nodes}, {edges}"]
+    if "replacement_score" in info:
+        parts.append(f"replacement {info['replacement_score']:.3f}, completeness {info['completeness_score']:.3f}")
+    if info.get("logits"):
+        token, prob = info["logits"][0]
+        parts.append(f"top answer {token!r} ({prob:.3f})")
+    return "; ".join(parts)
+
+
 # results whose dict is a summary of the object: drawn from the dict itself
 _DICT_VIEWS: dict[str, Callable[[dict], Any]] = {
     "SAEEvaluation": _sae_evaluation,

@@ -289,11 +289,18 @@ class AttributionGraph(Result):
                  if s in ids and t in ids]
         used = {x for link in links for x in (link["source"], link["target"])}
         nodes = [n for n in nodes if n["node_id"] in used or n["feature_type"] in ("embedding", "logit")]
+        rep, comp = self.scores()
+        # whole-graph numbers the pruned node/link lists cannot give back (frontends ignore unknown info keys)
+        stats = {"replacement_score": rep, "completeness_score": comp, "n_nodes": self.n_nodes,
+                 "n_feature_nodes": self.n_features, "n_edges": int(self.targets.numel()),
+                 "kept_nodes": int(p.nodes.sum()), "kept_edges": int(p.edges.sum()),
+                 "edge_threshold": float(edge_threshold),
+                 "logits": [[s, float(q)] for s, q in zip(self.logit_strs, self.logit_probs)]}
         meta = {"slug": slug, "scan": str(self.meta.get("scan", self.meta.get("dictionary", "avec"))),
                 "transcoder_list": [], "prompt_tokens": list(self.token_strs), "prompt": self.prompt,
                 "node_threshold": float(node_threshold), "schema_version": 1,
                 "info": {"creator_name": "avec", "generator": {"name": "avec.circuits.attribute"}, **{
-                    k: v for k, v in self.meta.items() if isinstance(v, (str, int, float, bool))}}}
+                    k: v for k, v in self.meta.items() if isinstance(v, (str, int, float, bool))}, **stats}}
         q = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
         return {"metadata": meta, "qParams": q, "nodes": nodes, "links": links}
 

@@ -58,7 +58,8 @@ def register(app: typer.Typer) -> None:
         t = time.perf_counter()
         g = attribute(lm, tc, prompt, batch_size=batch_size, max_feature_nodes=max_features, max_memory_gb=max_memory_gb)
         seconds = time.perf_counter() - t
-        g.save_json(folder / "graph.json", node_threshold, edge_threshold, slug=folder.name or "graph")
+        d = g.to_dict(node_threshold, edge_threshold, slug=folder.name or "graph")
+        atomic_write_text(folder / "graph.json", json.dumps(d))
         pages = None
         if dashboard_contexts:  # clicking a feature node shows its top contexts and logit effects
             from ...circuits.dashboards import graph_dashboards
@@ -69,14 +70,15 @@ def register(app: typer.Typer) -> None:
                                      progress=True)
         save_graph_page(g, folder / "graph.html", node_threshold=node_threshold, edge_threshold=edge_threshold,
                         dashboards=pages)
-        p = g.prune(node_threshold, edge_threshold)
-        rep, comp = g.scores()
+        from ..render import graph_summary_line
+
+        info = d["metadata"]["info"]  # the summary and the printed line come from the JSON the frontends read
         summary = {"prompt": prompt, "model": model, "transcoders": str(transcoders), "seconds": round(seconds, 2),
-                   "active_features": g.meta["n_active_features"], "feature_nodes": g.n_features,
-                   "edges": int(g.targets.numel()), "kept_nodes": int(p.nodes.sum()), "kept_edges": int(p.edges.sum()),
+                   "active_features": info["n_active_features"], "feature_nodes": info["n_feature_nodes"],
+                   "edges": info["n_edges"], "kept_nodes": info["kept_nodes"], "kept_edges": info["kept_edges"],
+                   "json_nodes": len(d["nodes"]), "json_links": len(d["links"]),
                    "dashboards": len(pages or {}), "dashboard_contexts": dashboard_contexts,
-                   "replacement_score": rep, "completeness_score": comp,
-                   "logits": [[s, float(q)] for s, q in zip(g.logit_strs, g.logit_probs)]}
+                   "replacement_score": info["replacement_score"], "completeness_score": info["completeness_score"],
+                   "logits": info["logits"]}
         atomic_write_text(folder / "summary.json", json.dumps(summary, indent=1))
-        typer.echo(f"{folder / 'graph.html'}: {summary['kept_nodes']} of {g.n_nodes} nodes, {summary['kept_edges']} of "
-                   f"{summary['edges']} edges; replacement {rep:.3f}, completeness {comp:.3f}; {seconds:.1f} s")
+        typer.echo(f"{folder / 'graph.html'}: {graph_summary_line(d)}; {seconds:.1f} s")
