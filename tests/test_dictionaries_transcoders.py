@@ -182,6 +182,39 @@ def test_kill_and_resume_equals_an_uninterrupted_run(char_lm, tmp_path):
                        load_transcoder(tmp_path / "cut" / "clt.safetensors").W_dec[1])
 
 
+def test_a_checkpoint_from_before_a_config_field_resumes_and_a_changed_field_is_refused(char_lm, tmp_path):
+    """Checkpoints written before ``TranscoderConfig.bos`` existed lack the key: not a difference. A field
+    both record with other values is."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from avec.dictionaries.train import CHECKPOINT
+
+    store = ActivationStore(char_lm, HOOKS + ["blocks.1.mlp_in"], _docs(20, 3), context=32, batch_contexts=8,
+                            batch_tokens=128, buffer_tokens=512, progress=False)
+    batches = list(itertools.islice(iter(store), 12))
+    cfg = TrainConfig(steps=12, lr=3e-3, warmup_steps=2, sparsity_warmup_steps=4, checkpoint_every=5, log_every=5)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(_three(), _dict_stream(batches, fail_at=8), cfg, out=tmp_path / "cut", progress=False)
+    path = tmp_path / "cut" / CHECKPOINT
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    state = json.loads(meta["state"])
+    assert "bos" in state["saes"]["clt"]
+    for name in ("clt", "plt", "tc"):
+        del state["saes"][name]["bos"]  # as an older avec wrote it
+    save_file(tensors, str(path), metadata={**meta, "state": json.dumps(state)})
+    resumed = train(_three(), _dict_stream(batches), cfg, out=tmp_path / "cut", progress=False)
+    assert resumed.saes["clt"].cfg.bos is None and (tmp_path / "cut" / "clt.safetensors").exists()
+
+    with pytest.raises(RuntimeError, match="killed"):
+        train(_three(), _dict_stream(batches, fail_at=8), cfg, out=tmp_path / "other", progress=False)
+    changed = _three()
+    changed["clt"].cfg = replace(changed["clt"].cfg, bos=1)
+    with pytest.raises(ValueError, match="other configs than the ones given"):
+        train(changed, _dict_stream(batches), cfg, out=tmp_path / "other", progress=False)
+
+
 def test_attached_trained_clt_edits_and_model_metrics(char_lm, acts):
     batches, held = acts
     clt = _clt("topk")

@@ -290,8 +290,8 @@ def load_checkpoint(path: Path, saes: dict[str, SAE], opts: dict, since_fired: d
         raise ValueError(f"checkpoint {str(path)!r} was written by a run over {state.get('world_size', 1)} "
                          f"process(es) and is resumed by {world_size}; resume with the same number of "
                          "processes (its data position counts batches per rank)")
-    mine = {n: asdict(s.cfg) for n, s in saes.items()}
-    if json.loads(json.dumps(mine)) != state["saes"]:
+    mine = json.loads(json.dumps({n: asdict(s.cfg) for n, s in saes.items()}))
+    if not _same_configs(mine, state["saes"]):
         raise ValueError(f"checkpoint {str(path)!r} holds SAEs {sorted(state['saes'])} with other configs than "
                          f"the ones given ({sorted(mine)}); use another output folder or the same SAEs")
     for name, sae in saes.items():
@@ -301,6 +301,13 @@ def load_checkpoint(path: Path, saes: dict[str, SAE], opts: dict, since_fired: d
         since_fired[name].copy_(tensors[f"{name}.since_fired"])
     torch.set_rng_state(tensors["rng.torch"])
     return state["step"], state["position"]
+
+
+def _same_configs(mine: dict[str, dict], saved: dict[str, dict]) -> bool:
+    """The same dictionaries with the same configs; a field the checkpoint lacks (written before the field
+    existed, e.g. ``bos``) is not a difference: the run resumes with the value given now."""
+    return mine.keys() == saved.keys() and all(
+        set(saved[n]) <= set(mine[n]) and all(mine[n][k] == v for k, v in saved[n].items()) for n in mine)
 
 
 def _read_log(path: Path, upto: int) -> list[dict]:
