@@ -368,12 +368,8 @@ def check_ct_written(folder: Path) -> dict:
     res = {}
     for name in sorted(k[:-len("_acts")] for k in exp if k.endswith("_acts")):
         tc = load_circuit_tracer(folder / name)
-        L = x.shape[0]
         with torch.no_grad():
-            acts = torch.stack([tc.encode_layer(x[l], l) for l in range(L)])
-            recon = torch.stack([tc.decode_layer([acts[i] for i in tc.sources(l)], l) for l in range(L)])
-            if tc.cfg.skip:
-                recon = recon + torch.stack([tc.skip_layer(x[l], l) for l in range(L)])
+            acts, recon = tc.reconstruct(x)                            # [L, pos, d_sae], [L, pos, d]
         res[name] = {"acts_max_abs": float((acts - exp[f"{name}_acts"]).abs().max()),
                      "recon_max_abs": float((recon - exp[f"{name}_recon"]).abs().max()),
                      "active": int((exp[f"{name}_acts"] > 0).sum()), "arch": tc.cfg.arch, "skip": tc.cfg.skip}

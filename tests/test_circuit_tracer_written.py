@@ -30,13 +30,8 @@ NAMES = ("set", "set_relu", "clt")
 
 def _avec_values(tc, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Activations [L, pos, d_sae] and reconstructions [L, pos, d] of inputs x [L, pos, d], layer l reading x[l]."""
-    L = x.shape[0]
     with torch.no_grad():
-        acts = torch.stack([tc.encode_layer(x[l], l) for l in range(L)])
-        recon = torch.stack([tc.decode_layer([acts[i] for i in tc.sources(l)], l) for l in range(L)])
-        if tc.cfg.skip:
-            recon = recon + torch.stack([tc.skip_layer(x[l], l) for l in range(L)])
-    return acts, recon
+        return tc.reconstruct(x)
 
 
 def _check_folder(folder: Path) -> None:

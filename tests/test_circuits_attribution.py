@@ -213,6 +213,40 @@ def test_a_feature_budget_keeps_the_most_influential_features():
         assert float(mine[part.offsets["error"]:].sub(theirs[full.offsets["error"]:]).abs().max()) < 1e-5
 
 
+def test_partial_influence_in_one_pass_equals_iterating_the_normalised_matrix():
+    """The ranking of features to attribute next: one top-down pass over the layered rows gives the sum over
+    all paths that iterating circuit-tracer's normalised matrix to convergence gives."""
+    from avec.circuits.attribution import _partial_influence
+
+    g = torch.Generator().manual_seed(0)
+    n_active, n_other, L = 60, 7, 5
+    layers = torch.randint(0, L, (n_active,), generator=g)
+    visited = torch.randperm(n_active, generator=g)[:40].tolist()
+    probs = torch.tensor([0.6, 0.3])
+    M = torch.zeros(len(visited) + 2, n_active + n_other)
+    for r, f in enumerate(visited):  # a feature's edges come from lower layers' features, errors and tokens
+        lower = (layers < layers[f]).float() * (torch.rand(n_active, generator=g) < 0.5)
+        M[r, :n_active] = torch.randn(n_active, generator=g) * lower
+        M[r, n_active:] = torch.randn(n_other, generator=g)
+    M[-2:] = torch.randn(2, n_active + n_other, generator=g)
+    got = _partial_influence(M, visited, layers, probs, L, rows_per_chunk=3)
+
+    A = M.abs() / M.abs().sum(1, keepdim=True)
+    row_of = {f: r for r, f in enumerate(visited)}
+    cur = torch.zeros(M.shape[0])
+    cur[-2:] = probs
+    want = torch.zeros(M.shape[1])
+    for _ in range(L + 2):
+        arriving = cur @ A
+        want += arriving
+        cur = torch.zeros(M.shape[0])
+        for f, r in row_of.items():
+            cur[r] = arriving[f]
+    assert not bool(cur.any())  # converged: no path is longer than the layers
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    assert float(got[n_active:].sum()) > 0 and (got[[f for f in range(n_active) if f not in row_of]] >= 0).all()
+
+
 def test_logit_targets_and_bad_input():
     lm = tiny_lm("llama")
     logits = torch.tensor([5.0, 4.0, 1.0, 0.0] + [-10.0] * 97)

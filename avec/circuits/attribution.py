@@ -306,19 +306,20 @@ def attribute(lm: Any, transcoders: Any, prompt: Any, *, max_n_logits: int = 10,
                                 dtype=torch.long) if n_active else every
         bar = tqdm(total=n_logits + budget, desc="attribution", unit="node", disable=progress is not True)
         tell = progress if callable(progress) else (lambda done, total: None)
-        # rows over all active features first (columns of unvisited features are dropped at the end)
-        logit_rows = torch.cat([ctx.rows([("logit", v) for v in dirs[i:i + batch_size]], every)
-                                for i in range(0, n_logits, batch_size)])
+        # one dense row per node over all active features (columns of unvisited features are dropped at the end),
+        # allocated once: visited features' rows from the top in visit order, the logits' rows last
+        M = torch.zeros(budget + n_logits, n_cols)
+        for i in range(0, n_logits, batch_size):
+            M[budget + i:budget + i + batch_size] = ctx.rows([("logit", v) for v in dirs[i:i + batch_size]], every)
         bar.update(n_logits)
         tell(n_logits, n_logits + budget)
         visited: list[int] = []
-        feat_rows: list[torch.Tensor] = []
         seen = torch.zeros(n_active, dtype=torch.bool)
         while len(visited) < budget:
             if budget == n_active:
                 queue = by_place[~seen[by_place]]
             else:  # the most influential unvisited features by the edges found so far
-                influence = _partial_influence(logit_rows, feat_rows, visited, probs, n_active)
+                influence = _partial_influence(M, visited, ctx.features[:, 0], probs, L)
                 order = influence[:n_active].argsort(descending=True)
                 queue = order[~seen[order]][:min(4 * batch_size, budget - len(visited))]
             for i in range(0, len(queue), batch_size):
@@ -326,7 +327,7 @@ def attribute(lm: Any, transcoders: Any, prompt: Any, *, max_n_logits: int = 10,
                 specs = [("feature", *ctx.features[j].tolist()) for j in chunk]
                 # in position order, batches share the forward pass of their prefix; in influence order,
                 # all share the whole prompt's
-                feat_rows.append(ctx.rows(specs, every, upto=None if budget == n_active else n))
+                M[len(visited):len(visited) + len(chunk)] = ctx.rows(specs, every, upto=None if budget == n_active else n)
                 visited += chunk
                 seen[chunk] = True
                 bar.update(len(chunk))
@@ -335,15 +336,13 @@ def attribute(lm: Any, transcoders: Any, prompt: Any, *, max_n_logits: int = 10,
         # nodes: the visited features (in (layer, pos, feature) order), errors, tokens, logits
         selected = torch.tensor(sorted(visited), dtype=torch.long)
         n_sel = selected.shape[0]
-        rows = torch.cat([*feat_rows, logit_rows]) if feat_rows else logit_rows
         row_nodes = torch.cat([torch.searchsorted(selected, torch.tensor(visited, dtype=torch.long)),
                                n_sel + L * n + n + torch.arange(n_logits)])
-        keep_cols = torch.cat([selected, n_active + torch.arange(L * n + n)])
-        rows = rows[:, keep_cols]
-        nz = rows.nonzero()
-        targets = row_nodes[nz[:, 0]]
-        sources = nz[:, 1]
-        weights = rows[nz[:, 0], nz[:, 1]]
+        col_node = torch.full((n_cols,), -1, dtype=torch.long)  # column -> source node (-1: an unvisited feature)
+        col_node[selected] = torch.arange(n_sel)
+        col_node[n_active:] = n_sel + torch.arange(L * n + n)
+        targets, sources, weights = _sparse_edges(M, row_nodes, col_node)
+        del M
         seconds = time.perf_counter() - t0
         graph = AttributionGraph(
             prompt=prompt if isinstance(prompt, str) else "".join(_strs(lm, ids[0])),
@@ -361,27 +360,52 @@ def attribute(lm: Any, transcoders: Any, prompt: Any, *, max_n_logits: int = 10,
             lm.remove_dictionary(d)
 
 
-def _partial_influence(logit_rows: torch.Tensor, feat_rows: list[torch.Tensor], visited: list[int],
-                       probs: torch.Tensor, n_active: int) -> torch.Tensor:
-    """Influence of every source on the logits through the rows found so far (circuit-tracer's ranking of
-    which features to attribute next). Sources are indexed as in ``_Context.rows`` with every feature."""
-    rows = torch.cat([logit_rows, *feat_rows]).abs()
-    rows = rows / rows.sum(1, keepdim=True).clamp_min(1e-10)
-    n_src = rows.shape[1]
-    # row r belongs to node: logits -> themselves (weights = probs); feature rows -> that feature's column
-    row_of_source = torch.full((n_src,), -1, dtype=torch.long)
-    k = logit_rows.shape[0]
+def _sparse_edges(M: torch.Tensor, row_nodes: torch.Tensor, col_node: torch.Tensor,
+                  rows_per_chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The nonzero entries of the dense rows ``M`` ``[n_rows, n_cols]`` as (targets, sources, weights), rows and
+    columns mapped to nodes (columns mapped to -1 dropped), read a block of rows at a time so that no second
+    dense copy is ever made."""
+    t, s, w = [], [], []
+    for a in range(0, M.shape[0], rows_per_chunk):
+        block = M[a:a + rows_per_chunk]
+        nz = block.nonzero()
+        src = col_node[nz[:, 1]]
+        keep = src >= 0
+        nz = nz[keep]
+        t.append(row_nodes[a + nz[:, 0]])
+        s.append(src[keep])
+        w.append(block[nz[:, 0], nz[:, 1]])
+    if not t:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0)
+    return torch.cat(t), torch.cat(s), torch.cat(w)
+
+
+def _partial_influence(M: torch.Tensor, visited: list[int], feature_layers: torch.Tensor, probs: torch.Tensor,
+                       n_layers: int, rows_per_chunk: int = 2048) -> torch.Tensor:
+    """Influence ``[n_cols]`` of every source on the logits through the rows found so far (circuit-tracer's
+    ranking of which features to attribute next): the total over all paths of the products of normalised
+    absolute edge weights, starting from the logits weighted by their probabilities.
+
+    ``M``: the dense rows, visited features' first (``len(visited)`` of them, in visit order) and the logits'
+    last (``len(probs)``); ``feature_layers`` ``[n_active]`` each active feature's layer. A feature's edges
+    come from lower layers only, so the graph is layered: going down from the top layer, each layer's
+    features have all their influence before they pass it on, and one pass over the rows gives what
+    iterating the normalised matrix to convergence gives (circuit-tracer iterates; that is one pass per
+    level of depth)."""
+    def spread(rows: torch.Tensor, weight: torch.Tensor, total: torch.Tensor) -> None:
+        for a in range(0, rows.shape[0], rows_per_chunk):
+            block = M[rows[a:a + rows_per_chunk]].abs_()                   # a copy of this block only
+            w = weight[a:a + rows_per_chunk] / block.sum(1).clamp_min(1e-10)
+            total.add_(w @ block)
+
+    total = torch.zeros(M.shape[1])
+    n_logits = probs.shape[0]
+    spread(torch.arange(M.shape[0] - n_logits, M.shape[0]), probs.float(), total)
     if visited:
-        row_of_source[torch.tensor(visited)] = torch.arange(k, k + len(visited))
-    cur = torch.zeros(rows.shape[0])
-    cur[:k] = probs.float()
-    total = torch.zeros(n_src)
-    for _ in range(n_src + 1):
-        nxt = cur @ rows                                   # [n_src] influence arriving at each source
-        if not bool(nxt.any()):
-            break
-        total += nxt
-        cur = torch.zeros(rows.shape[0])
-        has = row_of_source >= 0
-        cur[row_of_source[has]] = nxt[has]
+        vis = torch.tensor(visited, dtype=torch.long)
+        layer_of_row = feature_layers[vis]
+        for layer in range(n_layers - 1, -1, -1):
+            rows = (layer_of_row == layer).nonzero()[:, 0]
+            if rows.numel():
+                spread(rows, total[vis[rows]].clone(), total)
     return total
