@@ -79,3 +79,13 @@ def test_tour_sections_refuse_another_model():
 
     with pytest.raises(RuntimeError, match="--model smollm2"):
         tour_sections.sae_section(TourContext(model_name="tiny", _models={"tiny": tiny_lm("llama")}), _Section())
+
+
+def test_the_tour_refuses_a_shipped_dictionary_made_for_another_model():
+    from _tiny import tiny_lm
+
+    from avec.app.tour.context import TourContext, shipped_on_tour_model
+
+    ctx = TourContext(model_name="tiny", _models={"tiny": tiny_lm("llama")})
+    with pytest.raises(RuntimeError, match=f"{NAME!r} reads smollm2 .*run the tour with --model smollm2"):
+        shipped_on_tour_model(ctx, NAME)

@@ -21,17 +21,10 @@ N_EDITED = 5                                         # the intermediate features
 
 
 def _shipped(ctx):
-    from ...dictionaries.shipped import available, info, load_shipped
-    from ...models.lm import LanguageModel
+    from ...dictionaries.shipped import available
+    from .context import shipped_on_tour_model
 
-    if SHIPPED not in available():
-        return None
-    lm = ctx.lm
-    rec = info(SHIPPED)
-    if not isinstance(lm, LanguageModel) or lm.model_id != rec["model_id"]:
-        raise RuntimeError(f"the shipped transcoders {SHIPPED!r} read {rec['model']} ({rec['model_id']}); this tour's "
-                           f"model is {getattr(lm, 'model_id', lm)!r}: run the tour with --model smollm2")
-    return lm, load_shipped(SHIPPED), rec
+    return shipped_on_tour_model(ctx, SHIPPED) if SHIPPED in available() else None
 
 
 def prompt_ids(lm, prompt: str, bos: bool):

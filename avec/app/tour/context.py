@@ -46,3 +46,17 @@ def on_model(name: str, fn: Callable[[Any, Any], None], quick: bool | None = Non
     section.__name__ = f"{fn.__name__}_on_{name.replace('-', '_')}"
     section.__doc__ = fn.__doc__
     return section
+
+
+def shipped_on_tour_model(ctx: TourContext, name: str) -> tuple[Any, Any, dict]:
+    """(the tour's model, the dictionary shipped as ``name`` loaded, its JSON record); a clear error when the
+    dictionary was trained on another model than the tour's (its record names the model it reads)."""
+    from ...dictionaries.shipped import info, load_shipped
+    from ...models.lm import LanguageModel
+
+    lm = ctx.lm
+    rec = info(name)
+    if not isinstance(lm, LanguageModel) or lm.model_id != rec["model_id"]:
+        raise RuntimeError(f"the shipped dictionary {name!r} reads {rec['model']} ({rec['model_id']}); this tour's "
+                           f"model is {getattr(lm, 'model_id', lm)!r}: run the tour with --model {rec['model']}")
+    return lm, load_shipped(name), rec

@@ -28,15 +28,9 @@ NEUTRAL = ["In the morning I walked down to the", "The most important thing abou
 
 
 def _shipped(ctx):
-    from ...models.lm import LanguageModel
-    from ...dictionaries.shipped import info, load_shipped
+    from .context import shipped_on_tour_model
 
-    lm = ctx.lm
-    rec = info(SHIPPED)
-    if not isinstance(lm, LanguageModel) or lm.model_id != rec["model_id"]:
-        raise RuntimeError(f"the shipped SAE {SHIPPED!r} reads {rec['model']} ({rec['model_id']}); this tour's model "
-                           f"is {getattr(lm, 'model_id', lm)!r}: run the tour with --model smollm2")
-    return lm, load_shipped(SHIPPED), rec
+    return shipped_on_tour_model(ctx, SHIPPED)
 
 
 def sae_section(ctx, s) -> None:
