@@ -41,3 +41,20 @@ def heatmap(values, ylabels: Sequence[str], xlabels: Sequence[str], title: str, 
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, label=cbar)
     return fig
+
+
+def log_density_histogram(counts: Sequence[int], edges: Sequence[float], dense_threshold: float, title: str,
+                          ylabel: str = "features", ax=None):
+    """A histogram of log10 firing frequency (``counts`` [n_bins] over ``edges`` [n_bins + 1]) with the dense
+    threshold marked: the one density picture of SAE evaluations and feature lists."""
+    import math
+
+    plt = pyplot()
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 3.2))
+    ax.stairs(counts, edges, fill=True, color="#4477aa")
+    ax.axvline(math.log10(dense_threshold), color="#cc6677", ls="--", lw=1, label=f"dense (> {dense_threshold:g})")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("log10 firing frequency")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    return fig

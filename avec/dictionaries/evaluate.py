@@ -162,23 +162,12 @@ class SAEEvaluation(Result):
 
 def density_plot(d: Mapping, ax=None):
     """The log10-density histogram of an ``SAEEvaluation.to_dict()`` (``SAEEvaluation.plot``)."""
-    import math
+    from ..plotting import log_density_histogram
 
-    from ..plotting import pyplot
-
-    plt = pyplot()
-    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 3.2))
     h = d["density_histogram"]
-    edges = h["edges"]
-    ax.stairs(h["counts"], edges, fill=True, color="#4477aa")
-    ax.axvline(math.log10(d["dense_threshold"]), color="#cc6677", ls="--", lw=1,
-               label=f"dense (> {d['dense_threshold']:g})")
-    ax.set_title(f"latent density over {d['n_tokens']} tokens; {h['n_dead']} dead, L0 {d['l0']:.3g}, "
-                 f"FVU {d['fvu']:.3g}", fontsize=9)
-    ax.set_xlabel("log10 firing frequency")
-    ax.set_ylabel("latents")
-    ax.legend(fontsize=8)
-    return fig
+    return log_density_histogram(h["counts"], h["edges"], d["dense_threshold"], ax=ax, ylabel="latents",
+                                 title=f"latent density over {d['n_tokens']} tokens; {h['n_dead']} dead, "
+                                       f"L0 {d['l0']:.3g}, FVU {d['fvu']:.3g}")
 
 
 # ----------------------------------------------------------------------------- model metrics

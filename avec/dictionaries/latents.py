@@ -269,21 +269,13 @@ class FeatureDensity(Result):
 
     def plot(self, ax=None):
         """Histogram of log10 density of the features that fired (the dead ones counted in the title)."""
-        from ..plotting import pyplot
+        from ..plotting import log_density_histogram
 
-        plt = pyplot()
-        fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 3.2))
         d = self.density
-        live = d[d > 0].log10().numpy()
-        ax.hist(live, bins=40, color="#4477aa")
-        ax.axvline(np.log10(self.dense_threshold), color="#cc6677", ls="--", lw=1,
-                   label=f"dense (> {self.dense_threshold:g})")
-        ax.set_title(f"feature density at {self.at} over {self.n_read} tokens; {int(self.dead.numel())} dead, "
-                     f"{int(self.dense.numel())} dense", fontsize=9)
-        ax.set_xlabel("log10 firing frequency")
-        ax.set_ylabel("features")
-        ax.legend(fontsize=8)
-        return fig
+        counts, edges = np.histogram(d[d > 0].log10().numpy(), bins=40)
+        return log_density_histogram(counts, edges, self.dense_threshold, ax=ax,
+                                     title=f"feature density at {self.at} over {self.n_read} tokens; "
+                                           f"{int(self.dead.numel())} dead, {int(self.dense.numel())} dense")
 
 
 # ----------------------------------------------------------------------------- one prompt
