@@ -322,6 +322,8 @@ def attribute(lm: Any, transcoders: Any, prompt: Any, *, max_n_logits: int = 10,
                 influence = _partial_influence(M, visited, ctx.features[:, 0], probs, L)
                 order = influence[:n_active].argsort(descending=True)
                 queue = order[~seen[order]][:min(4 * batch_size, budget - len(visited))]
+                # the same features, batched by layer: a batch's backward pass stops below its deepest target
+                queue = queue[ctx.features[queue, 0].argsort(stable=True)]
             for i in range(0, len(queue), batch_size):
                 chunk = queue[i:i + batch_size].tolist()
                 specs = [("feature", *ctx.features[j].tolist()) for j in chunk]
