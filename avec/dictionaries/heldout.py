@@ -92,3 +92,33 @@ def evaluate_heldout(lm: Any, sae: Any, at: str, corpus: str, holdout: int, cont
             "splice": ("recon at every position but the special tokens " f"{store.dropped_ids} (the model's own "
                        "value there, in the zero-ablation baseline too)") if keep_special else "recon at every position"}
     return res, data
+
+
+def evaluate_transcoder_heldout(lm: Any, tc: Any, corpus: str = "default", holdout: int = 2, context: int = 128,
+                                eval_tokens: int = 16_384, eval_contexts: int = 16,
+                                prepend_bos: bool | None = None) -> tuple[Any, dict]:
+    """``evaluate_transcoder`` on the held-out documents of ``corpus``: per-layer FVU / L0 / dead on
+    ``eval_tokens`` tokens of every read and written point (special tokens dropped, as in training), and the
+    replacement model's CE loss recovered / KL / top-1 agreement (every written point replaced by its
+    reconstruction, special tokens keeping the model's own value) on ``eval_contexts`` contexts of ``context``
+    tokens. Returns the ``TranscoderEvaluation`` and a record of what was measured (JSON-ready)."""
+    import torch
+
+    from .contexts import iter_contexts
+    from .evaluate import evaluate_transcoder
+    from .store import ActivationStore
+
+    prepend_bos = prepend_bos_default(lm, prepend_bos)
+    hooks = list(tc.cfg.reads) + list(tc.cfg.writes)
+    store = ActivationStore(lm, hooks, split_documents(corpus, "heldout", holdout), context=context,
+                            max_tokens=eval_tokens, batch_tokens=2048, buffer_tokens=4096, prepend_bos=prepend_bos)
+    chunks = list(store.chunks())
+    ctxs = list(itertools.islice(iter_contexts(split_documents(corpus, "heldout", holdout), lm.tokenizer, store.rule),
+                                 eval_contexts))
+    tokens = [torch.stack(ctxs[i:i + 8]).to(lm.device) for i in range(0, len(ctxs), 8)]
+    res = evaluate_transcoder(tc, chunks, lm=lm, tokens=tokens, keep_tokens=store.dropped_ids)
+    data = {"corpus": corpus, "split": describe_split(corpus, "heldout", holdout, False, 0),
+            "reconstruction_tokens": res.n_tokens, "ce_tokens": sum(t.numel() for t in tokens), "context": context,
+            "bos": store.rule.bos,
+            "splice": f"recon at every written point and position but the special tokens {store.dropped_ids}"}
+    return res, data

@@ -57,25 +57,9 @@ def parse_layers(spec: str, n_layers: int) -> list[int]:
 
 def _heldout_eval(lm: Any, tc: Any, corpus: str, holdout: int, context: int, eval_tokens: int, eval_contexts: int,
                   prepend_bos: bool) -> tuple[Any, dict]:
-    import torch
+    from ...dictionaries.heldout import evaluate_transcoder_heldout
 
-    from ...dictionaries.contexts import iter_contexts
-    from ...dictionaries.evaluate import evaluate_transcoder
-    from ...dictionaries.store import ActivationStore
-
-    hooks = list(tc.cfg.reads) + list(tc.cfg.writes)
-    store = ActivationStore(lm, hooks, split_documents(corpus, "heldout", holdout), context=context,
-                            max_tokens=eval_tokens, batch_tokens=2048, buffer_tokens=4096, prepend_bos=prepend_bos)
-    chunks = list(store.chunks())
-    ctxs = list(itertools.islice(iter_contexts(split_documents(corpus, "heldout", holdout), lm.tokenizer, store.rule),
-                                 eval_contexts))
-    tokens = [torch.stack(ctxs[i:i + 8]).to(lm.device) for i in range(0, len(ctxs), 8)]
-    res = evaluate_transcoder(tc, chunks, lm=lm, tokens=tokens, keep_tokens=store.dropped_ids)
-    data = {"corpus": corpus, "split": _describe(corpus, "heldout", holdout, False, 0),
-            "reconstruction_tokens": res.n_tokens, "ce_tokens": sum(t.numel() for t in tokens), "context": context,
-            "bos": store.rule.bos,
-            "splice": f"recon at every written point and position but the special tokens {store.dropped_ids}"}
-    return res, data
+    return evaluate_transcoder_heldout(lm, tc, corpus, holdout, context, eval_tokens, eval_contexts, prepend_bos)
 
 
 def _summary(m: dict) -> str:
