@@ -347,11 +347,13 @@ def test_smollm2_shipped_sae_pages(smollm2):
     """The shipped SAE is listed for SmolLM2; its prompt features and a feature page equal the library's."""
     from avec.dictionaries.shipped import available, load_shipped
 
-    name = available()[0]
+    name = "smollm2-blocks.12.resid_post-topk-4608"
     sae = load_shipped(name)
     with BackgroundServer(create_app(smollm2, feature_contexts=4)) as s:
         d = call(s.url + "/api/features/dictionaries")[1]
-        assert [x["name"] for x in d["dictionaries"]] == [f"shipped:{name}"] and d["dictionaries"][0]["d_sae"] == 4608
+        listed = {x["name"]: x for x in d["dictionaries"]}
+        assert set(listed) == {f"shipped:{n}" for n in available()}  # every shipped dictionary for this model
+        assert listed[f"shipped:{name}"]["d_sae"] == 4608
         prompt = "The Eiffel Tower is in Paris"
         status, p = call(s.url + "/api/features/prompt", {"dictionary": f"shipped:{name}", "prompt": prompt})
         assert status == 200
