@@ -1,9 +1,10 @@
 """`avec maze ...` commands. ``register(app)`` adds the ``maze`` command group.
 
-Every steering experiment is a command (``--backend procgen``: on the real procgen maze): ``stats`` (cheese, top_right, both, random, averaged,
+Every steering experiment is a command: ``stats`` (cheese, top_right, both, random, averaged,
 transfer, all_layers over many test mazes), ``sweep`` (coefficient sweep), ``layers`` (layer
 sweep), ``retarget`` (channel retargeting), ``field`` (one maze's vector field), ``behaviour``
-(the original study's behavioural statistics)."""
+(the original study's behavioural statistics). Each takes ``--backend procgen`` to run on the real
+procgen maze (``avec.maze.backends``) with the policy trained on its pictures."""
 
 from __future__ import annotations
 
