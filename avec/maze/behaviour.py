@@ -162,13 +162,16 @@ def regress(frame: pd.DataFrame, folds: int = 5, seed: int = 0) -> tuple[dict, f
 
 @torch.no_grad()
 def behaviour_statistics(policy, n_mazes: int = 1000, seed_base: int = EVAL_SEED_BASE, max_steps: int = 500,
-                         seed: int = 0, folds: int = 5, mazes=None) -> BehaviourStats:
+                         seed: int = 0, folds: int = 5, mazes=None, backend: str = "avec") -> BehaviourStats:
     """Roll ``policy`` out (sampled actions, rng ``seed``) on ``n_mazes`` decision-square mazes and
-    regress cheese-getting on the three distances. Deterministic given the arguments. ``mazes``: these
-    decision-square mazes instead (e.g. procgen levels, which are then rolled out in procgen's env)."""
+    regress cheese-getting on the three distances. Deterministic given the arguments. ``backend``:
+    "procgen" draws procgen levels (rolled out in procgen's env) instead of pure-Python mazes.
+    ``mazes``: these decision-square mazes instead (of either kind)."""
     policy.eval()
     if mazes is None:
-        mazes = decision_square_mazes(n_mazes, seed_base)
+        from .backends import decision_square_mazes as of_backend
+
+        mazes = of_backend(backend, n_mazes, seed_base)
     else:
         mazes = list(mazes)
         if not mazes or any(m.decision_square() is None for m in mazes):

@@ -27,6 +27,7 @@ from .world import Maze
 from ..results import Result
 
 DEFAULT_HOOK = "embedder.block2.res1.resadd_out"
+DONOR_SEED_BASE = 2_000_000_000  # the averaged vector's donor mazes; test mazes start at 1e9
 
 
 @dataclass(frozen=True)
@@ -229,11 +230,17 @@ def steering_stats(policy: Any, mazes: Sequence[Maze], make_steer: Callable[[Any
                          before.p_cheese, after.p_cheese, before.p_top_right, after.p_top_right)
 
 
-def stats_mazes(policy, region: int | None = None, n: int = 100, seed_base: int = EVAL_SEED_BASE) -> list[Maze]:
+def stats_mazes(policy, region: int | None = None, n: int = 100, seed_base: int = EVAL_SEED_BASE,
+                backend: str = "avec") -> list[Maze]:
     """The statistics' default test mazes: the first ``n`` with a decision square and the cheese outside
     the top-right ``region`` square (default: the policy's own training region, else 5), from seed
-    ``seed_base`` on (pick an unused base for held-out mazes)."""
-    return off_region_mazes(resolve_region(policy, region), n, seed_base)
+    ``seed_base`` on (pick an unused base for held-out mazes); procgen levels for ``backend="procgen"``
+    (pass them as ``mazes=`` to any statistic)."""
+    if backend == "avec":
+        return off_region_mazes(resolve_region(policy, region), n, seed_base)
+    from .backends import off_region
+
+    return off_region(backend, resolve_region(policy, region), n, seed_base)
 
 
 def cheese_vector_stats(policy, region: int | None = None, n: int = 100, coeff: float = -1.0, at: str = DEFAULT_HOOK,
@@ -275,9 +282,12 @@ def random_baseline_stats(policy, region: int | None = None, n: int = 100, coeff
 def averaged_cheese_stats(policy, region: int | None = None, n: int = 100, coeff: float = -1.0, at: str = DEFAULT_HOOK,
                           n_average: int = 50, mazes: Sequence[Maze] | None = None,
                           seed_base: int = EVAL_SEED_BASE) -> SteeringStats:
-    """One cheese vector averaged over ``n_average`` other mazes, applied to every test maze."""
+    """One cheese vector averaged over ``n_average`` other mazes (seeds from 2e9, of the test mazes' backend:
+    procgen levels for ProcgenMazes), applied to every test maze."""
+    from .backends import backend_of, off_region
+
     mazes = list(mazes or stats_mazes(policy, region, n, seed_base))
-    donors = off_region_mazes(resolve_region(policy, region), n_average, seed_base=2_000_000_000)
+    donors = off_region(backend_of(mazes), resolve_region(policy, region), n_average, DONOR_SEED_BASE)
     avg = averaged_vector(cheese_vector(policy, donors, at))
     return steering_stats(policy, mazes, lambda m, ms: coeff * avg, f"averaged cheese vector x {coeff:g}")
 

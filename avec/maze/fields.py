@@ -69,10 +69,31 @@ def field_obs(maze: Maze) -> tuple[np.ndarray, torch.Tensor]:
 
 
 def vector_field(policy: Any, maze: Maze, steer=None, label: str = "") -> VectorField:
-    """The policy's field over ``maze``, optionally steered. One batched forward pass."""
+    """The policy's field over ``maze``, optionally steered. One batched forward pass. A ProcgenMaze's
+    field is drawn on procgen's own picture of the level (``backdrop``)."""
     cells, obs = field_obs(maze)
     probs = policy_probs(policy, obs, steer, chunk=len(obs))
-    return VectorField(maze, cells, probs.numpy(), label or ("steered" if steer is not None else "original"))
+    return VectorField(maze, cells, probs.numpy(), label or ("steered" if steer is not None else "original"),
+                       procgen_backdrop(maze))
+
+
+def procgen_backdrop(maze: Maze) -> np.ndarray | None:
+    """procgen's picture of a ProcgenMaze without the mouse, uint8 ``[64, 64, 3]`` (None for a pure-Python
+    maze). procgen always draws the mouse, so the level is rendered with the mouse on three open cells
+    far apart and each pixel takes the median: at any pixel at least two of the three show no mouse."""
+    from .procgen_backend import ProcgenBatch, ProcgenMaze
+
+    if not isinstance(maze, ProcgenMaze):
+        return None
+    cells = maze.open_cells()
+    if maze.cheese is not None and len(cells) > 3:
+        cells = cells[(cells != np.array(maze.cheese)).any(1)]
+    steps = lambda a: np.array([maze.distances(tuple(a))[tuple(c)] for c in cells], dtype=float)  # noqa: E731
+    d0 = steps(cells[0])
+    far = cells[int(np.argmax(d0))]
+    picks = [cells[0], far, cells[int(np.argmax(np.minimum(d0, steps(far))))]]  # the third: far from both
+    pics = ProcgenBatch([maze]).obs(np.zeros(3, np.int64), np.array(picks)).numpy()  # [3, 3, 64, 64] in [0, 1]
+    return np.rint(np.median(pics, 0).transpose(1, 2, 0) * 255).astype(np.uint8)
 
 
 def new_figure(figsize):
@@ -93,9 +114,14 @@ def summary_html(summary: dict, fig) -> str:
     return f"<table>{rows}</table><img src='data:image/png;base64,{png_base64(fig)}'/>"
 
 
-def _draw(ax, maze: Maze, cells: np.ndarray, dx: np.ndarray, dy: np.ndarray, title: str, color: str):
-    # the mouse is not drawn: the field shows it everywhere. Cell (r, c) spans [c, c+1] x [r, r+1].
-    ax.imshow(renderer(400, 2).render(maze, mouse=False), extent=(0, WORLD, WORLD, 0))
+def _draw(ax, maze: Maze, cells: np.ndarray, dx: np.ndarray, dy: np.ndarray, title: str, color: str,
+          backdrop: np.ndarray | None = None):
+    # the mouse is not drawn: the field shows it everywhere. Cell (r, c) spans [c, c+1] x [r, r+1]; procgen's
+    # 64 x 64 picture puts every cell on the same pixels as avec's renderer, so it takes the same extent
+    if backdrop is None:
+        ax.imshow(renderer(400, 2).render(maze, mouse=False), extent=(0, WORLD, WORLD, 0))
+    else:
+        ax.imshow(backdrop, extent=(0, WORLD, WORLD, 0), interpolation="nearest")
     # data y grows downward (row index), so the "up" component is drawn as -dy
     ax.quiver(cells[:, 1] + 0.5, cells[:, 0] + 0.5, dx, -dy, color=color, angles="xy", scale_units="xy",
               scale=1.0, width=0.006, headwidth=3.5)
@@ -109,12 +135,15 @@ def _draw(ax, maze: Maze, cells: np.ndarray, dx: np.ndarray, dy: np.ndarray, tit
 
 @dataclass(frozen=True)
 class VectorField:
-    """maze; cells int ``[k, 2]`` (row, col); probs float ``[k, 5]`` in ACTION_NAMES order."""
+    """maze; cells int ``[k, 2]`` (row, col); probs float ``[k, 5]`` in ACTION_NAMES order; backdrop: the
+    picture to draw the arrows on, uint8 ``[64, 64, 3]`` (procgen's, for a procgen level), or None for
+    avec's rendering of ``maze``."""
 
     maze: Maze
     cells: np.ndarray
     probs: np.ndarray
     label: str = ""
+    backdrop: np.ndarray | None = None
 
     @property
     def arrows(self) -> np.ndarray:
@@ -147,14 +176,20 @@ class VectorField:
         ``[k][2]`` of (dx, dy), the label."""
         from ..results import jsonable
 
-        return {"type": "VectorField", "label": self.label, "maze": self.maze.to_dict(), "actions": list(ACTION_NAMES),
-                "cells": jsonable(self.cells), "probs": jsonable(self.probs), "arrows": jsonable(self.arrows)}
+        out = {"type": "VectorField", "label": self.label, "maze": self.maze.to_dict(), "actions": list(ACTION_NAMES),
+               "cells": jsonable(self.cells), "probs": jsonable(self.probs), "arrows": jsonable(self.arrows)}
+        if self.backdrop is not None:  # exact bytes, base64: 16 kB where nested lists would take ~50
+            out["backdrop"] = {"shape": list(self.backdrop.shape),
+                               "uint8_base64": base64.b64encode(np.ascontiguousarray(self.backdrop, np.uint8).tobytes()).decode()}
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> VectorField:
         """The field back from ``to_dict()`` (arrows are recomputed from ``probs``)."""
+        b = d.get("backdrop")
+        backdrop = None if b is None else np.frombuffer(base64.b64decode(b["uint8_base64"]), np.uint8).reshape(b["shape"])
         return cls(Maze.from_dict(d["maze"]), np.array(d["cells"], dtype=int), np.array(d["probs"], dtype=float),
-                   d.get("label", ""))
+                   d.get("label", ""), backdrop)
 
     def to_frame(self) -> pd.DataFrame:
         df = pd.DataFrame(self.probs, columns=[f"p_{a.lower()}" for a in ACTION_NAMES])
@@ -170,7 +205,7 @@ class VectorField:
         fig = new_figure(figsize or (5, 5))
         ax = fig.subplots()
         a = self.arrows
-        _draw(ax, self.maze, self.cells, a[:, 0], a[:, 1], self.label, "red")
+        _draw(ax, self.maze, self.cells, a[:, 0], a[:, 1], self.label, "red", self.backdrop)
         return fig
 
     def _repr_html_(self) -> str:
@@ -218,9 +253,10 @@ class FieldDiff:
         axes = fig.subplots(1, 3)
         for ax, f, col in ((axes[0], self.b, "red"), (axes[1], self.a, "red")):
             ar = f.arrows
-            _draw(ax, f.maze, f.cells, ar[:, 0], ar[:, 1], f.label, col)
+            _draw(ax, f.maze, f.cells, ar[:, 0], ar[:, 1], f.label, col, f.backdrop)
         d = self.arrows
-        _draw(axes[2], self.a.maze, self.a.cells, d[:, 0], d[:, 1], f"{self.a.label} - {self.b.label}", "blue")
+        _draw(axes[2], self.a.maze, self.a.cells, d[:, 0], d[:, 1], f"{self.a.label} - {self.b.label}", "blue",
+              self.a.backdrop)
         fig.tight_layout()
         return fig
 

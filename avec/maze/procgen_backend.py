@@ -152,10 +152,11 @@ def levels(seeds) -> list[ProcgenMaze]:
 
 def _fresh(data: bytes) -> bytes:
     """Reset the bookkeeping fields the reseeding step touched to a fresh env's values (so a level's
-    state is byte-equal to ``make_env(1, seed)``'s apart from the env index and the level sampler)."""
+    state is byte-equal to ``make_env(1, seed)``'s apart from the env index and the level sampler,
+    whatever levels the pooled slot held before: ``prev_level_seed`` would remember the last one)."""
     st = _parsed(data)
     raw = bytearray(data)
-    for name in ("episode_done", "move_action", "step_rand_int", "game_n"):
+    for name in ("episode_done", "move_action", "step_rand_int", "game_n", "prev_level_seed"):
         struct.pack_into("<i", raw, st.offsets[name], 0)
     return bytes(raw)
 

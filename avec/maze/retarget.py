@@ -69,9 +69,12 @@ def act_position(pos, side: int = 16) -> tuple[int, int]:
     return int((pos[0] + 0.5) * scale), int((pos[1] + 0.5) * scale)
 
 
-def calibration_mazes(n: int, seed_base: int = CALIBRATION_SEED_BASE) -> list[Maze]:
-    """``n`` mazes, cheese anywhere, from seeds disjoint from the evaluation mazes."""
-    return [Maze.from_seed(seed_base + i) for i in range(n)]
+def calibration_mazes(n: int, seed_base: int = CALIBRATION_SEED_BASE, backend: str = "avec") -> list[Maze]:
+    """``n`` mazes, cheese anywhere, from seeds disjoint from the evaluation mazes (procgen levels for
+    ``backend="procgen"``)."""
+    from .backends import any_mazes
+
+    return any_mazes(backend, n, seed_base)
 
 
 # --------------------------------------------------------------------------- finding the channels
@@ -382,14 +385,18 @@ def retarget_experiment(policy: Any, mazes: Sequence[Maze], channels: CheeseChan
               :data:`SCALES` on the calibration mazes (:func:`choose_scale`).
     value:    instead set the channels to this fixed value (the original fixed-magnitude rule;
               with ``use_offsets=False`` and ``remove_cheese=False`` it is the naive variant).
-    calibration: calibration mazes, or how many (seeds from 2e9, cheese anywhere); used only to
+    calibration: calibration mazes, or how many (seeds from 2e9, cheese anywhere, of the test mazes'
+              backend); used only to
               choose channels and scale, so ``mazes`` are held out.
     remove_cheese: measure with the cheese removed from each maze (default), so only the written
               signal can pull the mouse; ``reference`` also measures the real cheese moved to the target.
     use_offsets: write at each channel's calibrated peak offset (default) or at the cell's
               geometric activation position."""
+    from .backends import backend_of
+
     model = as_model(policy)
-    cal = calibration_mazes(calibration) if isinstance(calibration, int) else list(calibration)
+    # calibrate on the test mazes' backend: channels found on avec's pictures say nothing about procgen's
+    cal = calibration_mazes(calibration, backend=backend_of(mazes)) if isinstance(calibration, int) else list(calibration)
     found = channels if channels is not None else cheese_channels(model, cal, at, k)
     if len(found.channels) == 0:
         raise ValueError(f"no channel at {found.hook!r} responds positively to the cheese")

@@ -3,7 +3,8 @@
 Every steering experiment is a command: ``stats`` (cheese, top_right, both, random, averaged,
 transfer, all_layers over many test mazes), ``sweep`` (coefficient sweep), ``layers`` (layer
 sweep), ``retarget`` (channel retargeting), ``field`` (one maze's vector field), ``behaviour``
-(the original study's behavioural statistics)."""
+(the original study's behavioural statistics). Each takes ``--backend procgen`` to run on the real
+procgen maze (``avec.maze.backends``) with the policy trained on its pictures."""
 
 from __future__ import annotations
 
@@ -18,7 +19,14 @@ from ...maze.world import WORLD
 
 STATS = ("cheese", "top_right", "both", "random", "averaged", "transfer", "all_layers")
 KINDS = ("cheese", "top_right")
-POLICY_HELP = "shipped name (region5, region15) or checkpoint path (.safetensors, or procgen-tools .pth)"
+POLICY_HELP = ("shipped name (region5, region15; procgen_region5, trained on procgen's pictures) or checkpoint path "
+               "(.safetensors, or procgen-tools .pth); default: region5, or procgen_region5 with --backend procgen")
+BACKENDS = ("avec", "procgen")  # = avec.maze.backends.BACKENDS (a literal: this module imports torch lazily; tested equal)
+DEFAULT_POLICY = {"avec": "region5", "procgen": "procgen_region5"}  # = avec.maze.backends.DEFAULT_POLICY
+BACKEND_HELP = ("avec: avec's pure-Python maze world; procgen: the real procgen 0.10.7 maze (its levels, pictures "
+                "and dynamics; the optional extra, `make setup`)")
+CROSS_HELP = ("allow a policy trained on the other backend's pictures (measures how it transfers; refused by "
+              "default, since its numbers are then not the study's)")
 HOOK_HELP = "hook point (a spatial layer, e.g. embedder.block2.res1.resadd_out)"
 
 
@@ -28,19 +36,50 @@ def _choice(value: str, allowed, what: str) -> str:
     return value
 
 
-def _load(policy: str, region: Optional[int]):
-    """(policy, region): the region is --region, else the checkpoint's, else 5."""
+def _backend(backend: str) -> str:
+    """--backend: one of BACKENDS, and procgen importable (checked before any work)."""
+    _choice(backend, BACKENDS, "--backend")
+    if backend == "procgen":
+        from ...maze.procgen_backend import INSTALL_HINT, available
+
+        if not available():
+            raise typer.BadParameter(f"--backend procgen: {INSTALL_HINT}")
+    return backend
+
+
+def _load(policy: Optional[str], region: Optional[int], backend: str = "avec", cross_backend: bool = False):
+    """(policy, region): the policy is --policy, else the shipped one trained on --backend's pictures; the
+    region is --region, else the checkpoint's, else 5. A policy whose checkpoint says it was trained on the
+    other backend's pictures is refused unless --cross-backend: the shipped ones do not transfer (region5 on
+    procgen levels: median P(cheese) 0.001 and the cheese vector moves nothing), so a table of its numbers
+    would read as the study's result while it only measures a policy that cannot see the mazes."""
+    from ...maze.backends import policy_backend
     from ...maze.policy import load_policy
 
+    if region is not None and not 1 <= region <= WORLD:
+        raise typer.BadParameter(f"--region must be in 1..{WORLD}, got {region}")
+    policy = policy or DEFAULT_POLICY[backend]
     try:
         p = load_policy(policy)
     except (FileNotFoundError, ValueError) as e:
         raise typer.BadParameter(f"cannot load policy {policy!r}: {e}") from None
+    trained_on = policy_backend(p)
+    if trained_on is not None and trained_on != backend and not cross_backend:
+        raise typer.BadParameter(
+            f"policy {policy!r} was trained on the {trained_on} backend's pictures, and --backend is {backend}: it "
+            f"has never seen these pictures, so its numbers would measure transfer, not the study. Use --backend "
+            f"{trained_on}, a policy trained on {backend} (the default: {DEFAULT_POLICY[backend]}), or add "
+            "--cross-backend to measure the transfer on purpose")
     from ...maze.evaluate import resolve_region
 
-    if region is not None and not 1 <= region <= WORLD:
-        raise typer.BadParameter(f"--region must be in 1..{WORLD}, got {region}")
     return p, resolve_region(p, region)
+
+
+def _mazes(backend: str, region: int, n: int, seed_base: int) -> list:
+    """The test mazes: the first n off-region decision-square mazes (procgen levels with --backend procgen)."""
+    from ...maze.backends import off_region
+
+    return off_region(backend, region, n, seed_base)
 
 
 def spatial_hooks(policy) -> list[str]:
@@ -104,8 +143,10 @@ def register(app: typer.Typer) -> None:
         main(list(ctx.args))
 
     @maze.command("field")
-    def field(seed: int = typer.Option(0, help="maze seed"),
-              policy: str = typer.Option("region5", help=POLICY_HELP),
+    def field(seed: int = typer.Option(0, help="maze seed (a procgen level seed with --backend procgen)"),
+              policy: Optional[str] = typer.Option(None, help=POLICY_HELP),
+              backend: str = typer.Option("avec", help=BACKEND_HELP),
+              cross_backend: bool = typer.Option(False, help=CROSS_HELP),
               coeff: float = typer.Option(-1.0, help="cheese-vector coefficient (0: no steering)"),
               hook: str = typer.Option("embedder.block2.res1.resadd_out", help=HOOK_HELP),
               out: str = typer.Option("maze-field.png", help="where to write the picture")) -> None:
@@ -114,10 +155,18 @@ def register(app: typer.Typer) -> None:
         from ...maze.fields import vector_field
         from ...maze.world import Maze
 
-        out, coeff = _out(out), _finite(coeff, "--coeff")
-        p, _ = _load(policy, None)
+        out, coeff, backend = _out(out), _finite(coeff, "--coeff"), _backend(backend)
+        p, _ = _load(policy, None, backend, cross_backend)
         hook = _hook(p, hook)
-        m = Maze.from_seed(seed)
+        if backend == "procgen":
+            from ...maze.procgen_backend import ProcgenMaze
+
+            try:
+                m = ProcgenMaze.from_seed(seed)
+            except ValueError as e:
+                raise typer.BadParameter(f"--seed: {e}") from None
+        else:
+            m = Maze.from_seed(seed)
         base = vector_field(p, m)
         steered = vector_field(p, m, steer=coeff * cheese_vector(p, m, hook), label=f"cheese vector x {coeff:g}")
         from ..render import view
@@ -126,7 +175,9 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"wrote {out}")
 
     @maze.command("stats")
-    def stats(policy: str = typer.Option("region5", help=POLICY_HELP),
+    def stats(policy: Optional[str] = typer.Option(None, help=POLICY_HELP),
+              backend: str = typer.Option("avec", help=BACKEND_HELP),
+              cross_backend: bool = typer.Option(False, help=CROSS_HELP),
               n: int = typer.Option(100, help="number of test mazes with a decision square"),
               seed_base: int = typer.Option(EVAL_SEED_BASE, help=SEED_BASE_HELP),
               experiment: Optional[List[str]] = typer.Option(None, help=" | ".join(STATS) + " (repeatable; default all)"),
@@ -140,14 +191,13 @@ def register(app: typer.Typer) -> None:
         import pandas as pd
 
         from ...maze import experiments as ex
-        from ...maze.evaluate import off_region_mazes
 
         chosen = [_choice(e, STATS, "experiment") for e in (experiment or STATS)]
         n, seed_base = _n(n), _seed_base(seed_base)
         check_out_option(plot_dir, what="--plot-dir", folder=True)
-        p, region = _load(policy, region)
+        p, region = _load(policy, region, _backend(backend), cross_backend)
         hook = _hook(p, hook)
-        mazes = off_region_mazes(region, n, seed_base)
+        mazes = _mazes(backend, region, n, seed_base)
         runs = {"cheese": lambda: ex.cheese_vector_stats(p, mazes=mazes, at=hook),
                 "top_right": lambda: ex.top_right_stats(p, mazes=mazes, at=hook),
                 "both": lambda: ex.composition_stats(p, mazes=mazes, at=hook),
@@ -168,7 +218,9 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"wrote {len(chosen)} plot(s) to {plot_dir}")
 
     @maze.command("sweep")
-    def sweep(policy: str = typer.Option("region5", help=POLICY_HELP),
+    def sweep(policy: Optional[str] = typer.Option(None, help=POLICY_HELP),
+              backend: str = typer.Option("avec", help=BACKEND_HELP),
+              cross_backend: bool = typer.Option(False, help=CROSS_HELP),
               kind: str = typer.Option("cheese", help=" | ".join(KINDS)),
               n: int = typer.Option(50, help="number of test mazes with a decision square"),
               seed_base: int = typer.Option(EVAL_SEED_BASE, help=SEED_BASE_HELP),
@@ -182,24 +234,25 @@ def register(app: typer.Typer) -> None:
         P(top-right) at the decision square per coefficient (all pairs in one batch)."""
         import numpy as np
 
-        from ...maze.evaluate import off_region_mazes
         from ...maze.experiments import coefficient_sweep
 
         kind, out, n, seed_base = _choice(kind, KINDS, "kind"), _out(out), _n(n), _seed_base(seed_base)
         _finite(lo, "--min"), _finite(hi, "--max")
         if steps < 2 or not hi > lo:
             raise typer.BadParameter(f"need --steps >= 2 and --max > --min, got {steps}, [{lo}, {hi}]")
-        p, region = _load(policy, region)
+        p, region = _load(policy, region, _backend(backend), cross_backend)
         hook = _hook(p, hook)
         from ..render import view
 
-        res = view(coefficient_sweep(p, off_region_mazes(region, n, seed_base), kind, np.linspace(lo, hi, steps), at=hook))
+        res = view(coefficient_sweep(p, _mazes(backend, region, n, seed_base), kind, np.linspace(lo, hi, steps), at=hook))
         typer.echo(_table(res.to_frame()))
         atomic_savefig(res.plot(), out, dpi=90, bbox_inches="tight")
         typer.echo(f"wrote {out}")
 
     @maze.command("layers")
-    def layers(policy: str = typer.Option("region5", help=POLICY_HELP),
+    def layers(policy: Optional[str] = typer.Option(None, help=POLICY_HELP),
+               backend: str = typer.Option("avec", help=BACKEND_HELP),
+               cross_backend: bool = typer.Option(False, help=CROSS_HELP),
                n: int = typer.Option(50, help="number of test mazes with a decision square"),
                seed_base: int = typer.Option(EVAL_SEED_BASE, help=SEED_BASE_HELP),
                coeff: float = typer.Option(-1.0, help="cheese-vector coefficient"),
@@ -207,22 +260,23 @@ def register(app: typer.Typer) -> None:
                                                         "residual-block output)"),
                region: Optional[int] = typer.Option(None, help="test-maze region (default: the policy's, else 5)")) -> None:
         """Layer sweep: the cheese-vector statistic with the vector taken and applied at each hook point."""
-        from ...maze.evaluate import off_region_mazes
         from ...maze.experiments import layer_sweep
 
         n, coeff, seed_base = _n(n), _finite(coeff, "--coeff"), _seed_base(seed_base)
-        p, region = _load(policy, region)
+        p, region = _load(policy, region, _backend(backend), cross_backend)
         hooks = [_hook(p, h) for h in hook] if hook else None
-        frame = layer_sweep(p, off_region_mazes(region, n, seed_base), hooks, coeff)
+        frame = layer_sweep(p, _mazes(backend, region, n, seed_base), hooks, coeff)
         cols = ["hook"] + [c for c in frame.columns if c not in ("hook", "experiment")]
         typer.echo(_table(frame[cols]))
 
     @maze.command("retarget")
-    def retarget(policy: str = typer.Option("region5", help=POLICY_HELP),
+    def retarget(policy: Optional[str] = typer.Option(None, help=POLICY_HELP),
+                 backend: str = typer.Option("avec", help=BACKEND_HELP),
+                 cross_backend: bool = typer.Option(False, help=CROSS_HELP),
                  n: int = typer.Option(100, help="number of held-out test mazes"),
                  seed_base: int = typer.Option(EVAL_SEED_BASE, help=SEED_BASE_HELP),
-                 calibration: int = typer.Option(60, help="calibration mazes (seeds from 2e9) for choosing "
-                                                 "channels and scale"),
+                 calibration: int = typer.Option(60, help="calibration mazes (seeds from 2e9, of --backend) for "
+                                                 "choosing channels and scale"),
                  k: int = typer.Option(8, help="number of cheese channels"),
                  scale: str = typer.Option("auto", help="multiple of each channel's mean cheese signal to add, "
                                            "or 'auto' (chosen on the calibration mazes)"),
@@ -237,7 +291,6 @@ def register(app: typer.Typer) -> None:
         target cell and compare the path probability toward it (geometric mean of on-path moves)."""
         import json
 
-        from ...maze.evaluate import off_region_mazes
         from ...maze.retarget import retarget_experiment
 
         out, n, value, seed_base = _out(out), _n(n), _finite(value, "--value"), _seed_base(seed_base)
@@ -249,11 +302,11 @@ def register(app: typer.Typer) -> None:
             _finite(scale, "--scale")
         if k < 1 or calibration < 2:
             raise typer.BadParameter(f"need --k >= 1 and --calibration >= 2, got {k}, {calibration}")
-        p, region = _load(policy, region)
+        p, region = _load(policy, region, _backend(backend), cross_backend)
         hook = _hook(p, hook)
         from ..render import view
 
-        res = view(retarget_experiment(p, off_region_mazes(region, n, seed_base), scale=scale, value=value, k=k,
+        res = view(retarget_experiment(p, _mazes(backend, region, n, seed_base), scale=scale, value=value, k=k,
                                        calibration=calibration, remove_cheese=remove_cheese, use_offsets=offsets, at=hook))
         typer.echo(json.dumps(res.summary(), indent=1))
         typer.echo(_table(res.by_distance()))
@@ -261,7 +314,9 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"wrote {out}")
 
     @maze.command("behaviour")
-    def behaviour(policy: str = typer.Option("region5", help=POLICY_HELP),
+    def behaviour(policy: Optional[str] = typer.Option(None, help=POLICY_HELP),
+                  backend: str = typer.Option("avec", help=BACKEND_HELP),
+                  cross_backend: bool = typer.Option(False, help=CROSS_HELP),
                   n: int = typer.Option(1000, help="number of test mazes with a decision square"),
                   seed_base: int = typer.Option(EVAL_SEED_BASE, help=SEED_BASE_HELP),
                   max_steps: int = typer.Option(500, help="episode step limit (procgen's is 500)"),
@@ -277,10 +332,10 @@ def register(app: typer.Typer) -> None:
         if max_steps < 1:
             raise typer.BadParameter(f"--max-steps must be >= 1, got {max_steps}")
         out, n, seed_base = _out(out), _n(n), _seed_base(seed_base)
-        p, _ = _load(policy, None)
+        p, _ = _load(policy, None, _backend(backend), cross_backend)
         from ..render import view
 
-        res = view(behaviour_statistics(p, n, seed_base=seed_base, max_steps=max_steps, seed=seed))
+        res = view(behaviour_statistics(p, n, seed_base=seed_base, max_steps=max_steps, seed=seed, backend=backend))
         typer.echo(json.dumps({**res.summary(), "original_agent": ORIGINAL_AGENT}, indent=1))
         typer.echo(_table(res.by_bins("d_euclid_cheese_top_right").reset_index().astype({"bin": str})))
         atomic_savefig(res.plot(), out, dpi=90, bbox_inches="tight")

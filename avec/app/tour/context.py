@@ -15,6 +15,14 @@ class TourContext:
     quick: bool = False
     _models: dict = field(default_factory=dict)
     load_seconds: float | None = None
+    results: dict = field(default_factory=dict)  # results one section computes and a later one shows again
+
+    def memo(self, key: str, make: Callable[[], Any]) -> Any:
+        """``make()`` once per tour: a later section reuses an earlier one's result (the same numbers, not a
+        second run), or computes it when the tour was run without that section."""
+        if key not in self.results:
+            self.results[key] = make()
+        return self.results[key]
 
     @property
     def lm(self):
@@ -29,7 +37,8 @@ class TourContext:
     def on(self, name: str, quick: bool | None = None) -> "TourContext":
         """The same tour seen through the model ``name`` (loaded once, into the shared cache);
         ``quick`` overrides the tour's setting."""
-        return TourContext(model_name=name, quick=self.quick if quick is None else quick, _models=self._models)
+        return TourContext(model_name=name, quick=self.quick if quick is None else quick, _models=self._models,
+                           results=self.results)
 
 
 def on_model(name: str, fn: Callable[[Any, Any], None], quick: bool | None = None) -> Callable[[Any, Any], None]:

@@ -48,32 +48,49 @@ def policies_section(ctx, s) -> None:
     s.figure(view(steered.diff(base)).plot())
 
 
+def _avec_vectors(ctx) -> tuple[int, list]:
+    """(n, [cheese, top-right, composition, random, averaged, transfer, all-layers statistics]) of region5 on
+    the first n off-region test mazes: computed once a tour (the procgen section shows them again)."""
+
+    def make():
+        from ...maze.evaluate import off_region_mazes
+        from ...maze.experiments import (all_layers_stats, averaged_cheese_stats, cheese_vector_stats,
+                                         composition_stats, random_baseline_stats, top_right_stats, transfer_stats)
+        from ...maze.policy import load_policy
+
+        n = 30 if ctx.quick else 100
+        policy = load_policy("region5")
+        mazes = off_region_mazes(5, n)
+        return n, [cheese_vector_stats(policy, mazes=mazes), top_right_stats(policy, mazes=mazes),
+                   composition_stats(policy, mazes=mazes), random_baseline_stats(policy, mazes=mazes),
+                   averaged_cheese_stats(policy, mazes=mazes, n_average=20 if ctx.quick else 50),
+                   transfer_stats(policy, mazes=mazes), all_layers_stats(policy, mazes=mazes)]
+
+    return ctx.memo(f"maze.avec.vectors.quick={ctx.quick}", make)
+
+
+def _avec_behaviour(ctx, name: str):
+    """The behavioural statistics of shipped policy ``name`` on avec's world, once a tour."""
+
+    def make():
+        from ...maze.behaviour import behaviour_statistics
+        from ...maze.policy import load_policy
+
+        return behaviour_statistics(load_policy(name), 40 if ctx.quick else 200)
+
+    return ctx.memo(f"maze.avec.behaviour.{name}.quick={ctx.quick}", make)
+
+
 def vectors_section(ctx, s) -> None:
     import pandas as pd
 
     from ...maze.evaluate import off_region_mazes
-    from ...maze.experiments import (
-        DEFAULT_HOOK,
-        all_layers_stats,
-        averaged_cheese_stats,
-        cheese_vector_stats,
-        coefficient_sweep,
-        compare_plot,
-        composition_stats,
-        layer_sweep,
-        random_baseline_stats,
-        top_right_stats,
-        transfer_stats,
-    )
+    from ...maze.experiments import DEFAULT_HOOK, coefficient_sweep, compare_plot, layer_sweep
     from ...maze.policy import load_policy
 
-    n = 30 if ctx.quick else 100
+    n, stats = _avec_vectors(ctx)
     policy = load_policy("region5")
     mazes = off_region_mazes(5, n)
-    stats = [cheese_vector_stats(policy, mazes=mazes), top_right_stats(policy, mazes=mazes),
-             composition_stats(policy, mazes=mazes), random_baseline_stats(policy, mazes=mazes),
-             averaged_cheese_stats(policy, mazes=mazes, n_average=20 if ctx.quick else 50),
-             transfer_stats(policy, mazes=mazes), all_layers_stats(policy, mazes=mazes)]
     s.text(f"region5 on {n} test mazes with a decision square: mean P(cheese) / P(top-right) of the first step at the "
            "decision square, before and after steering, and the fraction of mazes moving the intended way. Cheese "
            f"vector = activations with cheese minus without (mouse at start, same maze) at {DEFAULT_HOOK}, "
@@ -140,8 +157,7 @@ def retarget_section(ctx, s) -> None:
 def behaviour_section(ctx, s) -> None:
     import pandas as pd
 
-    from ...maze.behaviour import ORIGINAL_AGENT, behaviour_statistics
-    from ...maze.policy import load_policy
+    from ...maze.behaviour import ORIGINAL_AGENT
 
     n = 40 if ctx.quick else 200
     s.text(f"Behavioural statistics by the protocol Grietzer & Turner used on the original agent: {n} standard test "
@@ -153,7 +169,7 @@ def behaviour_section(ctx, s) -> None:
            f"{ORIGINAL_AGENT['accuracy']:.1%} accuracy, every coefficient negative (closer: more cheese).")
     rows, stats = [], []
     for name in SHIPPED:
-        st = behaviour_statistics(load_policy(name), n)
+        st = _avec_behaviour(ctx, name)
         rows.append({"policy": name, **st.summary()})
         stats.append((name, st))
     s.table(pd.DataFrame(rows))
@@ -162,9 +178,169 @@ def behaviour_section(ctx, s) -> None:
         s.figure(st.plot())
 
 
+# ------------------------------------------------------------------------------ the procgen backend
+PROCGEN_POLICY = "procgen_region5"
+PROCGEN_SEED_BASE = 1_500_000_000  # held out (procgen_region5 trained on levels in [1e6, 1e9)); README.json's 500 start here
+STEERING = ("cheese vector x -1", "top-right vector x +1", "cheese x -1 + top-right x +1", "random vector x -1")
+
+
+def procgen_counts(quick: bool) -> int:
+    """Procgen levels per measurement (off-region steering levels; decision-square behaviour levels): the
+    behaviour's 500-step sampled rollouts are the section's cost (64 levels: about 30 s on one busy core)."""
+    return 16 if quick else 64
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return ""
+    if isinstance(v, bool) or isinstance(v, str):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    return f"{v:.3f}"
+
+
+def _signs(summary: dict) -> str | None:
+    from ...maze.behaviour import FEATURES
+
+    coefs = [summary.get(f"coef_{k}") for k in FEATURES]
+    if any(c is None or c != c for c in coefs):
+        return None
+    return ", ".join("-" if c < 0 else "+" for c in coefs)
+
+
+def _behaviour_column(summary: dict | None) -> dict:
+    if not summary:
+        return {}
+    return {"b_mazes": summary.get("mazes"), "got": summary.get("got_cheese"), "b_pc": summary.get("p_cheese"),
+            "b_pt": summary.get("p_top_right"), "acc": summary.get("regression_accuracy"),
+            "acc1": summary.get("accuracy_d_euclid_cheese_top_right"), "base": summary.get("baseline_accuracy"),
+            "signs": _signs(summary)}
+
+
+def _steering_column(summaries: list) -> dict:
+    """From the cheese, top-right, composition and random summaries (in STEERING order; None where not
+    measured)."""
+    out = {}
+    first = next((x for x in summaries if x), None)
+    if first:
+        out.update(s_mazes=first["mazes"], s_pc=first["p_cheese"], s_pt=first["p_top_right"])
+    for name, sm in zip(STEERING, summaries):
+        if sm:
+            out[f"{name}|pc"], out[f"{name}|pt"] = sm["p_cheese_steered"], sm["p_top_right_steered"]
+            # the intended way: P(top-right) up for the top-right vector, P(cheese) down for the others (the
+            # random vector is applied as the cheese vector is, with its norm)
+            out[f"{name}|way"] = sm["frac_p_top_right_increased" if name.startswith("top-right") else
+                                    "frac_p_cheese_decreased"]
+    return out
+
+
+SIDE_BY_SIDE_ROWS = [
+    ("decision-square mazes (cheese anywhere)", "b_mazes"),
+    ("got the cheese (sampled rollouts, 500 steps)", "got"),
+    ("P(cheese) at the decision square", "b_pc"),
+    ("P(top-right) at the decision square", "b_pt"),
+    ("regression accuracy (3 distances, 5-fold CV)", "acc"),
+    ("accuracy, cheese-top-right distance alone", "acc1"),
+    ("majority-class accuracy", "base"),
+    ("coefficient signs (cheese-top-right, steps, euclid)", "signs"),
+    ("off-region mazes (steering, mouse at the decision square)", "s_mazes"),
+    ("unsteered P(cheese)", "s_pc"),
+    ("unsteered P(top-right)", "s_pt"),
+] + [row for name in STEERING for row in ((f"{name}: P(cheese)", f"{name}|pc"),
+                                          (f"{name}: P(top-right)", f"{name}|pt"),
+                                          (f"{name}: share of mazes moved the intended way", f"{name}|way"))]
+
+
+def side_by_side(columns: dict) -> "pd.DataFrame":
+    """One row per number of SIDE_BY_SIDE_ROWS, one column per source (name -> cells from _behaviour_column /
+    _steering_column); a number a source does not have is an empty cell."""
+    import pandas as pd
+
+    return pd.DataFrame({name: [_fmt(cells.get(key)) for _, key in SIDE_BY_SIDE_ROWS] for name, cells in columns.items()},
+                        index=[label for label, _ in SIDE_BY_SIDE_ROWS])
+
+
+def procgen_section(ctx, s) -> None:
+    import time
+
+    from ...maze import procgen_backend as pb
+
+    if not pb.available():
+        s.text("This section runs the study on the real procgen maze, the optional backend, which is not installed "
+               f"here: {pb.INSTALL_HINT}. The avec-world sections above do not need it.")
+        return
+    from ...maze.behaviour import ORIGINAL_AGENT, behaviour_statistics
+    from ...maze.experiments import (cheese_vector, cheese_vector_stats, compare_plot, composition_stats,
+                                     random_baseline_stats, top_right_stats)
+    from ...maze.fields import vector_field
+    from ...maze.policy import load_policy
+    from ..render import view
+
+    t = time.time()
+    n = procgen_counts(ctx.quick)
+    policy = load_policy(PROCGEN_POLICY)
+    levels = pb.off_region_levels(5, n, PROCGEN_SEED_BASE)
+    ours = [view(cheese_vector_stats(policy, mazes=levels)), view(top_right_stats(policy, mazes=levels)),
+            view(composition_stats(policy, mazes=levels)), view(random_baseline_stats(policy, mazes=levels))]
+    behaviour = view(behaviour_statistics(policy, n, seed_base=PROCGEN_SEED_BASE, backend="procgen"))
+    seconds = time.time() - t
+
+    n_avec, avec_stats = _avec_vectors(ctx)
+    avec_behaviour = _avec_behaviour(ctx, "region5")
+    entry = json.loads((CHECKPOINTS / "README.json").read_text()).get(PROCGEN_POLICY, {})
+    stored = entry.get("procgen_held_out") or {}
+    original = stored.get("original_agent") or {}
+    columns = {
+        # the original study's numbers as the repo holds them (avec.maze.behaviour.ORIGINAL_AGENT, and the
+        # decision-square probabilities recorded beside the procgen policy's): nothing else is filled in
+        "original study (rand_region_5)": {
+            "b_mazes": ORIGINAL_AGENT["mazes"], "got": ORIGINAL_AGENT["got_cheese"], "acc": ORIGINAL_AGENT["accuracy"],
+            "acc1": ORIGINAL_AGENT["accuracy_d_euclid_cheese_top_right"], "signs": "-, -, -",
+            "b_pc": original.get("p_cheese_decision_square"), "b_pt": original.get("p_top_right_decision_square")},
+        "avec world, region5 (this tour)": {**_behaviour_column(avec_behaviour.summary()),
+                                            **_steering_column([st.summary() for st in avec_stats[:4]])},
+        f"procgen, {PROCGEN_POLICY} (this tour)": {**_behaviour_column(behaviour.summary()),
+                                                   **_steering_column([st.summary() for st in ours])},
+        f"procgen, {PROCGEN_POLICY} (checkpoints/README.json)": {
+            **_behaviour_column(stored.get("behaviour")),
+            **_steering_column([stored.get("off_region"), None, None, None])},
+    }
+    s.text(f"The same study on the real procgen maze (procgen 0.10.7: its levels, its textured pictures, its "
+           f"dynamics), with {PROCGEN_POLICY}, the shipped policy trained on procgen's pictures (BC + DAgger, "
+           "cheese in the top-right 5 x 5 square; it is weak in big mazes: reach falls from ~1.0 in 3 x 3 - 5 x 5 "
+           "mazes to ~0 in 23 x 23 - 25 x 25, see checkpoints/README.json). Measured here on held-out procgen "
+           f"levels (seeds from 1.5e9; it trained on levels below 1e9): the first {n} with a "
+           "decision square and the cheese outside the top-right 5 x 5 square for the steering (vectors computed "
+           "with the mouse at the start, at embedder.block2.res1.resadd_out, each level its own), the first "
+           f"{n} with a decision square (cheese anywhere) for the behavioural statistics; {seconds:.0f} s. Beside "
+           "them: the avec-world numbers of the sections above (region5), the same measurement on the first 500 "
+           "such procgen levels (benchmarks/procgen_policies.py, recorded in avec/maze/checkpoints/README.json), "
+           "and the original study's numbers where the repo holds them (empty cells: not recorded here, not "
+           f"guessed). Moved the intended way: P(cheese) lowered (P(top-right) raised for the top-right vector). "
+           f"With only {n} levels the regression's accuracy is noisy.")
+    s.table(side_by_side(columns))
+    s.text(f"{PROCGEN_POLICY} on the {n} procgen steering levels, each experiment's summary:")
+    import pandas as pd
+
+    s.table(pd.DataFrame([st.summary() for st in ours]))
+    s.figure(compare_plot(ours))
+    s.text(f"Behavioural statistics on the {n} procgen decision-square levels: how often it gets the cheese "
+           "against each distance (binned; dashed: overall)")
+    s.figure(behaviour.plot())
+    maze = min(levels, key=lambda m: m.size)  # the smallest test level: its arrows stay legible
+    base = vector_field(policy, maze)
+    steered = vector_field(policy, maze, steer=-1 * cheese_vector(policy, maze), label="cheese vector x -1")
+    s.text(f"Vector field of {PROCGEN_POLICY} on procgen level {maze.seed} ({maze.size} x {maze.size}, the smallest "
+           "of the steering levels), drawn on procgen's own picture of the level, and with the cheese vector "
+           "subtracted on every forward pass (each position observed as procgen renders it):")
+    s.figure(view(steered.diff(base)).plot())
+
+
 SECTIONS = [
     ("Maze: the shipped policies and a vector field", policies_section),
     ("Maze: behavioural statistics (the original study's protocol)", behaviour_section),
     ("Maze: cheese and top-right vectors over many mazes", vectors_section),
     ("Maze: channel retargeting", retarget_section),
+    ("Maze: the real procgen maze, side by side with avec's world and the original study", procgen_section),
 ]
