@@ -195,7 +195,16 @@ def two_hop_section(ctx, s) -> None:
         {"metric": "replacement model (every MLP replaced): CE loss recovered", "recorded at shipping": m.get("ce_loss_recovered")},
         {"metric": "replacement model: KL from the real model (nats / token)", "recorded at shipping": m.get("kl")},
         {"metric": "replacement model: top-1 next-token agreement", "recorded at shipping": m.get("top1_agreement")}]))
-    two_hop(lm, tc, s, quick=ctx.quick, bos=bool(rec["data"].get("bos")))
+    out = two_hop(lm, tc, s, quick=ctx.quick, bos=bool(rec["data"].get("bos")))
+    ctx.results["circuits:two_hop:plt"] = {**out, "metrics": {"mean FVU": m["mean_fvu"], **{
+        k: m.get(k) for k in ("ce_loss_recovered", "kl", "top1_agreement")}}}
+
+
+def _graph_row(name: str, out: dict) -> dict:
+    g = out["graph"]
+    rep, comp = g.scores()
+    return {"transcoders": name, **out.get("metrics", {}), "replacement score": rep, "completeness score": comp,
+            "attributed features": g.n_features, "top answer": out["top"]}
 
 
 def train_small_clt(lm, width: int, k: int, tokens: int, batch_tokens: int = 2048, seed: int = 0, progress: bool = True):
@@ -264,7 +273,16 @@ def clt_section(ctx, s) -> None:
         {"metric": "replacement model: top-1 next-token agreement", "value": m.get("top1_agreement")}]))
     s.text("A CLT trained for minutes explains little: the error nodes carry the rest, so the graph below is still "
            "exact. The two-hop study of the section above, through this CLT:")
-    two_hop(lm, clt, s, quick=True, bos=True)
+    out = two_hop(lm, clt, s, quick=True, bos=True)
+    mine = {**out, "metrics": {"mean FVU": sum(fvu) / len(fvu), **{k: m.get(k) for k in ("ce_loss_recovered", "kl",
+                                                                                         "top1_agreement")}}}
+    rows = [_graph_row(f"this CLT ({width} per layer, trained here)", mine)]
+    plt = ctx.results.get("circuits:two_hop:plt")
+    if plt is not None:  # the section above ran in this tour: its graph, side by side
+        rows.insert(0, _graph_row("the shipped per-layer set (512 per layer)", plt))
+    s.text("The two graphs of the two-hop prompt, side by side (metrics on held-out text; scores of each whole graph):"
+           if plt is not None else "This graph's scores (the shipped per-layer set's section did not run in this tour):")
+    s.table(pd.DataFrame(rows))
 
 
 SECTIONS = [("Circuit tracing: a two-hop prompt's attribution graph and its intermediate features", two_hop_section),
