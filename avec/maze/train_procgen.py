@@ -17,6 +17,9 @@ The method and the loop are :func:`avec.maze.train.train_policy`'s (``backend="p
   mirrors the sprite; fresh states face either way at random, DAgger states the way they faced);
 * DAgger rollouts run in procgen's own vectorised env (:func:`rollout_record`), which records the
   cell and the facing of every state the policy visited.
+* optional auxiliary losses on heads beside the policy (not part of it): where the mouse is, where the cheese
+  and the open floor are (block1's 32 x 32 map), and the route: the expert's move from every square of block3's
+  8 x 8 map (``route_aux_steps``; :meth:`ProcgenSampler.route_loss` says why and what it measured).
 
 Labels are the BFS expert's first move on the edited level's grid (``train.expert_labels``); a test
 checks that acting on them in procgen's env moves the mouse one step closer to the cheese from the
@@ -449,9 +452,9 @@ def step_accuracy(policy, region: int | None = None, n_levels: int = 300, per_le
 def evaluate_procgen(policy, region: int | None = None, n_train: int = 200, n_test: int = 200,
                      seed_base: int = EVAL_SEED_BASE, max_steps: int = 500) -> dict:
     """Held-out procgen levels (seeds from ``seed_base``): greedy and sampled reach within ``max_steps``
-    on training-distribution levels (:func:`training_levels`), and on off-region decision-square levels
-    (``procgen_backend.off_region_levels``) the motivations at the decision square and reach; each also
-    per maze size. Deterministic given the policy."""
+    on training-distribution levels (:func:`training_levels`), per-step accuracy on uniform states of them
+    (:func:`step_accuracy`), and on off-region decision-square levels (``procgen_backend.off_region_levels``)
+    the motivations at the decision square and reach; each also per maze size. Deterministic given the policy."""
     policy.eval()
     region = resolve_region(policy, region)
     out: dict = {"backend": "procgen", "seed_base": seed_base, "region": region}
@@ -466,6 +469,7 @@ def evaluate_procgen(policy, region: int | None = None, n_train: int = 200, n_te
     tg, _, _ = pb.rollout(policy, tests, max_steps, greedy=True)
     ts, _, _ = pb.rollout(policy, tests, max_steps, greedy=False, rng=np.random.default_rng(seed_base + 1))
     mot = decision_probs(policy, tests)
+    out["step_accuracy"] = step_accuracy(policy, region, seed_base=seed_base)
     out |= {"test_reach_rate_greedy": float(tg.mean()), "test_reach_rate_sampled": float(ts.mean()),
             "decision_square": mot.summary(),
             "test_by_size": evaluate_by_size(mot.sizes, p_cheese=mot.p_cheese, p_top_right=mot.p_top_right, reach_greedy=tg,

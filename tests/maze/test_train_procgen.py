@@ -308,3 +308,33 @@ def test_route_loss_trains_the_trunk_through_block3_and_learns(tiny_policy):
         torch.testing.assert_close(s.loss(policy, obs, labels, dists, step=50)[0], plain + 0.5 * route)
         torch.testing.assert_close(s.loss(policy, obs, labels, dists, step=100)[0], plain)
     assert "route_right" in s.curve_stats()
+
+
+@needs_procgen
+def test_step_accuracy_counts_the_expert_moves_a_policy_makes():
+    """step_accuracy on a policy that always moves LEFT equals the share of LEFT among the expert's moves on the
+    same held-out states, overall, per size and per distance band; the states are a fixed set."""
+    from avec.maze.env import CANONICAL, N_ACTIONS
+    from avec.maze.policy import PolicyOutput
+    from avec.maze.train_procgen import held_out_states, labelled_only, step_accuracy
+
+    class AlwaysLeft(torch.nn.Module):
+        def forward(self, x):
+            logits = torch.full((len(x), N_ACTIONS), -20.0)
+            logits[:, CANONICAL["LEFT"]] = 20.0
+            return PolicyOutput(logits, torch.zeros(len(x)))
+
+    kw = dict(n_levels=12, per_level=3, seed_base=EVAL_SEED_BASE + 77)
+    mazes, idx, cells, refl = held_out_states(5, **kw)
+    again = held_out_states(5, **kw)
+    assert np.array_equal(idx, again[1]) and np.array_equal(cells, again[2]) and np.array_equal(refl, again[3])
+    assert all(m.seed >= EVAL_SEED_BASE for m in mazes)
+    labels, dists = labelled_only(mazes, idx, cells)
+    left = labels == ACTION_NAMES.index("LEFT")
+    out = step_accuracy(AlwaysLeft(), 5, chunk=16, **kw)
+    assert out["states"] == len(idx) and out["accuracy"] == round(float(left.mean()), 4)
+    sizes = np.array([mazes[i].size for i in idx])
+    for n, row in out["by_size"].items():
+        assert row["accuracy"] == round(float(left[sizes == int(n)].mean()), 4)
+    near = (dists >= 1) & (dists < 8)
+    assert out["by_distance"]["1-7"] == round(float(left[near].mean()), 4)
