@@ -482,16 +482,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="procgen: steps of the mouse-finding auxiliary loss, weight 1 falling to 0 (0: none)")
     ap.add_argument("--scene-aux-steps", type=int, default=None,
                     help="procgen: steps of the auxiliary loss on where the cheese and the open floor are (0: none)")
+    ap.add_argument("--route-aux-steps", type=int, default=None,
+                    help="procgen: steps of the auxiliary loss on the expert's move from every square of block3's "
+                    "map, weight 1 falling to 0 (0: none)")
     args = ap.parse_args(argv)
     if not (math.isfinite(args.minutes) and args.minutes > 0):
         raise ValueError(f"--minutes must be a finite number > 0, got {args.minutes}")
     if args.max_steps is not None and args.max_steps < 1:
         raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
     pool = {k: getattr(args, k) for k in ("pool_size", "level_refresh", "level_refresh_every", "mouse_aux_steps",
-                                          "scene_aux_steps")
+                                          "scene_aux_steps", "route_aux_steps")
             if getattr(args, k) is not None}
     if pool and args.backend != "procgen":
-        raise ValueError(f"--{next(iter(pool)).replace('_', '-')} is an option of --backend procgen (its level pool)")
+        raise ValueError(f"--{next(iter(pool)).replace('_', '-')} is an option of --backend procgen (its level pool and auxiliary losses)")
     cmd = "avec maze train " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     report = train_policy(args.region, args.out, minutes=args.minutes, max_steps=args.max_steps,
                           scale=args.scale, batch_size=args.batch_size, lr=args.lr, seed=args.seed,

@@ -17,6 +17,9 @@ The method and the loop are :func:`avec.maze.train.train_policy`'s (``backend="p
   mirrors the sprite; fresh states face either way at random, DAgger states the way they faced);
 * DAgger rollouts run in procgen's own vectorised env (:func:`rollout_record`), which records the
   cell and the facing of every state the policy visited.
+* optional auxiliary losses on heads beside the policy (not part of it): where the mouse is, where the cheese
+  and the open floor are (block1's 32 x 32 map), and the route: the expert's move from every square of block3's
+  8 x 8 map (``route_aux_steps``; :meth:`ProcgenSampler.route_loss` says why and what it measured).
 
 Labels are the BFS expert's first move on the edited level's grid (``train.expert_labels``); a test
 checks that acting on them in procgen's env moves the mouse one step closer to the cheese from the
@@ -44,7 +47,7 @@ from . import procgen_backend as pb
 from .env import CANONICAL
 from .evaluate import EVAL_SEED_BASE, decision_probs, resolve_region
 from .render import to_tensor
-from .train import TRAIN_SEED_LIMIT, Sampler, expert_labels, heads_loss, loss_fn
+from .train import TRAIN_SEED_LIMIT, Sampler, expert_labels, first_moves, heads_loss, loss_fn
 from .world import SIZES, WORLD, top_right_region
 
 TRAIN_LEVEL_BASE = 1_000_000  # training level seeds start here (examples and tests use levels 0, 1, ...)
@@ -129,7 +132,7 @@ def rollout_record(policy, mazes, max_steps: int, greedy: bool, rng: np.random.G
 # ------------------------------------------------------------------------------------ sampler
 # ProcgenSampler's options and defaults (the *_aux_steps may be 0: no such auxiliary loss)
 BACKEND_OPTIONS = {"pool_size": 2048, "level_refresh": 64, "level_refresh_every": 8, "mouse_aux_steps": 0,
-                   "scene_aux_steps": 0}
+                   "scene_aux_steps": 0, "route_aux_steps": 0}
 
 
 def check_backend_options(options: dict) -> dict:
@@ -157,13 +160,16 @@ class ProcgenSampler(Sampler):
     cheese's and the top-right's moves differ); the DAgger buffer holds (maze, row, col, reflected)."""
 
     def __init__(self, region: int, rng: np.random.Generator, *, pool_size: int = 2048, level_refresh: int = 64,
-                 level_refresh_every: int = 8, mouse_aux_steps: int = 0, scene_aux_steps: int = 0, scale: int = 1,
-                 **kw):
+                 level_refresh_every: int = 8, mouse_aux_steps: int = 0, scene_aux_steps: int = 0,
+                 route_aux_steps: int = 0, scale: int = 1, **kw):
         super().__init__(region, rng, **kw)
-        self.mouse_aux_steps, self.scene_aux_steps = mouse_aux_steps, scene_aux_steps
-        self.finder = None
+        self.mouse_aux_steps, self.scene_aux_steps, self.route_aux_steps = mouse_aux_steps, scene_aux_steps, route_aux_steps
+        self.finder = self.router = None
         if mouse_aux_steps or scene_aux_steps:  # maps: mouse (+ cheese and open floor for the scene loss)
             self.finder = MouseFinder(16 * scale, maps=3 if scene_aux_steps else 1)
+        if route_aux_steps:  # the expert's move from every square of block3's map
+            self.router = MouseFinder(32 * scale, maps=5)
+        self._routes = np.zeros((0, ROUTE_SIDE, ROUTE_SIDE), np.int64)
         self._cells = np.zeros((0, 2), np.int64)
         self._scene = (np.zeros((0, 2), np.int64), np.zeros((0, WORLD, WORLD), bool))  # cheese cells, grids
         self.level_refresh, self.level_refresh_every = level_refresh, level_refresh_every
@@ -239,10 +245,13 @@ class ProcgenSampler(Sampler):
         self._cells = cells  # the auxiliary losses' targets
         if self.scene_aux_steps:
             self._scene = (np.array([mazes[i].cheese for i in idx], np.int64), np.stack([mazes[i].grid for i in idx]))
+        if self.route_aux_steps:
+            maps = {int(i): route_targets(mazes[i], ROUTE_SIDE) for i in np.unique(idx)}
+            self._routes = np.stack([maps[int(i)] for i in idx])
         return labelled(mazes, idx, cells, reflected)
 
     def aux_parameters(self) -> list:
-        return [] if self.finder is None else list(self.finder.parameters())
+        return [p for head in (self.finder, self.router) if head is not None for p in head.parameters()]
 
     def loss(self, policy, obs, labels, dists, step: int):
         """train.loss_fn, plus for the first ``mouse_aux_steps`` steps the mouse-finding loss (weight 1
@@ -263,13 +272,19 @@ class ProcgenSampler(Sampler):
         run was at training accuracy 0.79 by step 1000 (0.70 without)."""
         w = max(0.0, 1.0 - step / self.mouse_aux_steps) if self.mouse_aux_steps else 0.0
         ws = max(0.0, 1.0 - step / self.scene_aux_steps) if self.scene_aux_steps else 0.0
-        self._mouse = self._seen = [float("nan")] * 2
-        if (w == 0.0 and ws == 0.0) or len(self._cells) != len(obs):
+        wr = max(0.0, 1.0 - step / self.route_aux_steps) if self.route_aux_steps else 0.0
+        self._mouse = self._seen = self._route = [float("nan")] * 2
+        if (w == 0.0 and ws == 0.0 and wr == 0.0) or len(self._cells) != len(obs):
             return loss_fn(policy, obs, labels, dists)
         e = policy.embedder
         h1 = e.block1(obs)
-        h = e.relufc(e.fc(e.flatten(e.relu3(e.block3(e.block2(h1))))))
+        h3 = e.relu3(e.block3(e.block2(h1)))
+        h = e.relufc(e.fc(e.flatten(h3)))
         loss, ce, acc = heads_loss(policy, h, labels, dists)
+        if wr:
+            loss = loss + wr * self.route_loss(h3)
+        if w == 0.0 and ws == 0.0:
+            return loss, ce, acc
         maps = self.finder(h1).float()  # [B, maps, side, side]
         side = h1.shape[-1]
         heat = maps[:, 0].flatten(1)
@@ -288,16 +303,40 @@ class ProcgenSampler(Sampler):
             aux = w * aux
         return loss + aux, ce, acc
 
+    def route_loss(self, h3):
+        """Cross-entropy of the route head's 5-way logits at each square of block3's map ``h3``
+        ``[B, 32s, 8, 8]`` against the expert's first move from the cell under that square
+        (:func:`route_targets`; walls and the cheese's cell are not counted).
+
+        Why: the policy's label is one move per picture, and what the shipped policy lacks is the long-range
+        part (its accuracy falls from 0.98 beside the cheese to 0.67 64+ steps away). The route maps label the
+        same picture with the expert's move from every open square, ~40 labels a frame instead of one, all
+        about the route to the cheese, on the last spatial map the policy's fully connected layer reads."""
+        logits = self.router(h3).float()  # [B, 5, side, side]
+        target = torch.from_numpy(self._routes)
+        if not (target != -100).any():  # only tiny mazes whose cells no square centre hits
+            return logits.sum() * 0.0
+        loss = F.cross_entropy(logits, target, ignore_index=-100)
+        keep = target != -100
+        self._route = [round(loss.item(), 4), round((logits.argmax(1) == target)[keep].float().mean().item(), 4)]
+        return loss
+
     def curve_stats(self) -> dict:
         """The mouse-finding loss and how often its map's peak is the mouse's square (last batch)."""
         if self.finder is None:
-            return {}
+            return self._route_stats()
         loss, found = getattr(self, "_mouse", [float("nan")] * 2)
         out = {"mouse_loss": loss, "mouse_found": found}
         if self.scene_aux_steps:
             scene, walls = getattr(self, "_seen", [float("nan")] * 2)
             out |= {"scene_loss": scene, "walls_right": walls}
-        return out
+        return out | self._route_stats()
+
+    def _route_stats(self) -> dict:
+        if self.router is None:
+            return {}
+        loss, right = getattr(self, "_route", [float("nan")] * 2)
+        return {"route_loss": loss, "route_right": right}
 
 
 class MouseFinder(torch.nn.Module):
@@ -321,19 +360,37 @@ def mouse_targets(cells, side: int) -> np.ndarray:
     return rc[:, 0] * side + rc[:, 1]
 
 
+ROUTE_SIDE = 8  # block3's map of a 64 x 64 picture is 8 x 8
+
+
+def route_targets(maze, side: int = ROUTE_SIDE) -> np.ndarray:
+    """The BFS expert's first move (5-way index) toward the cheese from the cell under the centre of each
+    square of a ``side x side`` map of the picture, int ``[side, side]``; -100 (ignored by the loss) where
+    that cell is a wall or the cheese."""
+    at = cell_of_square(side)
+    moves = first_moves(maze, maze.cheese)[at[:, None], at[None, :]]
+    return np.where(moves < 4, moves, -100).astype(np.int64)
+
+
 def cell_of_square(side: int) -> np.ndarray:
     """World row (= column) of the cell under the centre of each row of a ``side x side`` map, int ``[side]``."""
     return np.floor((np.arange(side) + 0.5) * WORLD / side).astype(np.int64)
 
 
-def labelled(mazes, idx, cells, reflected):
-    """procgen's observations of states (as :meth:`ProcgenSampler.states` gives them) and the BFS expert's
-    move and distance to the cheese for each: (obs ``[k, 3, 64, 64]``, labels int ``[k]``, dists int ``[k]``)."""
+def labelled_only(mazes, idx, cells) -> tuple[np.ndarray, np.ndarray]:
+    """The BFS expert's move and distance to the cheese of each state: (labels int ``[k]``, dists int ``[k]``)."""
     labels = np.empty(len(idx), np.int64)
     dists = np.empty(len(idx), np.int64)
     for i in np.unique(idx):
         sel = np.flatnonzero(idx == i)
         labels[sel], dists[sel] = expert_labels(mazes[i], cells[sel])
+    return labels, dists
+
+
+def labelled(mazes, idx, cells, reflected):
+    """procgen's observations of states (as :meth:`ProcgenSampler.states` gives them) and the BFS expert's
+    move and distance to the cheese for each: (obs ``[k, 3, 64, 64]``, labels int ``[k]``, dists int ``[k]``)."""
+    labels, dists = labelled_only(mazes, idx, cells)
     return render(mazes, idx, cells, reflected), torch.from_numpy(labels), torch.from_numpy(dists)
 
 
@@ -347,13 +404,57 @@ def evaluate_by_size(sizes: np.ndarray, **values) -> dict:
     return out
 
 
+def held_out_states(region: int, n_levels: int = 300, per_level: int = 8, seed_base: int = EVAL_SEED_BASE):
+    """Uniform states of held-out training-distribution levels (:func:`training_levels`): up to ``per_level``
+    open cells a level (never the cheese), either facing; drawn from ``seed_base`` alone, so the same set each
+    time. Returns (mazes, idx int ``[k]``, cells int ``[k, 2]``, reflected bool ``[k]``) as
+    :meth:`ProcgenSampler.states`."""
+    mazes = training_levels(region, n_levels, seed_base)
+    rng = np.random.default_rng([seed_base, region, per_level])
+    idx, cells = [], []
+    for i, m in enumerate(mazes):
+        open_ = m.open_cells()
+        open_ = open_[(open_ != np.array(m.cheese)).any(1)]
+        pick = open_[rng.choice(len(open_), size=min(per_level, len(open_)), replace=False)]
+        idx += [i] * len(pick)
+        cells.append(pick)
+    idx, cells = np.array(idx, np.int64), np.concatenate(cells)
+    return mazes, idx, cells, rng.random(len(idx)) < 0.5
+
+
+@torch.no_grad()
+def step_accuracy(policy, region: int | None = None, n_levels: int = 300, per_level: int = 8,
+                  seed_base: int = EVAL_SEED_BASE, chunk: int = 256) -> dict:
+    """Per-step accuracy (the most likely of the five moves is the BFS expert's) on :func:`held_out_states`:
+    overall, on mazes of size >= 13 and <= 11, per maze size and per distance to the cheese. Why: reach
+    hides where the policy errs; on the shipped policy the errors sit far from the cheese in large mazes."""
+    from .env import five_way
+
+    policy.eval()
+    region = resolve_region(policy, region)
+    mazes, idx, cells, refl = held_out_states(region, n_levels, per_level, seed_base)
+    labels, dists = labelled_only(mazes, idx, cells)
+    pred = np.concatenate([five_way(torch.softmax(policy(render(mazes, idx[c:c + chunk], cells[c:c + chunk],
+                                                                   refl[c:c + chunk])).logits.double(), 1))
+                           .argmax(1).numpy() for c in range(0, len(idx), chunk)])
+    ok = pred == labels
+    sizes = np.array([mazes[i].size for i in idx])
+    bands = {"1-7": (1, 8), "8-15": (8, 16), "16-31": (16, 32), "32-63": (32, 64), "64+": (64, 10**9)}
+    return {"states": int(len(ok)), "accuracy": round(float(ok.mean()), 4),
+            "accuracy_size_ge13": round(float(ok[sizes >= 13].mean()), 4) if (sizes >= 13).any() else None,
+            "accuracy_size_le11": round(float(ok[sizes <= 11].mean()), 4) if (sizes <= 11).any() else None,
+            "by_size": evaluate_by_size(sizes, accuracy=ok),
+            "by_distance": {k: round(float(ok[(dists >= lo) & (dists < hi)].mean()), 4)
+                            for k, (lo, hi) in bands.items() if ((dists >= lo) & (dists < hi)).any()}}
+
+
 @torch.no_grad()
 def evaluate_procgen(policy, region: int | None = None, n_train: int = 200, n_test: int = 200,
                      seed_base: int = EVAL_SEED_BASE, max_steps: int = 500) -> dict:
     """Held-out procgen levels (seeds from ``seed_base``): greedy and sampled reach within ``max_steps``
-    on training-distribution levels (:func:`training_levels`), and on off-region decision-square levels
-    (``procgen_backend.off_region_levels``) the motivations at the decision square and reach; each also
-    per maze size. Deterministic given the policy."""
+    on training-distribution levels (:func:`training_levels`), per-step accuracy on uniform states of them
+    (:func:`step_accuracy`), and on off-region decision-square levels (``procgen_backend.off_region_levels``)
+    the motivations at the decision square and reach; each also per maze size. Deterministic given the policy."""
     policy.eval()
     region = resolve_region(policy, region)
     out: dict = {"backend": "procgen", "seed_base": seed_base, "region": region}
@@ -368,6 +469,7 @@ def evaluate_procgen(policy, region: int | None = None, n_train: int = 200, n_te
     tg, _, _ = pb.rollout(policy, tests, max_steps, greedy=True)
     ts, _, _ = pb.rollout(policy, tests, max_steps, greedy=False, rng=np.random.default_rng(seed_base + 1))
     mot = decision_probs(policy, tests)
+    out["step_accuracy"] = step_accuracy(policy, region, seed_base=seed_base)
     out |= {"test_reach_rate_greedy": float(tg.mean()), "test_reach_rate_sampled": float(ts.mean()),
             "decision_square": mot.summary(),
             "test_by_size": evaluate_by_size(mot.sizes, p_cheese=mot.p_cheese, p_top_right=mot.p_top_right, reach_greedy=tg,

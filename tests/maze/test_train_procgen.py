@@ -141,6 +141,10 @@ def test_bad_procgen_training_options_are_clear_errors(tmp_path):
         train_policy(5, out, max_steps=1, backend_options={"pool_size": 4})
     with pytest.raises(ValueError, match="--pool-size is an option of --backend procgen"):
         main(["--region", "5", "--out", str(out), "--pool-size", "4"])
+    with pytest.raises(ValueError, match=r"route_aux_steps \(--route-aux-steps\) must be an int >= 0, got -1"):
+        train_policy(5, out, max_steps=1, backend="procgen", backend_options={"route_aux_steps": -1})
+    with pytest.raises(ValueError, match="--route-aux-steps is an option of --backend procgen"):
+        main(["--region", "5", "--out", str(out), "--route-aux-steps", "4"])
     assert not out.exists()
 
 
@@ -239,3 +243,98 @@ def test_scene_map_squares_sit_on_their_cells():
         lo, hi = cell * 64 / 25, (cell + 1) * 64 / 25  # the cell's pixel span
         assert lo <= 2 * k + 1 <= hi  # the square's centre (pixels 2k and 2k + 1) lies in it
     assert np.all(np.diff(at) >= 0) and set(at.tolist()) == set(range(25))  # a cell spans > 2 pixels: none is missed
+
+
+@needs_procgen
+def test_route_targets_are_the_expert_moves_from_each_square():
+    """route_targets: at each square of block3's 8 x 8 map, the move from the cell under its centre that
+    brings the mouse one step closer to the cheese (by the maze's own distances); walls and the cheese ignored."""
+    from avec.maze.env import ACTION_NAMES
+    from avec.maze.train_procgen import ROUTE_SIDE, cell_of_square, route_targets
+    from avec.maze.world import MOVES
+
+    s = _sampler()
+    mazes = [s.fresh_maze() for _ in range(6)]
+    assert max(m.size for m in mazes) >= 9
+    at = cell_of_square(ROUTE_SIDE)
+    labelled = 0
+    for m in mazes:
+        t = route_targets(m)
+        dist = m.distances(m.cheese)
+        assert t.shape == (ROUTE_SIDE, ROUTE_SIDE)
+        for r in range(ROUTE_SIDE):
+            for c in range(ROUTE_SIDE):
+                cell = (int(at[r]), int(at[c]))
+                if not m.grid[cell] or cell == m.cheese:
+                    assert t[r, c] == -100
+                    continue
+                dr, dc = MOVES[ACTION_NAMES[t[r, c]]]
+                assert dist[cell[0] + dr, cell[1] + dc] == dist[cell] - 1
+                labelled += 1
+    assert labelled >= 20
+
+
+@needs_procgen
+def test_route_loss_trains_the_trunk_through_block3_and_learns(tiny_policy):
+    """The route loss's gradient reaches the convolutions (it shapes block3's map) but not the policy's fully
+    connected layers, and a few steps on one batch lower it: the head reads block3's map of that batch."""
+    import copy
+
+    s = _sampler(route_aux_steps=100, pull_frac=0.5)
+    obs, labels, dists = s.batch(16, 0.0)
+    assert s._routes.shape == (16, 8, 8) and (s._routes != -100).any()
+    policy = copy.deepcopy(tiny_policy).train()
+    e = policy.embedder
+    h3 = e.relu3(e.block3(e.block2(e.block1(obs))))
+    first = s.route_loss(h3)
+    first.backward()
+    grads = {n: p.grad for n, p in policy.named_parameters()}
+    assert grads["embedder.block3.conv.weight"].abs().sum() > 0 and grads["embedder.block1.conv.weight"].abs().sum() > 0
+    assert all(grads[n] is None for n in grads if n.startswith(("fc_policy", "fc_value", "embedder.fc")))
+    opt = torch.optim.Adam(list(policy.parameters()) + s.aux_parameters(), lr=3e-3)
+    for _ in range(15):
+        opt.zero_grad()
+        loss = s.route_loss(e.relu3(e.block3(e.block2(e.block1(obs)))))
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.8 * first.item()
+    # in the training loss with weight 1 - step / route_aux_steps, and off from route_aux_steps on
+    from avec.maze.train import loss_fn
+
+    with torch.no_grad():
+        plain = loss_fn(policy, obs, labels, dists)[0]
+        route = s.route_loss(e.relu3(e.block3(e.block2(e.block1(obs)))))
+        torch.testing.assert_close(s.loss(policy, obs, labels, dists, step=0)[0], plain + route)
+        torch.testing.assert_close(s.loss(policy, obs, labels, dists, step=50)[0], plain + 0.5 * route)
+        torch.testing.assert_close(s.loss(policy, obs, labels, dists, step=100)[0], plain)
+    assert "route_right" in s.curve_stats()
+
+
+@needs_procgen
+def test_step_accuracy_counts_the_expert_moves_a_policy_makes():
+    """step_accuracy on a policy that always moves LEFT equals the share of LEFT among the expert's moves on the
+    same held-out states, overall, per size and per distance band; the states are a fixed set."""
+    from avec.maze.env import CANONICAL, N_ACTIONS
+    from avec.maze.policy import PolicyOutput
+    from avec.maze.train_procgen import held_out_states, labelled_only, step_accuracy
+
+    class AlwaysLeft(torch.nn.Module):
+        def forward(self, x):
+            logits = torch.full((len(x), N_ACTIONS), -20.0)
+            logits[:, CANONICAL["LEFT"]] = 20.0
+            return PolicyOutput(logits, torch.zeros(len(x)))
+
+    kw = dict(n_levels=12, per_level=3, seed_base=EVAL_SEED_BASE + 77)
+    mazes, idx, cells, refl = held_out_states(5, **kw)
+    again = held_out_states(5, **kw)
+    assert np.array_equal(idx, again[1]) and np.array_equal(cells, again[2]) and np.array_equal(refl, again[3])
+    assert all(m.seed >= EVAL_SEED_BASE for m in mazes)
+    labels, dists = labelled_only(mazes, idx, cells)
+    left = labels == ACTION_NAMES.index("LEFT")
+    out = step_accuracy(AlwaysLeft(), 5, chunk=16, **kw)
+    assert out["states"] == len(idx) and out["accuracy"] == round(float(left.mean()), 4)
+    sizes = np.array([mazes[i].size for i in idx])
+    for n, row in out["by_size"].items():
+        assert row["accuracy"] == round(float(left[sizes == int(n)].mean()), 4)
+    near = (dists >= 1) & (dists < 8)
+    assert out["by_distance"]["1-7"] == round(float(left[near].mean()), 4)
