@@ -114,7 +114,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 CT_SIDE = ROOT / "benchmarks" / "_circuit_tracer_side.py"
 CT_PYTHON = os.environ.get("AVEC_CT_PYTHON", "/work/venv-ct/bin/python")
-DEFAULT_TRANSCODERS = ("/work/runs/plt512/plt.safetensors", "/tmp/pltspeed2/plt.safetensors")
+DEFAULT_TRANSCODERS = (str(ROOT / "avec/dictionaries/shipped/smollm2-plt-mlp-batchtopk-512.safetensors"),
+                       "/work/runs/plt512/plt.safetensors", "/tmp/pltspeed2/plt.safetensors")
 PROMPTS = ("Fact: the capital of the state containing Dallas is",
            "The Eiffel Tower is located in the city of")
 # the timed prompts are the first tokens of this text (as benchmarks/attribution_speed.py)
@@ -201,7 +202,7 @@ def avec_graph(req: dict) -> dict:
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident size
     t = time.perf_counter()
     g = attribute(lm, tc, ids[0], max_feature_nodes=req.get("max_feature_nodes"), batch_size=req["batch_size"],
-                  progress=False, prepend_bos=False)
+                  progress=False, prepend_bos=False, first_position_nodes=req.get("first_position_nodes", False))
     seconds = time.perf_counter() - t
     peak = _vm("VmHWM")
     out = {"features": g.features.long().contiguous(), "activations": g.activations.float().contiguous(),
