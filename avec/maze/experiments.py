@@ -244,25 +244,29 @@ def stats_mazes(policy, region: int | None = None, n: int = 100, seed_base: int 
 
 
 def cheese_vector_stats(policy, region: int | None = None, n: int = 100, coeff: float = -1.0, at: str = DEFAULT_HOOK,
-                        mazes: Sequence[Maze] | None = None, seed_base: int = EVAL_SEED_BASE) -> SteeringStats:
+                        mazes: Sequence[Maze] | None = None, seed_base: int = EVAL_SEED_BASE,
+                        backend: str = "avec") -> SteeringStats:
     """Subtract each maze's own cheese vector (coefficient -1 at every forward) on ``n`` test mazes
-    (``mazes``, else :func:`stats_mazes` of ``region`` / ``seed_base``)."""
-    mazes = mazes or stats_mazes(policy, region, n, seed_base)
+    (``mazes``, else :func:`stats_mazes` of ``region`` / ``seed_base`` / ``backend``: "procgen" draws procgen
+    levels, seen as procgen renders them). The other statistics take the same arguments."""
+    mazes = mazes or stats_mazes(policy, region, n, seed_base, backend)
     return steering_stats(policy, mazes, lambda m, ms: coeff * cheese_vector(m, ms, at), f"cheese vector x {coeff:g}")
 
 
 def top_right_stats(policy, region: int | None = None, n: int = 100, coeff: float = 1.0, at: str = DEFAULT_HOOK,
-                    mazes: Sequence[Maze] | None = None, seed_base: int = EVAL_SEED_BASE) -> SteeringStats:
+                    mazes: Sequence[Maze] | None = None, seed_base: int = EVAL_SEED_BASE,
+                    backend: str = "avec") -> SteeringStats:
     """Add each maze's own top-right vector. (25 x 25 mazes give a zero vector: unchanged.)"""
-    mazes = mazes or stats_mazes(policy, region, n, seed_base)
+    mazes = mazes or stats_mazes(policy, region, n, seed_base, backend)
     return steering_stats(policy, mazes, lambda m, ms: coeff * top_right_vector(m, ms, at), f"top-right vector x {coeff:g}")
 
 
 def composition_stats(policy, region: int | None = None, n: int = 100, at: str = DEFAULT_HOOK,
                       cheese_coeff: float = -1.0, top_right_coeff: float = 1.0,
-                      mazes: Sequence[Maze] | None = None, seed_base: int = EVAL_SEED_BASE) -> SteeringStats:
+                      mazes: Sequence[Maze] | None = None, seed_base: int = EVAL_SEED_BASE,
+                      backend: str = "avec") -> SteeringStats:
     """Both at once: ``cheese_coeff * cheese + top_right_coeff * top_right``."""
-    mazes = mazes or stats_mazes(policy, region, n, seed_base)
+    mazes = mazes or stats_mazes(policy, region, n, seed_base, backend)
 
     def make(m, ms):
         return cheese_coeff * cheese_vector(m, ms, at) + top_right_coeff * top_right_vector(m, ms, at)
@@ -272,30 +276,31 @@ def composition_stats(policy, region: int | None = None, n: int = 100, at: str =
 
 def random_baseline_stats(policy, region: int | None = None, n: int = 100, coeff: float = -1.0, at: str = DEFAULT_HOOK,
                           seed: int = 0, mazes: Sequence[Maze] | None = None,
-                          seed_base: int = EVAL_SEED_BASE) -> SteeringStats:
+                          seed_base: int = EVAL_SEED_BASE, backend: str = "avec") -> SteeringStats:
     """A random vector with each maze's cheese-vector norm, same coefficient."""
-    mazes = mazes or stats_mazes(policy, region, n, seed_base)
+    mazes = mazes or stats_mazes(policy, region, n, seed_base, backend)
     return steering_stats(policy, mazes, lambda m, ms: coeff * random_like(cheese_vector(m, ms, at), seed),
                           f"random vector (cheese-vector norm) x {coeff:g}")
 
 
 def averaged_cheese_stats(policy, region: int | None = None, n: int = 100, coeff: float = -1.0, at: str = DEFAULT_HOOK,
                           n_average: int = 50, mazes: Sequence[Maze] | None = None,
-                          seed_base: int = EVAL_SEED_BASE) -> SteeringStats:
+                          seed_base: int = EVAL_SEED_BASE, backend: str = "avec") -> SteeringStats:
     """One cheese vector averaged over ``n_average`` other mazes (seeds from 2e9, of the test mazes' backend:
     procgen levels for ProcgenMazes), applied to every test maze."""
     from .backends import backend_of, off_region
 
-    mazes = list(mazes or stats_mazes(policy, region, n, seed_base))
+    mazes = list(mazes or stats_mazes(policy, region, n, seed_base, backend))
     donors = off_region(backend_of(mazes), resolve_region(policy, region), n_average, DONOR_SEED_BASE)
     avg = averaged_vector(cheese_vector(policy, donors, at))
     return steering_stats(policy, mazes, lambda m, ms: coeff * avg, f"averaged cheese vector x {coeff:g}")
 
 
 def transfer_stats(policy, region: int | None = None, n: int = 100, coeff: float = -1.0, at: str = DEFAULT_HOOK,
-                   mazes: Sequence[Maze] | None = None, seed_base: int = EVAL_SEED_BASE) -> SteeringStats:
+                   mazes: Sequence[Maze] | None = None, seed_base: int = EVAL_SEED_BASE,
+                   backend: str = "avec") -> SteeringStats:
     """Cheese vector from maze A applied to maze B (B = the next maze in the list)."""
-    mazes = list(mazes or stats_mazes(policy, region, n, seed_base))
+    mazes = list(mazes or stats_mazes(policy, region, n, seed_base, backend))
 
     def make(m, ms):
         v = cheese_vector(m, ms, at)
@@ -381,22 +386,25 @@ def resadd_hooks(policy) -> list[str]:
 
 
 def all_layers_stats(policy, region: int | None = None, n: int = 100, coeff: float = -1.0, hooks: Sequence[str] | None = None,
-                     mazes: Sequence[Maze] | None = None, seed_base: int = EVAL_SEED_BASE) -> SteeringStats:
+                     mazes: Sequence[Maze] | None = None, seed_base: int = EVAL_SEED_BASE,
+                     backend: str = "avec") -> SteeringStats:
     """The all-layers variant: each maze's cheese vector at every hook in ``hooks`` (default: all six
     residual outputs), all added at once. Each layer's vector is the plain activation difference,
     so upstream changes are counted again downstream (as in the original all-layers experiment)."""
     model = as_model(policy)
     hooks = list(hooks or resadd_hooks(model))
-    mazes = mazes or stats_mazes(policy, region, n, seed_base)
+    mazes = mazes or stats_mazes(policy, region, n, seed_base, backend)
     return steering_stats(model, mazes, lambda m, ms: [coeff * cheese_vector(m, ms, h) for h in hooks],
                           f"cheese vector x {coeff:g} at {len(hooks)} layers")
 
 
-def full_report(policy, region: int | None = None, n: int = 100, seed_base: int = EVAL_SEED_BASE) -> dict:
-    """Every statistic above on the same ``n`` off-region test mazes, as plain numbers."""
+def full_report(policy, region: int | None = None, n: int = 100, seed_base: int = EVAL_SEED_BASE,
+                backend: str = "avec") -> dict:
+    """Every statistic above on the same ``n`` off-region test mazes (procgen levels for
+    ``backend="procgen"``), as plain numbers."""
     model = as_model(policy)
     region = resolve_region(policy, region)
-    mazes = off_region_mazes(region, n, seed_base)
+    mazes = stats_mazes(policy, region, n, seed_base, backend)
     out = {}
     for name, fn in (("cheese_vector", cheese_vector_stats), ("top_right_vector", top_right_stats),
                      ("composition", composition_stats), ("random_baseline", random_baseline_stats),

@@ -80,6 +80,77 @@ def test_every_statistic_runs_on_procgen_pictures(policy, levels):
     assert [m.seed for m in got] == [m.seed for m in levels] and backend_of(got) == "procgen"
 
 
+STATS_FNS = ("cheese_vector_stats", "top_right_stats", "composition_stats", "random_baseline_stats",
+             "averaged_cheese_stats", "transfer_stats", "all_layers_stats")
+
+
+@needs_procgen
+def test_steered_statistics_are_computed_on_procgen_pictures(policy, levels):
+    """Composition, transfer and the random baseline on procgen levels: each level's vectors are taken from
+    procgen's pictures (mouse at the start, with / without the cheese, with the top-right path) and the steered
+    P(cheese) / P(top-right) are read off procgen's picture of the decision square, computed here by hand
+    through the core; a zero vector changes nothing, and each vector moves the policy."""
+    import torch
+
+    from avec.core import Apply
+    from avec.maze import experiments as ex
+    from avec.maze.env import five_way
+    from avec.maze.evaluate import decision_targets
+    from avec.maze.fields import as_model
+
+    model, hook = as_model(policy), ex.DEFAULT_HOOK
+    start = [m.with_mouse(m.start) for m in levels]
+
+    def acts(mazes):
+        with torch.no_grad():
+            return model.run(pb.obs_tensor(mazes), cache=[hook]).cache[hook]
+
+    cheese = acts(start) - acts([m.without_cheese() for m in start])  # [N, C, H, W]
+    top_right = acts([m.with_top_right_path() for m in start]) - acts(start)
+    ds = [decision_targets(m) for m in levels]
+    at_ds = pb.obs_tensor([m.with_mouse(d[0]) for m, d in zip(levels, ds)])
+    rows = np.arange(len(levels))
+
+    def steered(add):  # (P(cheese), P(top-right)) at the decision squares with add[i] added to level i's row
+        iv = [Apply(hook, fn=lambda v, ctx: v + add.to(v))]
+        with torch.no_grad():
+            p5 = five_way(torch.softmax(model.run(at_ds, interventions=iv).logits.double(), 1)).numpy()
+        return p5[rows, [d[1] for d in ds]], p5[rows, [d[2] for d in ds]]
+
+    random = ex.random_like(ex.MazeVector(hook, cheese), 0).tensor
+    for st, add in ((ex.composition_stats(policy, mazes=levels), -cheese + top_right),
+                    (ex.transfer_stats(policy, mazes=levels), -torch.roll(cheese, 1, dims=0)),
+                    (ex.random_baseline_stats(policy, mazes=levels), -random)):
+        pc, pt = steered(add)
+        np.testing.assert_allclose(st.p_cheese_steered, pc, atol=1e-6, err_msg=st.name)
+        np.testing.assert_allclose(st.p_top_right_steered, pt, atol=1e-6, err_msg=st.name)
+        assert np.abs(st.p_cheese_steered - st.p_cheese).max() > 1e-3, st.name  # the vector does something
+    for st in (ex.composition_stats(policy, mazes=levels, cheese_coeff=0.0, top_right_coeff=0.0),
+               ex.transfer_stats(policy, mazes=levels, coeff=0.0), ex.random_baseline_stats(policy, mazes=levels, coeff=0.0)):
+        np.testing.assert_allclose(st.p_cheese_steered, st.p_cheese, atol=1e-9, err_msg=st.name)
+        np.testing.assert_allclose(st.p_top_right_steered, st.p_top_right, atol=1e-9, err_msg=st.name)
+
+
+@needs_procgen
+def test_statistics_take_backend_procgen(policy, levels):
+    """``backend="procgen"`` draws the same held-out procgen levels the CLI's --backend procgen does, for every
+    statistic and for full_report (no need to build the levels and pass them as mazes=)."""
+    from avec.maze import experiments as ex
+
+    for name in STATS_FNS:
+        fn = getattr(ex, name)
+        kw = {"n_average": 3} if name == "averaged_cheese_stats" else {}
+        got = fn(policy, n=len(levels), seed_base=HELD_OUT, backend="procgen", **kw)
+        want = fn(policy, mazes=levels, **kw)
+        assert list(got.seeds) == [m.seed for m in levels], name
+        np.testing.assert_allclose(got.p_cheese_steered, want.p_cheese_steered, atol=1e-9, err_msg=name)
+    report = ex.full_report(policy, n=2, seed_base=HELD_OUT, backend="procgen")
+    want = ex.cheese_vector_stats(policy, mazes=levels[:2]).summary()
+    assert report["cheese_vector"]["mazes"] == 2
+    assert report["cheese_vector"]["p_cheese_steered"] == pytest.approx(want["p_cheese_steered"], abs=1e-9)
+    assert report["layer_sweep"][0]["mazes"] == 2
+
+
 @needs_procgen
 def test_averaged_vector_donors_are_procgen_levels(policy, levels):
     """On procgen levels the averaged cheese vector is averaged over procgen donor levels (seeds from 2e9),
@@ -127,6 +198,13 @@ def test_bad_backend_is_a_clear_error(tiny_policy):
         behaviour_statistics(tiny_policy, 2, backend="gym")
     with pytest.raises(ValueError, match="avec, procgen"):
         off_region("real", 5, 2, 0)
+    from avec.maze import experiments as ex
+
+    for name in STATS_FNS:  # before any work (the check comes before a maze is drawn)
+        with pytest.raises(ValueError, match="avec, procgen"):
+            getattr(ex, name)(tiny_policy, n=2, backend="gym")
+    with pytest.raises(ValueError, match="avec, procgen"):
+        ex.full_report(tiny_policy, n=2, backend="gym")
 
 
 @needs_procgen
@@ -172,6 +250,38 @@ def test_cli_backend_procgen_uses_the_procgen_policy(policy, tmp_path):
     assert res.exit_code == 0 and (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG", res.output
     res = _run(["field", "--backend", "procgen", "--seed", "-1", "--out", str(tmp_path / "g.png")])
     assert res.exit_code == 2 and "level seed" in res.output
+
+
+@needs_procgen
+def test_cli_runs_every_experiment_on_procgen_levels(policy, tmp_path):
+    """`avec maze stats / sweep / retarget --backend procgen`: each experiment's numbers are those of the Python
+    call on the same held-out procgen levels (composition, transfer, random and averaged included)."""
+    import json
+
+    from avec.maze import experiments as ex
+    from avec.maze.retarget import retarget_experiment
+
+    levels = pb.off_region_levels(5, 3, HELD_OUT)
+    res = _run(["stats", "--backend", "procgen", "--n", "3", "--seed-base", str(HELD_OUT), *[
+        a for e in ("top_right", "both", "random", "averaged", "transfer", "all_layers") for a in ("--experiment", e)]])
+    assert res.exit_code == 0, res.output
+    for st in (ex.top_right_stats(policy, mazes=levels), ex.composition_stats(policy, mazes=levels),
+               ex.random_baseline_stats(policy, mazes=levels), ex.averaged_cheese_stats(policy, mazes=levels),
+               ex.transfer_stats(policy, mazes=levels), ex.all_layers_stats(policy, mazes=levels)):
+        line = next(x for x in res.output.splitlines() if st.name in x)
+        assert f"{st.summary()['p_cheese_steered']:.3f}" in line and f"{st.summary()['p_top_right_steered']:.3f}" in line, \
+            (st.name, line)
+    res = _run(["sweep", "--backend", "procgen", "--n", "3", "--seed-base", str(HELD_OUT), "--steps", "2",
+                "--out", str(tmp_path / "s.png")])
+    assert res.exit_code == 0, res.output
+    sweep = ex.coefficient_sweep(policy, levels, "cheese", [-3.0, 3.0]).to_frame()
+    assert all(f"{v:.3f}" in res.output for v in sweep["p_cheese"]), res.output
+    res = _run(["retarget", "--backend", "procgen", "--n", "3", "--seed-base", str(HELD_OUT), "--calibration", "4",
+                "--scale", "2", "--out", str(tmp_path / "r.png")])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.output[:res.output.index("\n}") + 2])
+    want = retarget_experiment(policy, levels, calibration=4, scale=2.0).summary()
+    assert got["path_prob_after"] == pytest.approx(want["path_prob_after"], abs=1e-9) and got["channels"] == want["channels"]
 
 
 @needs_procgen
