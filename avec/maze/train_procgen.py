@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from . import procgen_backend as pb
 from .env import CANONICAL
-from .evaluate import EVAL_SEED_BASE, decision_probs, resolve_region
+from .evaluate import EVAL_SEED_BASE, decision_probs, resolve_region, training_size_power
 from .render import to_tensor
 from .train import TRAIN_SEED_LIMIT, Sampler, expert_labels, first_moves, heads_loss, loss_fn
 from .world import SIZES, WORLD, top_right_region
@@ -422,6 +422,18 @@ def held_out_states(region: int, n_levels: int = 300, per_level: int = 8, seed_b
     return mazes, idx, cells, rng.random(len(idx)) < 0.5
 
 
+def mix_reach(sizes: np.ndarray, reached: np.ndarray, size_power: float) -> float:
+    """Reach on the training size mix (P(n) proportional to n**size_power, ``train.Sampler``) from levels of
+    procgen's own sizes (``sizes`` int ``[N]``, ``reached`` bool ``[N]``): each size's reach weighted by its
+    share of the mix, renormalised over the sizes present (post-stratified: no extra rollouts)."""
+    sizes, reached = np.asarray(sizes), np.asarray(reached, dtype=np.float64)
+    if sizes.shape != reached.shape or not len(sizes):
+        raise ValueError(f"mix_reach needs one size per level, got {sizes.shape} sizes for {reached.shape} outcomes")
+    present = np.unique(sizes)
+    w = present.astype(np.float64) ** float(size_power)
+    return float(sum(wi * reached[sizes == n].mean() for wi, n in zip(w, present)) / w.sum())
+
+
 @torch.no_grad()
 def step_accuracy(policy, region: int | None = None, n_levels: int = 300, per_level: int = 8,
                   seed_base: int = EVAL_SEED_BASE, chunk: int = 256) -> dict:
@@ -454,9 +466,12 @@ def evaluate_procgen(policy, region: int | None = None, n_train: int = 200, n_te
     """Held-out procgen levels (seeds from ``seed_base``): greedy and sampled reach within ``max_steps``
     on training-distribution levels (:func:`training_levels`), per-step accuracy on uniform states of them
     (:func:`step_accuracy`), and on off-region decision-square levels (``procgen_backend.off_region_levels``)
-    the motivations at the decision square and reach; each also per maze size. Deterministic given the policy."""
+    the motivations at the decision square and reach; each also per maze size. Reach also on the training size
+    mix (``*_training_mix``, :func:`mix_reach` with the policy's own ``size_power``): procgen's levels come in
+    uniform sizes, and the mix weighs big mazes more. Deterministic given the policy."""
     policy.eval()
     region = resolve_region(policy, region)
+    power = training_size_power(policy)
     out: dict = {"backend": "procgen", "seed_base": seed_base, "region": region}
     train = training_levels(region, n_train, seed_base)
     g, gs, _ = pb.rollout(policy, train, max_steps, greedy=True)
@@ -464,6 +479,8 @@ def evaluate_procgen(policy, region: int | None = None, n_train: int = 200, n_te
     sizes = np.array([m.size for m in train])
     out |= {"reach_rate_greedy": float(g.mean()), "reach_rate_sampled": float(s.mean()),
             "mean_steps_greedy_when_reached": float(gs[g].mean()) if g.any() else None, "n_train_levels": n_train,
+            "reach_rate_greedy_training_mix": mix_reach(sizes, g, power),
+            "reach_rate_sampled_training_mix": mix_reach(sizes, s, power), "training_mix_size_power": power,
             "reach_by_size": evaluate_by_size(sizes, greedy=g, sampled=s)}
     tests = pb.off_region_levels(region, n_test, seed_base)
     tg, _, _ = pb.rollout(policy, tests, max_steps, greedy=True)

@@ -338,3 +338,48 @@ def test_step_accuracy_counts_the_expert_moves_a_policy_makes():
         assert row["accuracy"] == round(float(left[sizes == int(n)].mean()), 4)
     near = (dists >= 1) & (dists < 8)
     assert out["by_distance"]["1-7"] == round(float(left[near].mean()), 4)
+
+
+def test_mix_reach_weighs_each_sizes_reach_by_the_training_mix():
+    """Post-stratified: sizes 3 (reach 1/2) and 25 (reach 0) with P(n) ~ n: (3 * 1/2 + 25 * 0) / 28, whatever
+    the counts of each size; size_power 0 is the plain mean over sizes. Mismatched or empty input: ValueError."""
+    from avec.maze.train_procgen import mix_reach
+
+    sizes = np.array([3, 3, 25, 25, 25, 25])
+    reached = np.array([True, False, False, False, False, False])
+    assert mix_reach(sizes, reached, 1.0) == pytest.approx(1.5 / 28)
+    assert mix_reach(sizes, reached, 0.0) == pytest.approx(0.25)
+    assert mix_reach(sizes, reached, 2.0) < mix_reach(sizes, reached, 1.0) < mix_reach(sizes, reached, 0.0)
+    with pytest.raises(ValueError, match="one size per level"):
+        mix_reach(sizes, reached[:3], 1.0)
+    with pytest.raises(ValueError, match="one size per level"):
+        mix_reach([], [], 1.0)
+
+
+@needs_procgen
+def test_evaluate_procgen_reports_reach_on_the_training_size_mix(monkeypatch):
+    """evaluate_procgen gives reach on the training size mix beside procgen's uniform sizes, with the policy's own
+    size_power: a policy that reaches the cheese exactly in mazes up to 9 x 9 (rollouts faked by size) scores its
+    share of those sizes under P(n) ~ n**2, less than on uniform sizes."""
+    from avec.maze import train_procgen as tp
+
+    def by_size(policy, mazes, *a, **k):
+        sizes = np.array([m.size for m in mazes])
+        return sizes <= 9, np.full(len(mazes), 7), []
+
+    monkeypatch.setattr(tp.pb, "rollout", by_size)
+    monkeypatch.setattr(tp, "step_accuracy", lambda *a, **k: {})
+    policy = torch.nn.Module()
+    policy.metadata = {"region": 5, "config": {"region": 5, "size_power": 2.0}}
+    from avec.maze.evaluate import Motivation
+
+    monkeypatch.setattr(tp, "decision_probs", lambda p, ms: Motivation(np.full(len(ms), 0.5), np.full(len(ms), 0.3),
+                                                                         np.array([m.size for m in ms])))
+    out = tp.evaluate_procgen(policy, n_train=48, n_test=2, seed_base=EVAL_SEED_BASE + 5)
+    sizes = np.array([m.size for m in tp.training_levels(5, 48, EVAL_SEED_BASE + 5)])
+    present = np.unique(sizes)
+    want = (present[present <= 9] ** 2.0).sum() / (present ** 2.0).sum()
+    assert out["training_mix_size_power"] == 2.0
+    assert out["reach_rate_greedy_training_mix"] == pytest.approx(want)
+    assert out["reach_rate_sampled_training_mix"] == pytest.approx(want)
+    assert out["reach_rate_greedy"] == pytest.approx((sizes <= 9).mean()) and out["reach_rate_greedy"] > want
