@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .evaluate import EVAL_SEED_BASE, decision_probs, rollout, scan_mazes
+from .evaluate import EVAL_SEED_BASE, LOW_P_CHEESE, decision_probs, rollout, scan_mazes
 from .fields import new_figure, summary_html
 from .world import Maze
 from ..results import Result
@@ -84,6 +84,7 @@ class BehaviourStats(Result):
             "got_cheese": self.got_cheese,
             "p_cheese": float(self.frame["p_cheese"].mean()),
             "p_cheese_median": float(self.frame["p_cheese"].median()),
+            f"frac_p_cheese_below_{LOW_P_CHEESE:g}": float((self.frame["p_cheese"] < LOW_P_CHEESE).mean()),
             "p_top_right": float(self.frame["p_top_right"].mean()),
             "p_top_right_median": float(self.frame["p_top_right"].median()),
             "baseline_accuracy": self.baseline,

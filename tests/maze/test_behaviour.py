@@ -44,6 +44,9 @@ def test_behaviour_statistics_on_a_small_policy():
     assert (f.loc[~f.got_cheese, "steps"] == 15).all() and (f.loc[f.got_cheese, "steps"] <= 15).all()
     assert ((f.p_cheese >= 0) & (f.p_cheese + f.p_top_right <= 1 + 1e-9)).all()
     assert b.summary()["mazes"] == 16 and 0 <= b.got_cheese <= 1
+    # medians and the share of mazes with P(cheese) below 0.05 beside the means, as every maze summary
+    assert b.summary()["p_cheese_median"] == pytest.approx(np.median(f.p_cheese))
+    assert b.summary()["frac_p_cheese_below_0.05"] == pytest.approx((f.p_cheese < 0.05).mean())
     assert b.plot() is not None and "<table>" in b._repr_html_()
     for feat in FEATURES:  # every maze lands in a bin, however far
         assert b.by_bins(feat, bins=(0, 1, 2))["mazes"].sum() == 16
