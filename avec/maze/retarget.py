@@ -268,8 +268,12 @@ class RetargetResult(Result):
 
     @classmethod
     def from_dict(cls, d) -> "RetargetResult":
-        """Rebuilt from ``to_dict()``, its channels included."""
-        return replace(super().from_dict(d), channels=CheeseChannels.from_dict(d["channels"]))
+        """Rebuilt from ``to_dict()``, its channels included (and the scale search's keys floats again: JSON
+        keeps only string keys)."""
+        out = replace(super().from_dict(d), channels=CheeseChannels.from_dict(d["channels"]))
+        if out.scale_search:
+            out = replace(out, scale_search={float(k): float(v) for k, v in out.scale_search.items()})
+        return out
 
     def summary(self) -> dict:
         lr = np.log(self.after / self.before)

@@ -58,6 +58,10 @@ def test_retarget_command(runner, tmp_path):
     summary = json.loads(out[:out.index("\n}") + 2])
     assert summary["mazes"] == 6 and len(summary["channels"]) == 4 and summary["scale"] == 2.0
     assert "moves" in out and png.read_bytes()[:4] == b"\x89PNG"
+    out = _ok(runner, ["retarget", "--n", "3", "--calibration", "4", "--k", "2", "--out", str(png)])  # --scale auto
+    summary = json.loads(out[:out.index("\n}") + 2])
+    bounds = summary["scale_search_lower_bound"]  # the scale chosen is the one with the best bound
+    assert bounds and summary["scale"] == float(max(bounds, key=bounds.get))
 
 
 def test_behaviour_command(runner, tmp_path):

@@ -127,3 +127,9 @@ def test_retarget_experiment(tiny_policy):
     auto = retarget_experiment(tiny_policy, mazes, calibration=cal, k=3, reference=False)
     best, bounds = choose_scale(tiny_policy, auto.channels, cal)
     assert auto.scale == best == max(bounds, key=bounds.get) and set(auto.summary()["scale_search_lower_bound"])
+    # what the CLI prints (`avec maze retarget`, --scale auto by default) is the summary of the result rebuilt
+    # from its JSON form, where the scale search's float keys became strings
+    from avec.app.render import view
+
+    back = view(auto)
+    assert back.scale_search == auto.scale_search and back.summary() == auto.summary()
