@@ -22,6 +22,9 @@ def test_maze_tour_sections_run(tmp_path):
         assert "Maze: the real procgen maze" in page and "procgen, procgen_region5 (this tour)" in page
         assert "original study (rand_region_5)" in page and "0.714" in page and "5,239" in page
         assert "drawn on procgen&#x27;s own picture" in page or "drawn on procgen's own picture" in page
+        # the rest of the study on the same procgen levels
+        assert "Layer sweep on the same procgen levels" in page and "Channel retargeting on the same procgen" in page
+        assert page.count("transferred cheese vector") >= 2 and page.count("at 6 layers") >= 2
         assert page.count("data:image/png;base64,") >= 9
 
 

@@ -271,10 +271,12 @@ def procgen_section(ctx, s) -> None:
                f"here: {pb.INSTALL_HINT}. The avec-world sections above do not need it.")
         return
     from ...maze.behaviour import ORIGINAL_AGENT, behaviour_statistics
-    from ...maze.experiments import (cheese_vector, cheese_vector_stats, compare_plot, composition_stats,
-                                     random_baseline_stats, top_right_stats)
+    from ...maze.experiments import (all_layers_stats, averaged_cheese_stats, cheese_vector, cheese_vector_stats,
+                                     coefficient_sweep, compare_plot, composition_stats, layer_sweep,
+                                     random_baseline_stats, top_right_stats, transfer_stats)
     from ...maze.fields import vector_field
     from ...maze.policy import load_policy
+    from ...maze.retarget import retarget_experiment
     from ..render import view
 
     t = time.time()
@@ -285,6 +287,10 @@ def procgen_section(ctx, s) -> None:
             view(composition_stats(policy, mazes=levels)), view(random_baseline_stats(policy, mazes=levels))]
     behaviour = view(behaviour_statistics(policy, n, seed_base=PROCGEN_SEED_BASE, backend="procgen"))
     seconds = time.time() - t
+    # the rest of the study on the same levels: not in the side-by-side table (the repo holds no original
+    # numbers for them), shown below it
+    more = [view(averaged_cheese_stats(policy, mazes=levels, n_average=20 if ctx.quick else 50)),
+            view(transfer_stats(policy, mazes=levels)), view(all_layers_stats(policy, mazes=levels))]
 
     n_avec, avec_stats = _avec_vectors(ctx)
     avec_behaviour = _avec_behaviour(ctx, "region5")
@@ -320,11 +326,25 @@ def procgen_section(ctx, s) -> None:
            f"guessed). Moved the intended way: P(cheese) lowered (P(top-right) raised for the top-right vector). "
            f"With only {n} levels the regression's accuracy is noisy.")
     s.table(side_by_side(columns))
-    s.text(f"{PROCGEN_POLICY} on the {n} procgen steering levels, each experiment's summary:")
+    s.text(f"{PROCGEN_POLICY} on the {n} procgen steering levels, each experiment's summary (the four above, then "
+           "the averaged cheese vector from procgen donor levels with seeds from 2e9, the cheese vector of the next "
+           "level (transfer), and each level's cheese vector at all six residual outputs at once):")
     import pandas as pd
 
-    s.table(pd.DataFrame([st.summary() for st in ours]))
-    s.figure(compare_plot(ours))
+    s.table(pd.DataFrame([st.summary() for st in ours + more]))
+    s.figure(compare_plot(ours + more))
+    layers = layer_sweep(policy, levels)
+    s.text("Layer sweep on the same procgen levels: the cheese vector taken and subtracted (coefficient -1) at one "
+           "residual-block output at a time:")
+    s.table(layers[["hook"] + [c for c in layers.columns if c not in ("hook", "experiment", "mazes")]])
+    s.text("Cheese-vector coefficient sweep on the same procgen levels (all level x coefficient pairs in one batch):")
+    s.figure(view(coefficient_sweep(policy, levels)).plot())
+    n_cal = 12 if ctx.quick else 40
+    res = view(retarget_experiment(policy, levels, calibration=n_cal))
+    s.text(f"Channel retargeting on the same procgen levels (cheese removed), channels and scale chosen on {n_cal} "
+           "procgen calibration levels (seeds from 2e9), as in the avec-world section above:")
+    s.table(pd.DataFrame([{k: v for k, v in res.summary().items() if k != "scale_search_lower_bound"}]))
+    s.table(res.by_distance())
     s.text(f"Behavioural statistics on the {n} procgen decision-square levels: how often it gets the cheese "
            "against each distance (binned; dashed: overall)")
     s.figure(behaviour.plot())
