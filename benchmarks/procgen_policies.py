@@ -6,7 +6,8 @@ For each policy, on procgen levels with seeds from --seed-base (never used for t
 below 1e9), each number also per maze size:
 
 * reach: greedy and sampled rollouts (500 steps, procgen's env) on the first --n levels with the cheese moved
-  into the policy's top-right R x R square (its training distribution, ``train_procgen.training_levels``);
+  into the policy's top-right R x R square (its training distribution, ``train_procgen.training_levels``), on
+  procgen's uniform sizes and on the policy's training size mix (``train_procgen.mix_reach``);
 * behaviour: the original study's protocol on the first --n decision-square levels (cheese where procgen put
   it): how often sampled (and greedy) rollouts get the cheese, P(cheese) / P(top-right) at the decision
   square, and the logistic regression (``behaviour.behaviour_statistics(mazes=...)``);
@@ -30,7 +31,8 @@ from avec.maze import procgen_backend as pb
 from avec.maze.behaviour import ORIGINAL_AGENT, behaviour_statistics
 from avec.maze.experiments import cheese_vector_stats
 from avec.maze.policy import load_policy
-from avec.maze.train_procgen import evaluate_by_size, training_levels
+from avec.maze.evaluate import training_size_power
+from avec.maze.train_procgen import evaluate_by_size, mix_reach, training_levels
 
 CKPT = Path(__file__).resolve().parents[1] / "avec" / "maze" / "checkpoints"
 ORIGINAL = {"p_cheese_decision_square": 0.848, "p_top_right_decision_square": "~0.15", **ORIGINAL_AGENT}
@@ -43,7 +45,11 @@ def measure(policy, region: int, n: int, seed_base: int) -> dict:
     g, _, _ = pb.rollout(policy, train, greedy=True)
     s, _, _ = pb.rollout(policy, train, greedy=False, rng=np.random.default_rng(seed_base))
     sizes = np.array([m.size for m in train])
+    power = training_size_power(policy)
     out["training_distribution"] = {"levels": n, "reach_greedy": float(g.mean()), "reach_sampled": float(s.mean()),
+                                    "reach_greedy_training_mix": mix_reach(sizes, g, power),
+                                    "reach_sampled_training_mix": mix_reach(sizes, s, power),
+                                    "training_mix_size_power": power,
                                     "by_size": evaluate_by_size(sizes, reach_greedy=g, reach_sampled=s),
                                     "seconds": round(time.perf_counter() - t, 1)}
     t = time.perf_counter()
