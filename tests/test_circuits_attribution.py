@@ -371,3 +371,24 @@ def test_first_position_as_constants_keeps_every_other_edge():
         with pytest.raises(ValueError, match="give True, False or None"):
             attribute(lm, clt, ids, progress=False, **bad)
     assert not lm._dictionaries
+
+
+def test_a_trainable_set_gives_the_same_graph_and_keeps_its_flags(monkeypatch):
+    """A set just trained (its parameters require grad) and its frozen copy give the same edges; the graph
+    holds plain numbers (no autograd history tying batches together: that chain held every batch's decoders) and
+    the set's parameters still require grad afterwards, without a .grad."""
+    import copy
+
+    import avec.circuits.attribution as attribution
+
+    monkeypatch.setattr(attribution, "DECODER_CACHE_BYTES", 0)  # the decoders read for each batch
+    lm = tiny_lm("llama")
+    clt = random_clt(lm)
+    frozen = copy.deepcopy(clt).requires_grad_(False)
+    ids = tokens(lm, batch=1, seq=6, seed=2)[0]
+    g = attribute(lm, clt, ids, batch_size=5, progress=False)
+    ref = attribute(lm, frozen, ids, batch_size=5, progress=False)
+    assert not g.weights.requires_grad and g.weights.grad_fn is None
+    torch.testing.assert_close(g.weights, ref.weights)
+    assert torch.equal(g.targets, ref.targets) and torch.equal(g.sources, ref.sources)
+    assert all(p.requires_grad and p.grad is None for p in clt.parameters())

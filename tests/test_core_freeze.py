@@ -103,3 +103,37 @@ def test_a_vector_metric_gives_one_gradient_row_per_metric():
     assert torch.allclose(sel.grads["embed"][:, :, 0], lm.run(ids, cache=points, grad=True, metric=vector).grads["embed"][:, :, -1])
     with pytest.raises(ValueError, match="scalar tensor or a vector"):
         lm.run(ids, cache=points, grad=True, metric=lambda run: run.logits[0, :, :2])
+
+
+def test_gradient_runs_take_weights_as_constants_and_give_them_back():
+    """Gradients are with respect to activations: while a gradient run's forward pass is recorded no weight
+    requires grad (nothing of theirs on the tape), and afterwards each has its flag back, also on an exception."""
+    lm = tiny_lm("llama")
+    ids = tokens(lm, batch=1, seq=5)
+    before = {n: p.requires_grad for n, p in lm.module.named_parameters()}
+    assert any(before.values())
+    seen = []
+    first = lm.module.model.layers[0]
+    handle = first.register_forward_hook(lambda *_: seen.append([p.requires_grad for p in lm.module.parameters()]))
+    try:
+        run = lm.run(ids, cache=["blocks.0.resid_post"], grad=True, metric=lambda r: r.logits[0, -1, 3])
+        kept = lm.run(ids, cache=["blocks.0.resid_post"], grad=True)
+    finally:
+        handle.remove()
+    assert seen and not any(any(flags) for flags in seen)
+    assert {n: p.requires_grad for n, p in lm.module.named_parameters()} == before
+    assert run.grads["blocks.0.resid_post"].abs().sum() > 0
+    again = kept.gradients(lambda r: r.logits[0, -1, 3])  # the kept graph still reaches the cached point
+    torch.testing.assert_close(again["blocks.0.resid_post"], run.grads["blocks.0.resid_post"])
+    assert all(p.grad is None for p in lm.module.parameters())
+
+    def boom(*_):
+        raise RuntimeError("boom")
+
+    handle = first.register_forward_hook(boom)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            lm.run(ids, cache=["blocks.0.resid_post"], grad=True, metric=lambda r: r.logits[0, -1, 3])
+    finally:
+        handle.remove()
+    assert {n: p.requires_grad for n, p in lm.module.named_parameters()} == before

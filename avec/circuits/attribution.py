@@ -115,7 +115,7 @@ class _Context:
             self._dec_start = torch.cat([torch.zeros(1, dtype=torch.long), per_layer.cumsum(0)])
         n_t = len([t for t in module.targets(l) if t < below])
         if not self._dec_fits:
-            return module.decoder_vectors(l, self.features[idx, 2], below).float()
+            return module.decoder_vectors(l, self.features[idx, 2], below).detach().float()
         if l not in self._dec:
             lo, hi = int(self._dec_start[l]), int(self._dec_start[l + 1])
             self._dec[l] = module.decoder_vectors(l, self.features[lo:hi, 2]).detach().float()
@@ -172,6 +172,12 @@ class _Context:
             return torch.stack(values)
 
         grads = self._prefix_run(upto).gradients(metric)
+        with torch.no_grad():  # edges are numbers: no tape (a trainable set's decoders would chain every batch's)
+            return self._edges(grads, specs, selected, upto, below)
+
+    def _edges(self, grads: Any, specs: Sequence[tuple], selected: torch.Tensor, upto: int, below: int) -> torch.Tensor:
+        """The rows of ``rows`` from the targets' gradients at the MLP outputs and the embeddings."""
+        n, L, B = self.n_pos, self.lm.n_layers, len(specs)
         g_err = torch.stack([grads[self.err[l]][:, 0].float() for l in range(below)], 2) if below else \
             torch.zeros(B, upto, 0, self.embed.shape[-1])                                # [B, upto, below, d]
         sel = self.features[selected]
