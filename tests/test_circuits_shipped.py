@@ -75,9 +75,16 @@ def test_two_hop_study_on_another_prompt(smollm2):
     p = torch.softmax(lm.run(ids).logits[0, -1].float(), -1)
     inter_id = int(lm.tokenizer(out["inter"], add_special_tokens=False)["input_ids"][0])
     assert clean[f"P({out['inter']!r})"] == pytest.approx(float(p[inter_id]), abs=1e-5)
-    # the listed features are active graph nodes, in decreasing influence on the intermediate answer
-    infl = [f[f"influence on {out['inter']!r}"] for f in out["features"]]
-    assert infl == sorted(infl, reverse=True) and len(infl) == 3
+    # the listed features are active graph nodes, in decreasing influence specific to the intermediate answer
+    # (on its logit, beyond the mean over the graph's other logits)
+    spec = [f["beyond the other logits' mean"] for f in out["features"]]
+    assert spec == sorted(spec, reverse=True) and len(spec) == 3
+    i = g.logit_ids.tolist().index(inter_id)
+    others = torch.stack([g.influence(j)[:g.n_features] for j in range(g.n_logits) if j != i]).mean(0)
+    for f, v in zip(out["features"], spec):
+        n = g.feature_node(f["layer"], f["position"], f["feature"])
+        assert v == pytest.approx(float(g.influence(i)[n] - others[n]), abs=1e-6)
+        assert v > 0 and f[f"influence on {out['inter']!r}"] == pytest.approx(float(g.influence(i)[n]), abs=1e-6)
     for f in out["features"]:
         assert f["activation"] > 0 and g.feature_node(f["layer"], f["position"], f["feature"]) >= 0
     assert off["KL from clean (nats)"] > 0 and up["KL from clean (nats)"] > 0

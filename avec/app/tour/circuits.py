@@ -93,7 +93,8 @@ def two_hop(lm, tc, s, quick: bool = False, prompt: str = TWO_HOP, one_hop: str 
     s.text(f"Attribution graph of the {g.n_pos}-token prompt through the local replacement model (attention patterns "
            f"and norm scales frozen, every MLP replaced by its transcoder's features plus an error node): "
            f"{g.meta.get('n_active_features', g.n_features):,} active features, {g.n_features:,} attributed"
-           f"{' (quick tour: the 1,500 most influential)' if quick else ''}, {g.targets.numel():,} edges, in "
+           f"{' (the 1,500 most influential, to keep the tour short)' if g.n_features < g.meta.get('n_active_features', 0) else ''}"
+           f", {g.targets.numel():,} edges, in "
            f"{took:.0f} s. Pruned to 80% of the node influence and 98% of the edge influence: "
            f"{kinds.count('feature')} features, {kinds.count('error')} error nodes, {int(pruned.edges.sum()):,} edges. "
            f"Replacement score {rep:.3f}, completeness {comp:.3f} (circuit-tracer's definitions: the share of "
@@ -114,20 +115,27 @@ def two_hop(lm, tc, s, quick: bool = False, prompt: str = TWO_HOP, one_hop: str 
         s.text(f"{inter!r} is not among the graph's logit nodes ({', '.join(map(repr, g.logit_strs))}): the features "
                "of the intermediate step cannot be read off this graph.")
         return {"inter": inter, "answer": answer, "top": said[0][1], "graph": g}
-    on_inter = g.influence(logit_ids.index(inter_id))[:g.n_features]
+    i_inter = logit_ids.index(inter_id)
+    on_inter = g.influence(i_inter)[:g.n_features]
     on_top = g.influence(0)[:g.n_features]
-    order = on_inter.argsort(descending=True)[:n_edited].tolist()
+    # specific to the intermediate answer: its influence beyond the mean on the graph's other logits (features
+    # that carry every logit alike, e.g. those of the first positions, score ~0)
+    others = [g.influence(i)[:g.n_features] for i in range(g.n_logits) if i != i_inter]
+    specific = on_inter - (torch.stack(others).mean(0) if others else 0.0)
+    order = specific.argsort(descending=True)[:n_edited].tolist()
     rows, edits = [], []
     for n in order:
         layer, pos, f = g.features[n].tolist()
         edits.append((layer, pos, f))
         rows.append({"layer": layer, "position": pos, "token": g.token_strs[pos], "feature": f,
                      "activation": float(g.activations[n]), f"influence on {inter!r}": float(on_inter[n]),
+                     "beyond the other logits' mean": float(specific[n]),
                      f"influence on {g.logit_strs[0]!r}": float(on_top[n]),
                      "promotes (decoder through the unembedding)": " ".join(
                          repr(t) for _, t, _ in logit_effects(lm, tc, f, k=5, layer=layer).top)})
-    s.text(f"The {n_edited} features with the most influence on the {inter!r} logit (direct and indirect, through "
-           "the graph's normalised edges):")
+    s.text(f"The {n_edited} features with the most influence specific to the {inter!r} logit: their influence on it "
+           "(direct and indirect, through the graph's normalised edges) beyond their mean influence on the graph's "
+           "other logits (features that carry every answer alike rank low):")
     s.table(pd.DataFrame(rows))
 
     # 4. Interventions through the real model (transcoders spliced with their error terms; downstream
