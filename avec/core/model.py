@@ -182,7 +182,9 @@ class _Graph:
                                  f"{tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}")
             tensors = [self.live[n] for n in self.names]
             rows = value.dim() == 1
-            if rows and value.shape[0] > 1:  # k vector-Jacobian products in one vmapped backward pass
+            if not value.requires_grad:  # nothing the metric reads depends on a cached point (e.g. all stopped)
+                found = [None] * len(tensors)
+            elif rows and value.shape[0] > 1:  # k vector-Jacobian products in one vmapped backward pass
                 eye = torch.eye(value.shape[0], dtype=value.dtype, device=value.device)
                 found = torch.autograd.grad(value, tensors, grad_outputs=eye, is_grads_batched=True,
                                             allow_unused=True, retain_graph=self.keep)
