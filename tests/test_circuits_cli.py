@@ -62,6 +62,7 @@ def test_graph_summary_line_renders_only_the_dict():
 
 @pytest.mark.parametrize("args, match", [
     (["--node-threshold", "1.5"], "a share of the influence"),
+    (["--edge-threshold", "0"], "a share of the influence, in (0, 1]"),
     (["--transcoders", "/nonexistent/clt.safetensors"], "no such file or folder"),
     (["--max-memory-gb", "0"], "a positive number of gigabytes"),
 ])

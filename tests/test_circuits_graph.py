@@ -156,8 +156,9 @@ def test_json_has_the_frontend_shape(tmp_path):
 
 def test_bad_thresholds_and_nodes():
     g = random_graph()
-    with pytest.raises(ValueError, match="share of the influence, in \\[0, 1\\]"):
-        g.prune(node_threshold=1.5)
+    for bad in ({"node_threshold": 1.5}, {"node_threshold": 0.0}, {"edge_threshold": -0.1}, {"edge_threshold": 0}):
+        with pytest.raises(ValueError, match="share of the influence, in \\(0, 1\\]"):
+            g.prune(**bad)
     with pytest.raises(IndexError, match="out of range"):
         g.describe(g.n_nodes)
     with pytest.raises(KeyError, match="not a node of this graph"):

@@ -197,8 +197,8 @@ class AttributionGraph(Result):
         drop feature / error nodes left without an outgoing edge and features without an incoming one,
         until nothing changes (circuit-tracer's ``prune_graph``)."""
         for name, v in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-                raise ValueError(f"{name}={v!r}; it is a share of the influence, in [0, 1]")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v <= 1.0:
+                raise ValueError(f"{name}={v!r}; it is a share of the influence, in (0, 1]")
         influence = self.influence()
         nodes = influence >= _threshold(influence, node_threshold)
         always = self.offsets["token"]

@@ -33,8 +33,8 @@ def register(app: typer.Typer) -> None:
         """Attribution graph of PROMPT through the local replacement model made with TRANSCODERS."""
         folder = check_out_option(out, folder=True)
         for name, v in (("--node-threshold", node_threshold), ("--edge-threshold", edge_threshold)):
-            if not 0.0 <= v <= 1.0:
-                raise typer.BadParameter(f"{v}: a share of the influence, in [0, 1]", param_hint=name)
+            if not 0.0 < v <= 1.0:
+                raise typer.BadParameter(f"{v}: a share of the influence, in (0, 1]", param_hint=name)
         if not 0 <= dashboard_contexts <= 4096:
             raise typer.BadParameter(f"{dashboard_contexts}: allowed 0 (no dashboards) .. 4096",
                                      param_hint="--dashboard-contexts")

@@ -34,8 +34,8 @@ _ID = re.compile(r"^[0-9a-f]{16}$")
 
 
 def _thresholds(b: dict) -> tuple[float, float]:
-    return (I.number(b.get("node_threshold", 0.8), "node_threshold", 0.0, 1.0),
-            I.number(b.get("edge_threshold", 0.98), "edge_threshold", 0.0, 1.0))
+    return (I.number(b.get("node_threshold", 0.8), "node_threshold", 0.0, 1.0, open_lo=True),
+            I.number(b.get("edge_threshold", 0.98), "edge_threshold", 0.0, 1.0, open_lo=True))
 
 
 def _summary(g: Any, nt: float, et: float) -> dict:
