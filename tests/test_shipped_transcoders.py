@@ -60,6 +60,21 @@ def test_fp16_copy_loads_back_as_float32_with_its_bos(fake_shipped):
         shipped.load_shipped("tiny-plt", dtype="int8")
 
 
+def test_the_cli_reads_an_fp16_file_as_the_shipped_loader_does(fake_shipped):
+    """`avec graph --transcoders FILE` / `avec transcoder eval` on a half-precision file: float32 weights, and the
+    fp32 thresholds read as stored (not through an fp16 module, which would round them)."""
+    from avec.app.cli.transcoders import _load_any
+
+    lm, plt = fake_shipped
+    tc = _load_any(str(shipped.SHIPPED_DIR / "tiny-plt.safetensors"), lm)
+    assert all(p.dtype == torch.float32 for p in tc.parameters())
+    assert torch.equal(tc.threshold, plt.threshold)
+    ref = shipped.load_shipped("tiny-plt")
+    assert all(torch.equal(a, b) for a, b in zip(tc.state_dict().values(), ref.state_dict().values()))
+    assert _load_any(str(fake_shipped_path := shipped.SHIPPED_DIR.parent / "plt.safetensors"), lm).W_enc.dtype == \
+        torch.float32 and fake_shipped_path.exists()
+
+
 def test_the_graph_page_offers_a_shipped_transcoder_set(fake_shipped):
     lm, plt = fake_shipped
 
