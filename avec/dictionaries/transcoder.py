@@ -781,6 +781,12 @@ def build(cfg: TranscoderConfig) -> Transcoders:
     return CrossLayerTranscoder(cfg)
 
 
-def load_transcoder(path: str | os.PathLike) -> Transcoders:
-    """A ``Transcoder`` or ``CrossLayerTranscoder`` saved by ``save``."""
-    return Transcoders.load(path)
+def load_transcoder(path: str | os.PathLike, dtype: str | None = None) -> Transcoders:
+    """A ``Transcoder`` or ``CrossLayerTranscoder`` saved by ``save``; in the dtype it was saved in, or in ``dtype``
+    ("float32", ...), cast from the file's tensors (fp32 thresholds of a half-precision set stay exact)."""
+    tc = Transcoders.load(path)  # checks the file and names what is wrong with it
+    if dtype is None or tc.cfg.dtype == dtype:
+        return tc
+    from .shipped import cast_transcoders
+
+    return cast_transcoders(Path(path), dtype)

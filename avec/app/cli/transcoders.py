@@ -265,12 +265,4 @@ def _load_any(path: str, lm: Any) -> Any:
 
     if Path(path).is_dir():
         return load_circuit_tracer(path, lm=lm).float()
-    tc = load_transcoder(path)  # checks the file (and names what is wrong with it)
-    import torch
-
-    if all(p.dtype == torch.float32 for p in tc.parameters()):
-        return tc
-    from ...dictionaries.shipped import cast_transcoders
-
-    # from the file's tensors, not through the stored dtype: fp32 thresholds of an fp16 set stay exact
-    return cast_transcoders(Path(path), "float32")
+    return load_transcoder(path, dtype="float32")

@@ -187,7 +187,7 @@ def load(lm: Any, src: Source, memo: Any) -> Any:
         path = Path(src.path)
         if path.is_dir():
             return load_circuit_tracer(path, lm=lm).float()
-        return cast(SAE.load(path), "float32").eval() if src.kind == "sae" else load_transcoder(path).float()
+        return cast(SAE.load(path), "float32").eval() if src.kind == "sae" else load_transcoder(path, dtype="float32")
 
     return memo.keep((src.name, src.path, src.mtime), make)
 
