@@ -90,8 +90,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     out_path = CKPT / "README.json"
     readme = json.loads(out_path.read_text())
-    readme["procgen_about"] = (
-        "procgen_region5 / procgen_region15: trained on procgen 0.10.7's own levels and observations by the one "
+    readme.setdefault("procgen_about", (
+        "procgen_region*: trained on procgen 0.10.7's own levels and observations by the one "
         "command in 'command' (avec maze train --backend procgen = python -m avec.maze.train_procgen, from the repo "
         "root, OMP_NUM_THREADS=1, --threads 1): BC + DAgger from the BFS expert as region5 / region15, every "
         "picture rendered by procgen, the cheese moved into the maze's top-right R x R square of procgen levels "
@@ -104,7 +104,7 @@ def main(argv=None):
         "decision-square levels (cheese where procgen put it; got_cheese = sampled rollouts as in the study, "
         "got_cheese_greedy beside it), and the cheese vector on the first n off-region decision-square levels; "
         "each also per maze size. The avec-world policies' entries hold the same measurement under "
-        "procgen_held_out where it was run.")
+        "procgen_held_out where it was run."))
     for name in args.names:
         policy = load_policy(name)
         region = int(policy.metadata.get("region", 5))
@@ -121,9 +121,12 @@ def main(argv=None):
                 report["load_average"] = {"samples": int(len(load)), "min": float(load.min()),
                                           "mean": round(float(load.mean()), 2), "max": float(load.max()),
                                           "cores": 2, "note": "1-minute load average of the machine, each minute"}
-            readme[name] = {"file": f"{name}.safetensors", "command": report.get("command"),
-                            "width_scale": policy.scale, "parameters": sum(p.numel() for p in policy.parameters()),
-                            "training": report, "procgen_held_out": res}
+            entry = readme.setdefault(name, {})  # what is written by hand there (goals, diagnosis, tried) stays
+            if "load_average" not in report and "load_average" in entry.get("training", {}):
+                report["load_average"] = entry["training"]["load_average"]
+            entry.update({"file": f"{name}.safetensors", "command": report.get("command"),
+                          "width_scale": policy.scale, "parameters": sum(p.numel() for p in policy.parameters()),
+                          "training": report, "procgen_held_out": res})
         else:
             readme.setdefault(name, {})["procgen_held_out"] = res
         atomic_write_json(out_path, readme)
