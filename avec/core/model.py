@@ -599,7 +599,7 @@ def _weights_as_constants(modules: Sequence[Any]) -> Iterator[None]:
     get it back after, also on an exception). Gradients are taken with respect to cached activations, never
     weights; weights that require grad (the default for a loaded model, or a dictionary just trained) would put
     every weight's product on the tape of each (batched) backward pass: attribution graphs ran ~3x slower with a
-    trainable cross-layer transcoder attached, and with 2 threads their memory grew batch after batch."""
+    trainable cross-layer transcoder attached."""
     params = {id(p): p for m in modules if isinstance(m, nn.Module) for p in m.parameters() if p.requires_grad}
     for p in params.values():
         p.requires_grad_(False)
