@@ -73,6 +73,10 @@ def test_the_cli_reads_an_fp16_file_as_the_shipped_loader_does(fake_shipped):
     assert all(torch.equal(a, b) for a, b in zip(tc.state_dict().values(), ref.state_dict().values()))
     assert _load_any(str(fake_shipped_path := shipped.SHIPPED_DIR.parent / "plt.safetensors"), lm).W_enc.dtype == \
         torch.float32 and fake_shipped_path.exists()
+    from avec.dictionaries.transcoder import load_transcoder
+
+    with pytest.raises(ValueError, match="dtype='int8'; allowed: float32"):
+        load_transcoder(fake_shipped_path, dtype="int8")
 
 
 def test_the_graph_page_offers_a_shipped_transcoder_set(fake_shipped):

@@ -115,7 +115,7 @@ class _Context:
             self._dec_start = torch.cat([torch.zeros(1, dtype=torch.long), per_layer.cumsum(0)])
         n_t = len([t for t in module.targets(l) if t < below])
         if not self._dec_fits:
-            return module.decoder_vectors(l, self.features[idx, 2], below).detach().float()
+            return module.decoder_vectors(l, self.features[idx, 2], below).float()
         if l not in self._dec:
             lo, hi = int(self._dec_start[l]), int(self._dec_start[l + 1])
             self._dec[l] = module.decoder_vectors(l, self.features[lo:hi, 2]).detach().float()

@@ -66,20 +66,9 @@ def _format(path: Path) -> str | None:
 def cast_transcoders(path: Path, dtype: str = "float32"):
     """The transcoder set saved at ``path`` (any stored dtype) with weights in ``dtype``: the file's tensors
     are cast directly (never through a module of the stored dtype, so fp32 thresholds stay fp32)."""
-    import json
+    from .transcoder import Transcoders
 
-    from safetensors import safe_open
-
-    from .transcoder import TranscoderConfig, build
-
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r}; allowed: {', '.join(DTYPES)}")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    cfg = TranscoderConfig.from_dict(json.loads(meta["config"]), source=str(path))
-    cfg = replace(cfg, dtype=dtype)
-    return build(cfg).load_folded({k: v.to(DTYPES[dtype]) for k, v in tensors.items()}, source=str(path)).eval()
+    return Transcoders.load(path, dtype=dtype).eval()
 
 
 def load_shipped(name: str, dtype: str = "float32"):

@@ -703,12 +703,16 @@ class Transcoders(nn.Module):
         return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Transcoders":
+    def load(cls, path: str | os.PathLike, dtype: str | None = None) -> "Transcoders":
         """Read a file written by ``save`` (a ``Transcoder`` for one layer, else a ``CrossLayerTranscoder``);
         a missing, truncated or foreign file, or a config that disagrees with the tensors, is a
-        ``ValueError`` naming the file."""
+        ``ValueError`` naming the file. ``dtype`` ("float32", ...): the weights in that dtype, cast from the
+        file's tensors (never through a module of the stored dtype, so fp32 thresholds of an fp16 set stay
+        exact); default: as stored."""
         from safetensors import safe_open
 
+        if dtype is not None and dtype not in DTYPES:
+            raise ValueError(f"dtype={dtype!r}; allowed: {', '.join(DTYPES)}")
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no transcoder file at {str(path)!r}")
@@ -725,6 +729,9 @@ class Transcoders(nn.Module):
             cfg = TranscoderConfig.from_dict(json.loads(meta["config"]), source=str(path))
         except (TypeError, ValueError) as e:
             raise ValueError(f"{str(path)!r}: {e}") from None
+        if dtype is not None:
+            cfg = replace(cfg, dtype=dtype)
+            tensors = {k: v.to(DTYPES[dtype]) for k, v in tensors.items()}
         return build(cfg).load_folded(tensors, source=str(path))
 
     def extra_repr(self) -> str:
@@ -784,9 +791,4 @@ def build(cfg: TranscoderConfig) -> Transcoders:
 def load_transcoder(path: str | os.PathLike, dtype: str | None = None) -> Transcoders:
     """A ``Transcoder`` or ``CrossLayerTranscoder`` saved by ``save``; in the dtype it was saved in, or in ``dtype``
     ("float32", ...), cast from the file's tensors (fp32 thresholds of a half-precision set stay exact)."""
-    tc = Transcoders.load(path)  # checks the file and names what is wrong with it
-    if dtype is None or tc.cfg.dtype == dtype:
-        return tc
-    from .shipped import cast_transcoders
-
-    return cast_transcoders(Path(path), dtype)
+    return Transcoders.load(path, dtype=dtype)
