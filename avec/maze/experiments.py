@@ -21,7 +21,7 @@ from avec.core import AddVector, Apply
 
 from .env import five_way
 from .evaluate import (EVAL_SEED_BASE, LOW_P_CHEESE, decision_targets, motivation, observation_batch,
-                       off_region_mazes, resolve_region)
+                       resolve_region)
 from .fields import as_model, new_figure, png_base64, summary_html
 from .world import Maze
 from ..results import Result
@@ -236,8 +236,6 @@ def stats_mazes(policy, region: int | None = None, n: int = 100, seed_base: int 
     the top-right ``region`` square (default: the policy's own training region, else 5), from seed
     ``seed_base`` on (pick an unused base for held-out mazes); procgen levels for ``backend="procgen"``
     (pass them as ``mazes=`` to any statistic)."""
-    if backend == "avec":
-        return off_region_mazes(resolve_region(policy, region), n, seed_base)
     from .backends import off_region
 
     return off_region(backend, resolve_region(policy, region), n, seed_base)
