@@ -48,9 +48,9 @@ def policies_section(ctx, s) -> None:
     s.figure(view(steered.diff(base)).plot())
 
 
-def _avec_vectors(ctx) -> tuple[int, list]:
-    """(n, [cheese, top-right, composition, random, averaged, transfer, all-layers statistics]) of region5 on
-    the first n off-region test mazes: computed once a tour (the procgen section shows them again)."""
+def _avec_vectors(ctx) -> tuple[list, list]:
+    """(the first n off-region test mazes, [cheese, top-right, composition, random, averaged, transfer, all-layers
+    statistics] of region5 on them): computed once a tour (the procgen section shows them again)."""
 
     def make():
         from ...maze.evaluate import off_region_mazes
@@ -61,7 +61,7 @@ def _avec_vectors(ctx) -> tuple[int, list]:
         n = 30 if ctx.quick else 100
         policy = load_policy("region5")
         mazes = off_region_mazes(5, n)
-        return n, [cheese_vector_stats(policy, mazes=mazes), top_right_stats(policy, mazes=mazes),
+        return mazes, [cheese_vector_stats(policy, mazes=mazes), top_right_stats(policy, mazes=mazes),
                    composition_stats(policy, mazes=mazes), random_baseline_stats(policy, mazes=mazes),
                    averaged_cheese_stats(policy, mazes=mazes, n_average=20 if ctx.quick else 50),
                    transfer_stats(policy, mazes=mazes), all_layers_stats(policy, mazes=mazes)]
@@ -84,13 +84,12 @@ def _avec_behaviour(ctx, name: str):
 def vectors_section(ctx, s) -> None:
     import pandas as pd
 
-    from ...maze.evaluate import off_region_mazes
     from ...maze.experiments import DEFAULT_HOOK, coefficient_sweep, compare_plot, layer_sweep
     from ...maze.policy import load_policy
 
-    n, stats = _avec_vectors(ctx)
+    mazes, stats = _avec_vectors(ctx)
+    n = len(mazes)
     policy = load_policy("region5")
-    mazes = off_region_mazes(5, n)
     s.text(f"region5 on {n} test mazes with a decision square: mean P(cheese) / P(top-right) of the first step at the "
            "decision square, before and after steering, and the fraction of mazes moving the intended way. Cheese "
            f"vector = activations with cheese minus without (mouse at start, same maze) at {DEFAULT_HOOK}, "
@@ -292,7 +291,7 @@ def procgen_section(ctx, s) -> None:
     more = [view(averaged_cheese_stats(policy, mazes=levels, n_average=20 if ctx.quick else 50)),
             view(transfer_stats(policy, mazes=levels)), view(all_layers_stats(policy, mazes=levels))]
 
-    n_avec, avec_stats = _avec_vectors(ctx)
+    _, avec_stats = _avec_vectors(ctx)
     avec_behaviour = _avec_behaviour(ctx, "region5")
     entry = json.loads((CHECKPOINTS / "README.json").read_text()).get(PROCGEN_POLICY, {})
     stored = entry.get("procgen_held_out") or {}
