@@ -23,7 +23,8 @@ import typer
 
 from ...io import atomic_write_json, check_out_option
 from .dictionaries import PREPEND_BOS_HELP
-from ...dictionaries.heldout import describe_split as _describe, prepend_bos_default as _prepend_bos, split_documents
+from ...dictionaries.heldout import (describe_split as _describe, evaluate_transcoder_heldout,
+                                     prepend_bos_default as _prepend_bos, split_documents)
 
 ARCHS = ("relu", "jumprelu", "topk", "batchtopk")
 KINDS = ("clt", "plt")
@@ -53,13 +54,6 @@ def parse_layers(spec: str, n_layers: int) -> list[int]:
         raise typer.BadParameter(f"layers {bad or spec} out of range: the model has {n_layers} layers (0..{n_layers - 1})",
                                  param_hint="--layers")
     return sorted(layers)
-
-
-def _heldout_eval(lm: Any, tc: Any, corpus: str, holdout: int, context: int, eval_tokens: int, eval_contexts: int,
-                  prepend_bos: bool) -> tuple[Any, dict]:
-    from ...dictionaries.heldout import evaluate_transcoder_heldout
-
-    return evaluate_transcoder_heldout(lm, tc, corpus, holdout, context, eval_tokens, eval_contexts, prepend_bos)
 
 
 def _summary(m: dict) -> str:
@@ -177,7 +171,7 @@ def register(app: typer.Typer) -> None:
         train_seconds = time.time() - t_train
         typer.echo(f"trained {result.steps} steps in {train_seconds:.0f} s; evaluating on held-out documents")
         t_eval = time.time()
-        res, data = _heldout_eval(lm, tc, corpus, holdout, context, eval_tokens, eval_contexts, prepend_bos)
+        res, data = evaluate_transcoder_heldout(lm, tc, corpus, holdout, context, eval_tokens, eval_contexts, prepend_bos)
         metrics = _metrics(res)
         report = {"model": model, "model_id": lm.model_id, "kind": kind, "layers": chosen, "reads": reads,
                   "writes": writes, "arch": arch, "width": width, "k": k, "skip": skip, "sparsity_coeff": sparsity_coeff,
@@ -216,7 +210,7 @@ def register(app: typer.Typer) -> None:
             torch.set_num_threads(threads)
         lm = load(model)
         tc = _load_any(file, lm)
-        res, data = _heldout_eval(lm, tc, corpus, holdout, context, eval_tokens, eval_contexts,
+        res, data = evaluate_transcoder_heldout(lm, tc, corpus, holdout, context, eval_tokens, eval_contexts,
                                    _prepend_bos(lm, prepend_bos))
         metrics = _metrics(res)
         if out:
