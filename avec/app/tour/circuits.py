@@ -93,7 +93,7 @@ def two_hop(lm, tc, s, quick: bool = False, prompt: str = TWO_HOP, one_hop: str 
     s.text(f"Attribution graph of the {g.n_pos}-token prompt through the local replacement model (attention patterns "
            f"and norm scales frozen, every MLP replaced by its transcoder's features plus an error node): "
            f"{g.meta.get('n_active_features', g.n_features):,} active features, {g.n_features:,} attributed"
-           f"{' (the 1,500 most influential, to keep the tour short)' if g.n_features < g.meta.get('n_active_features', 0) else ''}"
+           f"{' (the most influential, to keep the tour short)' if g.n_features < g.meta.get('n_active_features', 0) else ''}"
            f", {g.targets.numel():,} edges, in "
            f"{took:.0f} s. Pruned to 80% of the node influence and 98% of the edge influence: "
            f"{kinds.count('feature')} features, {kinds.count('error')} error nodes, {int(pruned.edges.sum()):,} edges. "
