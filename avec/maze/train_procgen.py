@@ -26,12 +26,11 @@ checks that acting on them in procgen's env moves the mouse one step closer to t
 very states that were rendered. :func:`evaluate_procgen` measures reach on held-out training-distribution
 levels and the decision-square motivations on held-out off-region levels, overall and per maze size.
 
-The shipped ``procgen_region5`` (15000 steps, 80 CPU-minutes on one thread) does not reach the original
-agent: on 500 held-out levels sampled reach 0.44 on its training distribution (1.0 in 3 x 3 mazes, 0.02 in
-25 x 25), P(cheese) 0.47 at decision squares, gets the cheese in 0.33 of them. Per-step accuracy on uniform
-held-out states is 0.80, falling with the distance to the cheese (0.98 beside it, 0.67 at 64+ steps) while
-only 3% of states step into a wall: what this loop learns too slowly from procgen's pictures is the
-long-range route, not the local scene (checkpoints/README.json: diagnosis, what was tried).
+The shipped ``procgen_region5`` (80 minutes' training on two threads, 22501 steps) does not reach the original
+agent: on 500 held-out levels sampled reach 0.50 on its training distribution (1.0 in 3 x 3 mazes, 0.02 in
+25 x 25), P(cheese) 0.50 at decision squares, gets the cheese in 0.32 of them. Per-step accuracy on uniform
+held-out states is 0.84, falling with the distance to the cheese (0.94 within 7 steps, 0.64 at 64+ steps):
+what this loop learns too slowly from procgen's pictures is the long-range route, not the local scene (checkpoints/README.json: diagnosis, what was tried).
 """
 
 from __future__ import annotations
