@@ -26,11 +26,12 @@ checks that acting on them in procgen's env moves the mouse one step closer to t
 very states that were rendered. :func:`evaluate_procgen` measures reach on held-out training-distribution
 levels and the decision-square motivations on held-out off-region levels, overall and per maze size.
 
-The shipped ``procgen_region5`` (80 minutes' training on two threads, 22501 steps) does not reach the original
-agent: on 500 held-out levels sampled reach 0.50 on its training distribution (1.0 in 3 x 3 mazes, 0.02 in
-25 x 25), P(cheese) 0.50 at decision squares, gets the cheese in 0.32 of them. Per-step accuracy on uniform
-held-out states is 0.84, falling with the distance to the cheese (0.94 within 7 steps, 0.64 at 64+ steps):
-what this loop learns too slowly from procgen's pictures is the long-range route, not the local scene (checkpoints/README.json: diagnosis, what was tried).
+The shipped ``procgen_region5`` (80 minutes' training on two threads, 36751 steps, 4.7 M labelled frames) does not
+reach the original agent: on 500 held-out levels sampled reach 0.71 on its training distribution (>= 0.93 up to
+11 x 11 mazes, 0.29 in 25 x 25), P(cheese) 0.56 at decision squares, gets the cheese in 0.43 of them. Per-step
+accuracy on uniform held-out states is 0.91, falling with the distance to the cheese (0.98 within 7 steps, 0.78 at
+64+ steps). The same command with 1.6x fewer frames gave reach 0.50 and accuracy 0.84: the long-range route is
+what more frames keep improving (checkpoints/README.json: scaling, diagnosis, what was tried).
 """
 
 from __future__ import annotations
