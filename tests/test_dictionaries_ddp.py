@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,8 @@ from avec.dictionaries.train import adam, lr_at, sparsity_scale_at, train
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _torchrun(out: Path) -> Path:
+def _launch(out: Path) -> tuple[int, str]:
+    """One torchrun launch of the worker writing into ``out``: (return code, its log)."""
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), "OMP_NUM_THREADS": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -48,7 +50,22 @@ def _torchrun(out: Path) -> Path:
         os.killpg(proc.pid, signal.SIGKILL)
         log, _ = proc.communicate()
         pytest.fail("torchrun run timed out:\n" + log.decode(errors="replace")[-4000:])
-    assert proc.returncode == 0, log.decode(errors="replace")[-4000:]
+    return proc.returncode, log.decode(errors="replace")
+
+
+def _torchrun(out: Path) -> Path:
+    """The worker's outputs in ``out`` (or a sibling, after one relaunch). Why the one relaunch: under the
+    full suite's load (2 xdist workers on 2 cores) a gloo rank has once aborted inside the C++ runtime
+    (SIGABRT, "terminate called without an active exception") with no Python error; that is torch's
+    runtime, not what this test checks, so such a launch is run once more in a fresh folder (a partial
+    run's checkpoints would otherwise be resumed). Any other failure, or a second abort, fails the test."""
+    code, log = _launch(out)
+    root_cause = log.split("Root Cause")[-1] if "Root Cause" in log else ""
+    if code != 0 and "Signal 6 (SIGABRT)" in root_cause:  # a Python error in a rank exits 1, not by a signal
+        warnings.warn("a gloo rank aborted in torch's runtime; relaunching once:\n" + log[-2000:])
+        out = out.with_name(out.name + "-relaunch")
+        code, log = _launch(out)
+    assert code == 0, log[-4000:]
     return out
 
 
@@ -177,3 +194,24 @@ def test_ranks_read_disjoint_shards():
         assert aware == [(r, 3), (r, 4)]  # the source's own shard, from its 3rd batch
         seen[r] = set(plain)
     assert not seen[0] & seen[1]
+
+
+def test_torchrun_relaunches_once_only_after_a_runtime_abort(tmp_path, monkeypatch):
+    """The relaunch in ``_torchrun``: after a rank aborted in the runtime it runs once more in a fresh folder;
+    a second abort, or a rank's Python error (exit 1), fails the test."""
+    mod = sys.modules[__name__]
+    abort = (1, "...\nRoot Cause (first observed failure):\n  traceback : Signal 6 (SIGABRT) received by PID 1\n")
+    error = (1, "...\nRoot Cause (first observed failure):\n  exitcode  : 1 (pid: 1)\n")
+    for outcomes, relaunched, passes in (([abort, (0, "ok")], True, True), ([abort, abort], True, False),
+                                         ([error, (0, "ok")], False, False)):
+        calls = []
+        monkeypatch.setattr(mod, "_launch", lambda out, o=outcomes, c=calls: (c.append(out), o[len(c) - 1])[1])
+        if passes:
+            with pytest.warns(UserWarning, match="relaunching once"):
+                out = _torchrun(tmp_path / "ddp")
+            assert out == tmp_path / "ddp-relaunch"
+        else:
+            with pytest.raises(AssertionError), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _torchrun(tmp_path / "ddp")
+        assert calls[0] == tmp_path / "ddp" and len(calls) == (2 if relaunched else 1)
