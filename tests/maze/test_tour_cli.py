@@ -1,5 +1,7 @@
 """The maze sections of `avec tour` and the `avec maze` commands run end to end on the shipped policy."""
 
+from pathlib import Path
+
 from typer.testing import CliRunner
 
 from avec.app.cli import app
@@ -78,3 +80,18 @@ def test_side_by_side_table_leaves_what_a_source_lacks_empty():
     assert table.loc[f"{STEERING[1]}: share of mazes moved the intended way", "ours"] == "0.111"  # P(top-right) up
     assert table.loc[f"{STEERING[3]}: share of mazes moved the intended way", "ours"] == "0.750"  # P(cheese) down
     assert table.loc[f"{STEERING[0]}: P(cheese)", "half"] == "0.100" and table.loc[f"{STEERING[1]}: P(cheese)", "half"] == ""
+
+
+def test_procgen_tour_sentence_quotes_the_recorded_reach_by_size():
+    """The tour's sentence on how procgen_region5 does by maze size reads the benchmark's record (README.json),
+    smallest and largest size, so it follows the shipped policy; with nothing recorded it says nothing."""
+    import json
+
+    from avec.app.tour.maze import _reach_by_size
+
+    stored = json.loads((Path(__file__).resolve().parents[2] / "avec" / "maze" / "checkpoints" / "README.json")
+                        .read_text())["procgen_region5"]["procgen_held_out"]
+    by_size = stored["training_distribution"]["by_size"]
+    assert _reach_by_size(stored) == (f": sampled reach {by_size['3']['reach_sampled']:.2f} in 3 x 3 mazes, "
+                                      f"{by_size['25']['reach_sampled']:.2f} in 25 x 25")
+    assert _reach_by_size({}) == "" and _reach_by_size({"training_distribution": {}}) == ""

@@ -260,6 +260,17 @@ def side_by_side(columns: dict) -> "pd.DataFrame":
                         index=[label for label, _ in SIDE_BY_SIDE_ROWS])
 
 
+def _reach_by_size(stored: dict) -> str:
+    """": sampled reach <r> in 3 x 3 mazes ... <r> in 25 x 25" from the benchmark's recorded per-size reach
+    (checkpoints/README.json), so the sentence follows the shipped policy; "" where none is recorded."""
+    by_size = (stored.get("training_distribution") or {}).get("by_size") or {}
+    if not by_size:
+        return ""
+    lo, hi = min(by_size, key=int), max(by_size, key=int)
+    return (f": sampled reach {by_size[lo]['reach_sampled']:.2f} in {lo} x {lo} mazes, "
+            f"{by_size[hi]['reach_sampled']:.2f} in {hi} x {hi}")
+
+
 def procgen_section(ctx, s) -> None:
     import time
 
@@ -313,8 +324,8 @@ def procgen_section(ctx, s) -> None:
     }
     s.text(f"The same study on the real procgen maze (procgen 0.10.7: its levels, its textured pictures, its "
            f"dynamics), with {PROCGEN_POLICY}, the shipped policy trained on procgen's pictures (BC + DAgger, "
-           "cheese in the top-right 5 x 5 square; it is weak in big mazes: reach falls from ~1.0 in 3 x 3 - 5 x 5 "
-           "mazes to ~0 in 23 x 23 - 25 x 25, see checkpoints/README.json). Measured here on held-out procgen "
+           f"cheese in the top-right 5 x 5 square; it is weak in big mazes{_reach_by_size(stored)}, see "
+           "checkpoints/README.json). Measured here on held-out procgen "
            f"levels (seeds from 1.5e9; it trained on levels below 1e9): the first {n} with a "
            "decision square and the cheese outside the top-right 5 x 5 square for the steering (vectors computed "
            "with the mouse at the start, at embedder.block2.res1.resadd_out, each level its own), the first "
