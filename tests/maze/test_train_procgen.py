@@ -73,15 +73,24 @@ def test_dagger_states_render_as_procgen_showed_them(tiny_policy):
     from avec.maze.train_procgen import render, rollout_record
 
     seen = []
+    noise = torch.Generator().manual_seed(0)
 
     class Spy(torch.nn.Module):
+        """Random logits: every kind of action (diagonals, NOOPs, moves into walls), greedy ones too."""
+
         def forward(self, x):
             seen.append(x.clone())
-            return tiny_policy(x)
+            out = tiny_policy(x)
+            return out._replace(logits=3 * torch.randn(out.logits.shape, generator=noise))
 
-    mazes = [_sampler(seed=3).fresh_maze() for _ in range(3)]
-    reached, steps, visited = rollout_record(Spy(), mazes, 8, greedy=False, rng=np.random.default_rng(1))
+    # the mouse's cell and facing are tracked from the actions, not read back from procgen's state; greedy
+    # and sampled slots share the pass
+    sampler = _sampler(seed=3)
+    mazes = [sampler.fresh_maze() for _ in range(6)]
+    greedy = np.array([True, False, False, True, False, False])
+    reached, steps, visited = rollout_record(Spy(), mazes, 20, greedy=greedy, rng=np.random.default_rng(1))
     assert len(visited) == steps.sum() and visited[:, 3].any()  # the mouse moved right at least once
+    assert len(np.unique(visited[:, :3], axis=0)) > 2 * len(mazes)  # it went places
     shown = torch.cat(seen)
     # rollout_record lists each step's live slots in slot order, as the policy saw them
     torch.testing.assert_close(render(mazes, visited[:, 0], visited[:, 1:3], visited[:, 3] > 0), shown, rtol=0, atol=0)
