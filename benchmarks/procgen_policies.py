@@ -117,10 +117,12 @@ def main(argv=None):
         if (policy.metadata.get("config") or {}).get("backend") == "procgen":
             report = json.loads((CKPT / f"{name}.json").read_text())
             if args.load_log:
-                load = np.array([float(line.split()[1]) for line in Path(args.load_log).read_text().splitlines()])
+                rows = np.array([line.split()[:2] for line in Path(args.load_log).read_text().splitlines()], float)
+                stamps, load = rows[:, 0], rows[:, 1]
+                every = f"every {np.median(np.diff(stamps)):.0f} s" if len(stamps) > 1 else "sampled once"
                 report["load_average"] = {"samples": int(len(load)), "min": float(load.min()),
                                           "mean": round(float(load.mean()), 2), "max": float(load.max()),
-                                          "cores": 2, "note": "1-minute load average of the machine, each minute"}
+                                          "cores": 2, "note": f"1-minute load average of the machine, {every}"}
             entry = readme.setdefault(name, {})  # what is written by hand there (goals, diagnosis, tried) stays
             if "load_average" not in report and "load_average" in entry.get("training", {}):
                 report["load_average"] = entry["training"]["load_average"]

@@ -26,11 +26,11 @@ checks that acting on them in procgen's env moves the mouse one step closer to t
 very states that were rendered. :func:`evaluate_procgen` measures reach on held-out training-distribution
 levels and the decision-square motivations on held-out off-region levels, overall and per maze size.
 
-The shipped ``procgen_region5`` (80 minutes' training on two threads, 36751 steps, 4.7 M labelled frames) does not
-reach the original agent: on 500 held-out levels sampled reach 0.71 on its training distribution (>= 0.93 up to
-11 x 11 mazes, 0.29 in 25 x 25), P(cheese) 0.56 at decision squares, gets the cheese in 0.43 of them. Per-step
-accuracy on uniform held-out states is 0.91, falling with the distance to the cheese (0.98 within 7 steps, 0.78 at
-64+ steps). The same command with 1.6x fewer frames gave reach 0.50 and accuracy 0.84: the long-range route is
+The shipped ``procgen_region5`` (80 minutes' training on two threads, 39875 steps, 5.1 M labelled frames) does not
+reach the original agent: on 500 held-out levels sampled reach 0.79 on its training distribution (>= 0.92 up to
+11 x 11 mazes, 0.41 in 25 x 25), P(cheese) 0.55 at decision squares, gets the cheese in 0.46 of them. Per-step
+accuracy on uniform held-out states is 0.93, falling with the distance to the cheese (0.99 within 7 steps, 0.86 at
+32-63). The same command with 1.8x fewer frames gave reach 0.50 and accuracy 0.84: the long-range route is
 what more frames keep improving (checkpoints/README.json: scaling, diagnosis, what was tried).
 """
 
