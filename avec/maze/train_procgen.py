@@ -111,7 +111,11 @@ def rollout_record(policy, mazes, max_steps: int, greedy, rng: np.random.Generat
     pixels with what the policy was shown."""
     mazes = pb._check_mazes(mazes)
     n = len(mazes)
-    greedy = np.broadcast_to(np.asarray(greedy, dtype=bool), (n,))
+    greedy = np.asarray(greedy)
+    if greedy.dtype != bool or greedy.shape not in ((), (n,)):
+        raise ValueError(f"greedy must be one bool or a bool per maze ({n} mazes), got {greedy.dtype} of shape "
+                         f"{greedy.shape}")
+    greedy = np.broadcast_to(greedy, (n,))
     reached, steps, visited = np.zeros(n, bool), np.zeros(n, np.int64), []
     for c in range(0, n, num_envs):
         part = np.arange(c, min(n, c + num_envs))

@@ -97,6 +97,16 @@ def test_dagger_states_render_as_procgen_showed_them(tiny_policy):
 
 
 @needs_procgen
+def test_rollout_record_names_a_greedy_mask_of_the_wrong_length(tiny_policy):
+    from avec.maze.train_procgen import rollout_record
+
+    mazes = [_sampler(seed=3).fresh_maze() for _ in range(2)]
+    for bad in ([True, False, True], [1, 0]):
+        with pytest.raises(ValueError, match=r"greedy must be one bool or a bool per maze \(2 mazes\)"):
+            rollout_record(tiny_policy, mazes, 3, greedy=bad, rng=np.random.default_rng(0))
+
+
+@needs_procgen
 def test_training_loop_checkpoints_and_resumes(tmp_path, monkeypatch):
     import avec.maze.train_procgen as TP
     from avec.maze.train import train_policy
