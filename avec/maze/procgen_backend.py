@@ -29,7 +29,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .env import CANONICAL, N_ACTIONS, five_way
+from .env import ACTION_GROUPS, CANONICAL, N_ACTIONS, five_way, move
 from .procgen_state import ProcgenState, StateError, parse
 from .render import to_tensor
 from .world import WORLD, Maze
@@ -217,33 +217,62 @@ class ProcgenBatch:
 
 
 # ------------------------------------------------------------------------------------ rollouts
-def _mouse_cells(env) -> np.ndarray:
-    """World (row, col) of each slot's mouse, int ``[num, 2]``."""
-    return np.array([parse(b).mouse for b in env.callmethod("get_state")], dtype=np.int64)
+# which way the mouse faces after each procgen action: a LEFT-group action unmirrors the sprite, a RIGHT-group
+# one mirrors it (blocked or not), any other keeps it (-1)
+FACING_AFTER = np.full(N_ACTIONS, -1, np.int64)
+FACING_AFTER[list(ACTION_GROUPS["LEFT"])] = 0
+FACING_AFTER[list(ACTION_GROUPS["RIGHT"])] = 1
 
 
-@torch.no_grad()
-def rollout(policy, mazes, max_steps: int = 500, greedy: bool = False, rng: np.random.Generator | None = None,
+def rollout(policy, mazes, max_steps: int = 500, greedy=False, rng: np.random.Generator | None = None,
             record: bool = False, num_envs: int = POOL):
     """Run ``policy`` on each ProcgenMaze in procgen's vectorised env until it gets the cheese,
     procgen ends the episode (its 500-step timeout) or ``max_steps`` pass.
 
     The same contract as :func:`avec.maze.evaluate.rollout`: greedy takes the most likely of the
     five moves (as its canonical procgen action), else one of the 15 actions is sampled with
-    ``rng``. Returns (reached bool ``[N]``, steps int ``[N]``, visited list of (maze index, row,
-    col) if ``record``; recording reads every slot's state each step, so it is slower)."""
+    ``rng``; ``greedy`` may also be a bool per maze. Returns (reached bool ``[N]``, steps int ``[N]``,
+    visited list of (maze index, row, col) of every state the policy acted in if ``record``, else [])."""
+    reached, steps, visited = run_episodes(policy, mazes, max_steps, greedy, rng or np.random.default_rng(0),
+                                           track=record, num_envs=num_envs)
+    return reached, steps, [tuple(int(v) for v in row[:3]) for row in visited] if record else []
+
+
+@torch.no_grad()
+def run_episodes(policy, mazes, max_steps: int, greedy, rng: np.random.Generator, track: bool = True,
+                 autocast: bool = False, num_envs: int = POOL):
+    """The rollout loop behind :func:`rollout` and the DAgger recorder (``train_procgen.rollout_record``):
+    ``mazes`` run ``num_envs`` at a time in the pooled env, greedy and sampled mazes (``greedy``: one bool or a
+    bool per maze) side by side. Returns (reached bool ``[N]``, steps int ``[N]``, visited int ``[k, 4]`` of
+    (maze index, row, col, reflected) for every state the policy acted in, each step's live slots in slot
+    order; empty unless ``track``).
+
+    The mouse's cell and facing are tracked from the actions rather than read back from procgen's state each
+    step (reading and parsing every slot's state was ~13% of a training run's time): a move is ``env.move`` on
+    the maze's grid (a diagonal counts as its horizontal part, a blocked move stays put) and any action of the
+    LEFT (RIGHT) group unmirrors (mirrors) the sprite, blocked or not, as procgen does
+    (:data:`FACING_AFTER`; a test re-renders every tracked state and compares pixels with what the policy was
+    shown; ``benchmarks/procgen_dagger.py`` checks the cells against procgen's state read every step)."""
     mazes = _check_mazes(mazes)
     if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
         raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
-    rng = rng or np.random.default_rng(0)
     n = len(mazes)
+    greedy = np.asarray(greedy)
+    if greedy.dtype != bool or greedy.shape not in ((), (n,)):
+        raise ValueError(f"greedy must be one bool or a bool per maze ({n} mazes), got {greedy.dtype} of shape "
+                         f"{greedy.shape}")
+    greedy = np.broadcast_to(greedy, (n,))
     reached, steps, visited = np.zeros(n, bool), np.zeros(n, np.int64), []
     for c in range(0, n, num_envs):
-        part = list(range(c, min(n, c + num_envs)))
+        part = np.arange(c, min(n, c + num_envs))
         k = len(part)
         env = _env(num_envs)
         states = [mazes[i].state_bytes(restart=True) for i in part]
         env.callmethod("set_state", states + states[:1] * (num_envs - k))
+        if track:  # the fresh states' cell and facing, read once
+            start = [parse(b) for b in env.callmethod("get_state")[:k]]
+            cells = [st.mouse for st in start]
+            refl = np.array([st.fields[f"entity{st.player}.is_reflected"] for st in start], np.int64)
         obs = env.observe()[1]["rgb"]
         done = np.zeros(num_envs, bool)
         done[k:] = True  # padding slots
@@ -251,20 +280,28 @@ def rollout(policy, mazes, max_steps: int = 500, greedy: bool = False, rng: np.r
             live = np.flatnonzero(~done)
             if not len(live):
                 break
-            if record:
-                cells = _mouse_cells(env)
-                visited.extend((part[j], int(cells[j, 0]), int(cells[j, 1])) for j in live)
-            logits = policy(to_tensor(obs[live])).logits
+            if track:
+                visited.extend((part[j], *cells[j], refl[j]) for j in live)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                logits = policy(to_tensor(obs[live])).logits.float()
+            chosen = np.empty(len(live), np.int32)
+            g = greedy[part[live]]
+            for mask, how in ((g, True), (~g, False)):
+                if mask.any():
+                    chosen[mask] = _choose(logits[torch.from_numpy(mask)], how, rng)
             actions = np.full(num_envs, _NOOP, np.int32)
-            actions[live] = _choose(logits, greedy, rng)
+            actions[live] = chosen
             env.act(actions)
+            if track:
+                for j, a in zip(live, chosen):
+                    cells[j] = move(mazes[part[j]], cells[j], int(a))
+                    refl[j] = FACING_AFTER[a] if FACING_AFTER[a] >= 0 else refl[j]
             rew, ob, first = env.observe()
             obs = ob["rgb"]
-            idx = [part[j] for j in live]
-            steps[idx] += 1
-            reached[idx] = rew[live] > 0
+            steps[part[live]] += 1
+            reached[part[live]] = rew[live] > 0
             done[live] = first[live]  # procgen starts a new episode after the cheese or its timeout
-    return reached, steps, visited
+    return reached, steps, np.array(visited, np.int64).reshape(-1, 4)
 
 
 _MOVE_ACTION = np.array([CANONICAL[a] for a in ("LEFT", "DOWN", "UP", "RIGHT", "NOOP")], np.int32)
@@ -300,4 +337,5 @@ def off_region_levels(region: int, count: int, seed_base: int = 0, max_tries: in
 
 
 __all__ = ["INSTALL_HINT", "ProcgenBatch", "ProcgenMaze", "StateError", "available", "levels", "make_env",
-           "obs_tensor", "off_region_levels", "observe", "random_levels", "render_states", "rollout", "WORLD"]
+           "obs_tensor", "off_region_levels", "observe", "random_levels", "render_states", "rollout", "run_episodes",
+           "WORLD"]

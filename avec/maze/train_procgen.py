@@ -44,19 +44,12 @@ import torch
 import torch.nn.functional as F
 
 from . import procgen_backend as pb
-from .env import ACTION_GROUPS, CANONICAL, N_ACTIONS, move
 from .evaluate import EVAL_SEED_BASE, decision_probs, resolve_region, training_size_power
 from .render import to_tensor
 from .train import TRAIN_SEED_LIMIT, Sampler, expert_labels, first_moves, heads_loss, loss_fn
 from .world import SIZES, WORLD, top_right_region
 
 TRAIN_LEVEL_BASE = 1_000_000  # training level seeds start here (examples and tests use levels 0, 1, ...)
-_NOOP = CANONICAL["NOOP"]
-# which way the mouse faces after each procgen action: a LEFT-group action unmirrors the sprite, a RIGHT-group
-# one mirrors it (blocked or not), any other keeps it (-1)
-_FACING = np.full(N_ACTIONS, -1, np.int64)
-_FACING[list(ACTION_GROUPS["LEFT"])] = 0
-_FACING[list(ACTION_GROUPS["RIGHT"])] = 1
 
 
 # ------------------------------------------------------------------------------------ states
@@ -95,64 +88,15 @@ def training_levels(region: int, count: int, seed_base: int = EVAL_SEED_BASE) ->
 
 
 # ------------------------------------------------------------------------------------ rollouts
-@torch.no_grad()
 def rollout_record(policy, mazes, max_steps: int, greedy, rng: np.random.Generator,
                    autocast: bool = False, num_envs: int = pb.POOL):
-    """:func:`procgen_backend.rollout` that also records what procgen showed the policy. ``greedy``: one bool
-    for every maze or a bool per maze (greedy and sampled rollouts share one pass of the env). Returns
-    (reached bool ``[N]``, steps int ``[N]``, visited int ``[k, 4]`` of (maze index, row, col, reflected)
-    for every state the policy acted in, each step's live slots in slot order).
-
-    Where the mouse is and which way it faces are tracked from the actions rather than read back from
-    procgen's state each step (reading and parsing every slot's state was ~13% of a training run's time):
-    a move is ``env.move`` on the maze's grid (a diagonal counts as its horizontal part, a blocked move stays
-    put) and any action of the LEFT (RIGHT) group unmirrors (mirrors) the sprite, blocked or not, as procgen
-    does; ``test_dagger_states_render_as_procgen_showed_them`` re-renders every recorded state and compares
-    pixels with what the policy was shown."""
-    mazes = pb._check_mazes(mazes)
-    n = len(mazes)
-    greedy = np.asarray(greedy)
-    if greedy.dtype != bool or greedy.shape not in ((), (n,)):
-        raise ValueError(f"greedy must be one bool or a bool per maze ({n} mazes), got {greedy.dtype} of shape "
-                         f"{greedy.shape}")
-    greedy = np.broadcast_to(greedy, (n,))
-    reached, steps, visited = np.zeros(n, bool), np.zeros(n, np.int64), []
-    for c in range(0, n, num_envs):
-        part = np.arange(c, min(n, c + num_envs))
-        k = len(part)
-        env = pb._env(num_envs)
-        states = [mazes[i].state_bytes(restart=True) for i in part]
-        env.callmethod("set_state", states + states[:1] * (num_envs - k))
-        start = [pb.parse(b) for b in env.callmethod("get_state")[:k]]  # the fresh states' cell and facing
-        cells = [st.mouse for st in start]
-        refl = np.array([st.fields[f"entity{st.player}.is_reflected"] for st in start], np.int64)
-        obs = env.observe()[1]["rgb"]
-        done = np.zeros(num_envs, bool)
-        done[k:] = True  # padding slots
-        for _ in range(int(max_steps)):
-            live = np.flatnonzero(~done)
-            if not len(live):
-                break
-            visited.extend((part[j], *cells[j], refl[j]) for j in live)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                logits = policy(to_tensor(obs[live])).logits.float()
-            chosen = np.empty(len(live), np.int32)
-            g = greedy[part[live]]
-            for mask, how in ((g, True), (~g, False)):
-                if mask.any():
-                    chosen[mask] = pb._choose(logits[torch.from_numpy(mask)], how, rng)
-            actions = np.full(num_envs, _NOOP, np.int32)
-            actions[live] = chosen
-            env.act(actions)
-            for j, a in zip(live, chosen):
-                cells[j] = move(mazes[part[j]], cells[j], int(a))
-                refl[j] = _FACING[a] if _FACING[a] >= 0 else refl[j]
-            rew, ob, first = env.observe()
-            obs = ob["rgb"]
-            steps[part[live]] += 1
-            reached[part[live]] = rew[live] > 0
-            done[live] = first[live]
-    return reached, steps, np.array(visited, np.int64).reshape(-1, 4)
+    """DAgger rollouts in procgen's env that record what procgen showed the policy. ``greedy``: one bool for
+    every maze or a bool per maze (greedy and sampled rollouts share one pass of the env). Returns (reached
+    bool ``[N]``, steps int ``[N]``, visited int ``[k, 4]`` of (maze index, row, col, reflected) for every state
+    the policy acted in), tracked from the actions (:func:`procgen_backend.run_episodes`);
+    ``test_dagger_states_render_as_procgen_showed_them`` re-renders every recorded state and compares pixels
+    with what the policy was shown."""
+    return pb.run_episodes(policy, mazes, max_steps, greedy, rng, track=True, autocast=autocast, num_envs=num_envs)
 
 
 # ------------------------------------------------------------------------------------ sampler
