@@ -151,14 +151,20 @@ class Sampler:
             v = v[[tuple(x[1:]) != mazes[x[0] - len(self.mazes)].cheese for x in v]]
             self.buf = np.concatenate([self.buf, v])
         self.mazes += mazes
-        if len(self.buf) > self.cap:  # keep the newest states
-            self.buf = self.buf[-self.cap:]
-            keep = np.unique(self.buf[:, 0])
-            remap = np.full(len(self.mazes), -1)
-            remap[keep] = np.arange(len(keep))
-            self.mazes = [self.mazes[i] for i in keep]
-            self.buf[:, 0] = remap[self.buf[:, 0]]
+        self.trim_buffer()
         return stats
+
+    def trim_buffer(self) -> None:
+        """Keep the newest ``cap`` DAgger states (buffer rows start with their maze's index) and only the mazes
+        they refer to, reindexed."""
+        if len(self.buf) <= self.cap:
+            return
+        self.buf = self.buf[-self.cap:]
+        keep = np.unique(self.buf[:, 0])
+        remap = np.full(len(self.mazes), -1)
+        remap[keep] = np.arange(len(keep))
+        self.mazes = [self.mazes[i] for i in keep]
+        self.buf[:, 0] = remap[self.buf[:, 0]]
 
     def loss(self, policy, obs, labels, dists, step: int):
         """The training loss of a batch from :meth:`batch` at optimiser step ``step`` (see :func:`loss_fn`)."""

@@ -180,13 +180,7 @@ class ProcgenSampler(Sampler):
         v[:, 0] += len(self.mazes)
         self.buf = np.concatenate([self.buf, v])
         self.mazes += mazes
-        if len(self.buf) > self.cap:  # keep the newest states (and only the mazes they need)
-            self.buf = self.buf[-self.cap:]
-            keep = np.unique(self.buf[:, 0])
-            remap = np.full(len(self.mazes), -1)
-            remap[keep] = np.arange(len(keep))
-            self.mazes = [self.mazes[i] for i in keep]
-            self.buf[:, 0] = remap[self.buf[:, 0]]
+        self.trim_buffer()
         return stats
 
     def states(self, size: int, dagger_frac: float):

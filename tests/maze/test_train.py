@@ -158,6 +158,18 @@ def test_sampler_size_weighting_and_path_states():
         assert tuple(cell) in mazes[i].shortest_path(mazes[i].start, mazes[i].cheese)[:-1]
 
 
+def test_dagger_buffer_keeps_the_newest_states_and_only_their_mazes():
+    s = Sampler(5, np.random.default_rng(0), buffer_cap=5)
+    s.mazes = [f"maze{i}" for i in range(4)]  # stand-ins: trimming only reindexes them
+    s.buf = np.array([[0, 1, 1], [1, 2, 2], [0, 3, 3], [2, 4, 4], [3, 5, 5], [2, 6, 6], [3, 7, 7]])
+    want = [(s.mazes[i], r, c) for i, r, c in s.buf[-5:]]
+    s.trim_buffer()
+    assert len(s.buf) == 5 and s.mazes == ["maze0", "maze2", "maze3"]  # maze1's only state was dropped
+    assert [(s.mazes[i], r, c) for i, r, c in s.buf] == want
+    s.trim_buffer()  # at the cap: unchanged
+    assert [(s.mazes[i], r, c) for i, r, c in s.buf] == want
+
+
 def test_value_loss_trains_only_the_value_head():
     """The value head reads detached features: every other parameter's gradient is that of the
     policy loss alone, and the value head still learns."""
