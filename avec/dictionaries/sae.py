@@ -63,6 +63,39 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 FORMAT = "avec.sae/1"
 
 
+def config_problems(cfg, sizes: tuple[str, ...], k_means: str, aux_default: str) -> list[str]:
+    """What is wrong with the fields SAE and transcoder configs share (``cfg.arch``, the ``sizes``, ``k``,
+    ``k_aux``, ``normalise``, ``dtype``, the loss coefficients and JumpReLU settings), one message each saying
+    what is allowed. ``k_means``: what k counts; ``aux_default``: what ``k_aux=None`` means."""
+    problems = []
+    if cfg.arch not in ARCHS:
+        problems.append(f"arch={cfg.arch!r} is unknown; allowed: {', '.join(ARCHS)}")
+    for name in sizes:
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            problems.append(f"{name}={v!r}; it must be a positive int")
+    if cfg.arch in ("topk", "batchtopk") and cfg.k is None:
+        problems.append(f"arch={cfg.arch!r} needs k ({k_means}), 1 <= k <= d_sae")
+    if cfg.k is not None and (isinstance(cfg.k, bool) or not isinstance(cfg.k, int) or not
+                              (1 <= cfg.k <= (cfg.d_sae if isinstance(cfg.d_sae, int) else cfg.k))):
+        problems.append(f"k={cfg.k!r}; allowed: an int with 1 <= k <= d_sae={cfg.d_sae}")
+    if cfg.k_aux is not None and (not isinstance(cfg.k_aux, int) or cfg.k_aux < 1):
+        problems.append(f"k_aux={cfg.k_aux!r}; allowed: a positive int or None ({aux_default})")
+    if cfg.normalise not in NORMALISATIONS:
+        problems.append(f"normalise={cfg.normalise!r}; allowed: {', '.join(NORMALISATIONS)}")
+    if cfg.dtype not in DTYPES:
+        problems.append(f"dtype={cfg.dtype!r}; allowed: {', '.join(DTYPES)}")
+    for name in ("sparsity_coeff", "pre_act_coeff", "aux_coeff"):
+        if not getattr(cfg, name) >= 0:
+            problems.append(f"{name}={getattr(cfg, name)!r}; it must be >= 0")
+    for name in ("bandwidth", "init_threshold", "min_threshold", "tanh_scale"):
+        if not getattr(cfg, name) > 0:
+            problems.append(f"{name}={getattr(cfg, name)!r}; it must be > 0")
+    if not 0 < cfg.threshold_momentum <= 1:
+        problems.append(f"threshold_momentum={cfg.threshold_momentum!r}; allowed: 0 < m <= 1")
+    return problems
+
+
 @dataclass(frozen=True)
 class SAEConfig:
     """What an SAE is (saved with it). ``k`` only for topk / batchtopk; ``unit_decoder`` defaults per
@@ -94,34 +127,10 @@ class SAEConfig:
     folded_scale: float | None = None  # input scale folded into the saved weights
 
     def __post_init__(self):
-        problems = []
-        if self.arch not in ARCHS:
-            problems.append(f"arch={self.arch!r} is unknown; allowed: {', '.join(ARCHS)}")
-        for name in ("d_in", "d_sae"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                problems.append(f"{name}={v!r}; it must be a positive int")
-        if self.arch in ("topk", "batchtopk") and self.k is None:
-            problems.append(f"arch={self.arch!r} needs k (active latents per token), 1 <= k <= d_sae")
-        if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or not
-                                   (1 <= self.k <= (self.d_sae if isinstance(self.d_sae, int) else self.k))):
-            problems.append(f"k={self.k!r}; allowed: an int with 1 <= k <= d_sae={self.d_sae}")
-        if self.k_aux is not None and (not isinstance(self.k_aux, int) or self.k_aux < 1):
-            problems.append(f"k_aux={self.k_aux!r}; allowed: a positive int or None (d_in // 2)")
-        if self.normalise not in NORMALISATIONS:
-            problems.append(f"normalise={self.normalise!r}; allowed: {', '.join(NORMALISATIONS)}")
-        if self.dtype not in DTYPES:
-            problems.append(f"dtype={self.dtype!r}; allowed: {', '.join(DTYPES)}")
+        problems = config_problems(self, ("d_in", "d_sae"), k_means="active latents per token",
+                                   aux_default="d_in // 2")
         if self.sparsity not in SPARSITIES:
             problems.append(f"sparsity={self.sparsity!r}; allowed: {', '.join(SPARSITIES)}")
-        for name in ("sparsity_coeff", "pre_act_coeff", "aux_coeff"):
-            if not getattr(self, name) >= 0:
-                problems.append(f"{name}={getattr(self, name)!r}; it must be >= 0")
-        for name in ("bandwidth", "init_threshold", "min_threshold", "tanh_scale"):
-            if not getattr(self, name) > 0:
-                problems.append(f"{name}={getattr(self, name)!r}; it must be > 0")
-        if not 0 < self.threshold_momentum <= 1:
-            problems.append(f"threshold_momentum={self.threshold_momentum!r}; allowed: 0 < m <= 1")
         if problems:
             raise ValueError("bad SAE config: " + "; ".join(problems))
 

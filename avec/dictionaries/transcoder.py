@@ -56,12 +56,10 @@ import torch
 from torch import nn
 
 from ..io import atomic_write
-from .sae import DTYPES, _JumpReLU, _Step, topk_over_batch, topk_per_row
+from .sae import ARCHS, DTYPES, NORMALISATIONS, _JumpReLU, _Step, config_problems, topk_over_batch, topk_per_row
 
-ARCHS = ("relu", "jumprelu", "topk", "batchtopk")
 SPARSITIES = ("tanh", "l1", "l0")
 WEIGHTINGS = ("none", "variance")
-NORMALISATIONS = ("expected_norm", "none")
 FORMAT = "avec.transcoder/1"
 
 
@@ -145,44 +143,20 @@ class TranscoderConfig:
     def __post_init__(self):
         object.__setattr__(self, "reads", _names(self.reads))
         object.__setattr__(self, "writes", _names(self.writes))
-        problems = []
-        if self.arch not in ARCHS:
-            problems.append(f"arch={self.arch!r} is unknown; allowed: {', '.join(ARCHS)}")
-        for name in ("d_in", "d_sae", "n_layers") + (("d_out",) if self.d_out is not None else ()):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                problems.append(f"{name}={v!r}; it must be a positive int")
-        if self.arch in ("topk", "batchtopk") and self.k is None:
-            problems.append(f"arch={self.arch!r} needs k (active features per layer and token), 1 <= k <= d_sae")
-        if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or not
-                                   (1 <= self.k <= (self.d_sae if isinstance(self.d_sae, int) else self.k))):
-            problems.append(f"k={self.k!r}; allowed: an int with 1 <= k <= d_sae={self.d_sae}")
-        if self.k_aux is not None and (not isinstance(self.k_aux, int) or self.k_aux < 1):
-            problems.append(f"k_aux={self.k_aux!r}; allowed: a positive int or None (d_out // 2)")
+        problems = config_problems(self, ("d_in", "d_sae", "n_layers") + (("d_out",) if self.d_out is not None else ()),
+                                   k_means="active features per layer and token", aux_default="d_out // 2")
         if self.bos is not None and (isinstance(self.bos, bool) or not isinstance(self.bos, int) or self.bos < 0):
             problems.append(f"bos={self.bos!r}; allowed: a token id (int >= 0) or None")
         if self.cross_layer and self.n_layers == 1:
             problems.append("cross_layer=True needs n_layers > 1")
-        if self.normalise not in NORMALISATIONS:
-            problems.append(f"normalise={self.normalise!r}; allowed: {', '.join(NORMALISATIONS)}")
-        if self.dtype not in DTYPES:
-            problems.append(f"dtype={self.dtype!r}; allowed: {', '.join(DTYPES)}")
         if self.sparsity is not None and self.sparsity not in SPARSITIES:
             problems.append(f"sparsity={self.sparsity!r}; allowed: {', '.join(SPARSITIES)}")
         if self.sparsity == "l0" and self.arch != "jumprelu":
             problems.append("sparsity='l0' needs arch='jumprelu' (its step function has the STE)")
         if self.mse_weighting not in WEIGHTINGS:
             problems.append(f"mse_weighting={self.mse_weighting!r}; allowed: {', '.join(WEIGHTINGS)}")
-        for name in ("sparsity_coeff", "pre_act_coeff", "aux_coeff"):
-            if not getattr(self, name) >= 0:
-                problems.append(f"{name}={getattr(self, name)!r}; it must be >= 0")
-        for name in ("bandwidth", "init_threshold", "min_threshold", "tanh_scale"):
-            if not getattr(self, name) > 0:
-                problems.append(f"{name}={getattr(self, name)!r}; it must be > 0")
         if self.dec_init_norm is not None and not self.dec_init_norm > 0:
             problems.append(f"dec_init_norm={self.dec_init_norm!r}; it must be > 0")
-        if not 0 < self.threshold_momentum <= 1:
-            problems.append(f"threshold_momentum={self.threshold_momentum!r}; allowed: 0 < m <= 1")
         for name in ("reads", "writes"):
             v = getattr(self, name)
             if v is not None and (len(v) != self.n_layers or not all(isinstance(s, str) and s for s in v)):
