@@ -310,6 +310,9 @@ def test_bad_procgen_input_is_a_clear_error():
         pb.ProcgenMaze(m.grid, m.size, m.mouse, m.cheese)
     with pytest.raises(ValueError, match="max_steps must be a positive int"):
         pb.rollout(_Scripted(["UP"]), [m], max_steps=0)
+    for bad in ([True, False], 1, "yes"):  # a mask for two mazes given one; not a bool
+        with pytest.raises(ValueError, match=r"greedy must be one bool or a bool per maze \(1 mazes\)"):
+            pb.rollout(_Scripted(["UP"]), [m], greedy=bad)
     with pytest.raises(ValueError, match="is a wall"):
         m.state_bytes(mouse=(0, 0))
 
