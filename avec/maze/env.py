@@ -48,6 +48,16 @@ def five_way(probs15: torch.Tensor) -> torch.Tensor:
     return probs15 @ GROUP_MATRIX.to(probs15)
 
 
+def greedy_mask(greedy, n: int) -> np.ndarray:
+    """``greedy`` (one bool, or a bool per maze) as bool ``[n]``: which of ``n`` rollouts take the most likely
+    move rather than a sampled action. An int is refused rather than taken as truthy."""
+    mask = np.asarray(greedy)
+    if mask.dtype != bool or mask.shape not in ((), (n,)):
+        raise ValueError(f"greedy must be one bool or a bool per maze ({n} mazes), got {mask.dtype} of shape "
+                         f"{mask.shape}")
+    return np.broadcast_to(mask, (n,))
+
+
 def move(maze: Maze, pos, action: int):
     """Position after taking procgen ``action`` at ``pos`` (blocked moves stay put)."""
     name = action_name(action)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .env import ACTION_NAMES, N_ACTIONS, five_way
+from .env import ACTION_NAMES, N_ACTIONS, five_way, greedy_mask
 from .render import renderer
 from .world import MOVES, SIZES, WORLD, Maze, top_right_region
 from ..results import Result
@@ -93,13 +93,15 @@ def observation_batch(mazes: list[Maze]):
 
 
 @torch.no_grad()
-def rollout(policy, mazes: list[Maze], max_steps: int = 500, greedy: bool = False,
+def rollout(policy, mazes: list[Maze], max_steps: int = 500, greedy: bool | np.ndarray = False,
             rng: np.random.Generator | None = None, record: bool = False, chunk: int = 256):
     """Run ``policy`` from each maze's mouse position until the cheese or ``max_steps``.
 
-    greedy: take the most likely of the five moves (else sample one of the 15 actions). Returns (reached bool [N], steps int [N],
+    greedy: take the most likely of the five moves (else sample one of the 15 actions); one bool, or a bool
+    per maze (greedy and sampled rollouts side by side in one batch). Returns (reached bool [N], steps int [N],
     visited list of (maze index, row, col) if record). ProcgenMazes are rolled out in procgen's own
     env (``procgen_backend.rollout``)."""
+    mask = greedy_mask(greedy, len(mazes))
     if _is_procgen(mazes):
         from .procgen_backend import rollout as procgen_rollout
 
@@ -121,10 +123,12 @@ def rollout(policy, mazes: list[Maze], max_steps: int = 500, greedy: bool = Fals
             visited.extend((int(i), int(pos[i, 0]), int(pos[i, 1])) for i in idx)
         logits = torch.cat([policy(batch.obs(idx[s:s + chunk], pos[idx[s:s + chunk]])).logits
                             for s in range(0, len(idx), chunk)])
-        if greedy:  # the most likely MOVE (5-way), not the top one of 15 actions (LEFT/RIGHT have 3)
-            moves = five_way(torch.softmax(logits.double(), 1)).argmax(1).numpy()
-        else:
-            moves = _GROUP[_sample(logits, rng)]
+        g = mask[idx]
+        moves = np.empty(len(idx), np.int64)
+        if g.any():  # the most likely MOVE (5-way), not the top one of 15 actions (LEFT/RIGHT have 3)
+            moves[g] = five_way(torch.softmax(logits[torch.from_numpy(g)].double(), 1)).argmax(1).numpy()
+        if not g.all():
+            moves[~g] = _GROUP[_sample(logits[torch.from_numpy(~g)], rng)]
         nxt = pos[idx] + _DELTA[moves]
         ok = (nxt >= 0).all(1) & (nxt < WORLD).all(1)
         ok[ok] = grids[idx[ok], nxt[ok, 0], nxt[ok, 1]]

@@ -29,7 +29,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .env import ACTION_GROUPS, CANONICAL, N_ACTIONS, five_way, move
+from .env import ACTION_GROUPS, CANONICAL, N_ACTIONS, five_way, greedy_mask, move
 from .procgen_state import ProcgenState, StateError, parse
 from .render import to_tensor
 from .world import WORLD, Maze
@@ -257,11 +257,7 @@ def run_episodes(policy, mazes, max_steps: int, greedy, rng: np.random.Generator
     if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
         raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
     n = len(mazes)
-    greedy = np.asarray(greedy)
-    if greedy.dtype != bool or greedy.shape not in ((), (n,)):
-        raise ValueError(f"greedy must be one bool or a bool per maze ({n} mazes), got {greedy.dtype} of shape "
-                         f"{greedy.shape}")
-    greedy = np.broadcast_to(greedy, (n,))
+    greedy = greedy_mask(greedy, n)
     reached, steps, visited = np.zeros(n, bool), np.zeros(n, np.int64), []
     for c in range(0, n, num_envs):
         part = np.arange(c, min(n, c + num_envs))

@@ -72,6 +72,31 @@ def test_rollout_with_perfect_policy_reaches_cheese():
     assert len(visited) == steps.sum()
 
 
+def test_a_greedy_mask_runs_greedy_and_sampled_mazes_as_their_own_rollouts_would(tiny_policy):
+    """One batch with a bool per maze: the greedy mazes walk as a greedy rollout of them alone, the sampled
+    ones as a sampled rollout of them alone with the same generator (it is drawn only for sampled mazes)."""
+    mazes = training_mazes(5, 6, seed_base=1_234_567_890)
+    mask = np.array([True, False, True, False, False, True])
+    with torch.no_grad():
+        got, got_steps, got_visits = rollout(tiny_policy, mazes, 40, greedy=mask, rng=np.random.default_rng(7),
+                                             record=True)
+        g, g_steps, g_visits = rollout(tiny_policy, [m for m, k in zip(mazes, mask) if k], 40, greedy=True,
+                                       record=True)
+        s, s_steps, s_visits = rollout(tiny_policy, [m for m, k in zip(mazes, mask) if not k], 40, greedy=False,
+                                       rng=np.random.default_rng(7), record=True)
+    assert (got[mask] == g).all() and (got_steps[mask] == g_steps).all()
+    assert (got[~mask] == s).all() and (got_steps[~mask] == s_steps).all()
+    # the visited cells, per maze, are the separate runs' (the untrained policy wanders, so the walks differ)
+    where = np.flatnonzero(mask), np.flatnonzero(~mask)
+    for part, visits in ((where[0], g_visits), (where[1], s_visits)):
+        for j, i in enumerate(part):
+            assert [v[1:] for v in got_visits if v[0] == i] == [v[1:] for v in visits if v[0] == j]
+    assert len({tuple(v[1:]) for v in s_visits}) > len(s)  # the sampled mazes did move
+    for bad in (np.array([True, False]), 1, "yes"):
+        with pytest.raises(ValueError, match=r"greedy must be one bool or a bool per maze \(6 mazes\)"):
+            rollout(tiny_policy, mazes, 5, greedy=bad)
+
+
 def test_train_smoke_and_resume(tmp_path):
     out = tmp_path / "p.safetensors"
     kw = dict(warmup_steps=2, dagger_every=3, dagger_mazes=4, dagger_steps=5, checkpoint_every=0.0,
