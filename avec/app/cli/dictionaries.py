@@ -35,6 +35,22 @@ PREPEND_BOS_HELP = ("start every context with the BOS token (default: yes when t
                     "is dropped")
 
 
+def check_training_options(arch: str, archs, sizes: dict[str, int], tokens: int, batch_tokens: int,
+                           holdout: int) -> None:
+    """The option checks `avec sae train` and `avec transcoders train` share, before any work: a known
+    architecture, positive sizes (``{"--width": 1024, ...}``), at least one batch of tokens, a holdout percent."""
+    if arch not in archs:
+        raise typer.BadParameter(f"{arch!r} is not an architecture; use one of {', '.join(archs)}", param_hint="--arch")
+    for name, value in sizes.items():
+        if value < 1:
+            raise typer.BadParameter(f"must be >= 1, got {value}", param_hint=name)
+    if tokens < batch_tokens:
+        raise typer.BadParameter(f"--tokens ({tokens}) is less than one batch (--batch-tokens {batch_tokens})",
+                                 param_hint="--tokens")
+    if not 1 <= holdout <= 50:
+        raise typer.BadParameter(f"must be a percent in 1..50, got {holdout}", param_hint="--holdout")
+
+
 def _metrics(res: Any) -> dict:
     keys = ("n_tokens", "mse", "fvu", "l0", "dead_fraction", "dense_fraction", "cosine", "norm_ratio", "ce_clean",
             "ce_spliced", "ce_zero_ablation", "ce_loss_recovered", "delta_lm_loss", "kl")
@@ -82,18 +98,8 @@ def register(app: typer.Typer) -> None:
                   eval_contexts: int = typer.Option(32, help="held-out contexts for the CE / KL metrics"),
                   ) -> None:
         """Train an SAE on a model's activations, save it in OUT, evaluate it on held-out documents (OUT/eval.json)."""
-        if arch not in ARCHS:
-            raise typer.BadParameter(f"{arch!r} is not an architecture; use one of {', '.join(ARCHS)}",
-                                     param_hint="--arch")
-        for name, value in (("--width", width), ("--tokens", tokens), ("--context", context),
-                            ("--batch-tokens", batch_tokens), ("--k", k)):
-            if value < 1:
-                raise typer.BadParameter(f"must be >= 1, got {value}", param_hint=name)
-        if tokens < batch_tokens:
-            raise typer.BadParameter(f"--tokens ({tokens}) is less than one batch (--batch-tokens {batch_tokens})",
-                                     param_hint="--tokens")
-        if not 1 <= holdout <= 50:
-            raise typer.BadParameter(f"must be a percent in 1..50, got {holdout}", param_hint="--holdout")
+        check_training_options(arch, ARCHS, {"--width": width, "--tokens": tokens, "--context": context,
+                                             "--batch-tokens": batch_tokens, "--k": k}, tokens, batch_tokens, holdout)
         folder = check_out_option(out, folder=True)
         check_out_option(cache_dir, folder=True, what="--cache-dir")
         import torch

@@ -22,7 +22,7 @@ from typing import Any, Optional
 import typer
 
 from ...io import atomic_write_json, check_out_option
-from .dictionaries import PREPEND_BOS_HELP
+from .dictionaries import PREPEND_BOS_HELP, check_training_options
 from ...dictionaries.heldout import (describe_split as _describe, evaluate_transcoder_heldout,
                                      prepend_bos_default as _prepend_bos, split_documents)
 
@@ -111,23 +111,13 @@ def register(app: typer.Typer) -> None:
         """Train a CLT or per-layer transcoders, save them in OUT, evaluate on held-out documents (OUT/eval.json)."""
         if kind not in KINDS:
             raise typer.BadParameter(f"{kind!r}: use clt (cross-layer) or plt (per-layer)", param_hint="--kind")
-        if arch not in ARCHS:
-            raise typer.BadParameter(f"{arch!r} is not an architecture; use one of {', '.join(ARCHS)}",
-                                     param_hint="--arch")
-        for name, value in (("--width", width), ("--tokens", tokens), ("--context", context),
-                            ("--batch-tokens", batch_tokens), ("--k", k)):
-            if value < 1:
-                raise typer.BadParameter(f"must be >= 1, got {value}", param_hint=name)
+        check_training_options(arch, ARCHS, {"--width": width, "--tokens": tokens, "--context": context,
+                                             "--batch-tokens": batch_tokens, "--k": k}, tokens, batch_tokens, holdout)
         if arch in ("topk", "batchtopk") and k > width:
             raise typer.BadParameter(f"k={k} is more than the features per layer (--width {width})", param_hint="--k")
-        if tokens < batch_tokens:
-            raise typer.BadParameter(f"--tokens ({tokens}) is less than one batch (--batch-tokens {batch_tokens})",
-                                     param_hint="--tokens")
         if buffer_tokens < 2 * batch_tokens:
             raise typer.BadParameter(f"must be at least twice --batch-tokens ({batch_tokens})",
                                      param_hint="--buffer-tokens")
-        if not 1 <= holdout <= 50:
-            raise typer.BadParameter(f"must be a percent in 1..50, got {holdout}", param_hint="--holdout")
         folder = check_out_option(out, folder=True)
         check_out_option(cache_dir, folder=True, what="--cache-dir")
         import torch
