@@ -18,6 +18,12 @@ raised region5's P(cheese) at off-region decision squares from 0.52 to 0.61 and 
 to 0.77, sampled reach on training mazes moving by at most 0.015 (checkpoints/README.json; 0 is the
 plain method).
 
+``mirror_frac`` (default 0, the original training) mirrors that share of the training mazes (left-right, up-down or
+both), so their cheese lies in another corner's region and "go to the top-right" stops predicting the expert
+there. Why: with every cheese in the top-right region, cloning teaches a mixture of "go to the cheese" and "go to
+the top-right" that held P(cheese) at off-region decision squares near 0.55 whatever else was tried (perception,
+size mix, curriculum, width; checkpoints/README.json ``tried``), where the original RL agent put 0.85.
+
 Speed: the network runs in channels_last layout under bfloat16 autocast (``bf16``; weights, optimiser and the
 shipped checkpoint stay float32), and a batch of observations is drawn with numpy fancy indexing
 (``evaluate.Batch``). On 2 idle cores a step at batch 128 is ~117 ms of forward and backward (the convolutions'
@@ -100,8 +106,9 @@ class Sampler:
 
     def __init__(self, region: int, rng: np.random.Generator, buffer_cap: int = 300_000,
                  size_power: float = 0.0, path_frac: float = 0.0, per_maze: int = 4, autocast: bool = False,
-                 pull_frac: float = 0.5):
+                 pull_frac: float = 0.5, mirror_frac: float = 0.0):
         self.region, self.rng, self.cap, self.pull_frac = region, rng, buffer_cap, pull_frac
+        self.mirror_frac = mirror_frac
         self.path_frac, self.per_maze, self.autocast = path_frac, per_maze, autocast
         self.set_size_power(size_power)
         self.mazes: list[Maze] = []  # mazes referenced by the buffer
@@ -114,7 +121,18 @@ class Sampler:
 
     def fresh_maze(self) -> Maze:
         size = int(self.rng.choice(SIZES, p=self.size_p))
-        return Maze.from_seed(int(self.rng.integers(TRAIN_SEED_LIMIT)), size=size, region=self.region)
+        return self.maybe_mirrored(Maze.from_seed(int(self.rng.integers(TRAIN_SEED_LIMIT)), size=size,
+                                                  region=self.region))
+
+    def maybe_mirrored(self, maze: Maze) -> Maze:
+        """``maze``, or with probability ``mirror_frac`` its mirror image (left-right, up-down or both, equally
+        likely) with the mouse back on the start cell: the cheese then lies in another corner's region, so
+        "go to the top-right" stops predicting the expert there (module docstring). Draws nothing at 0."""
+        if not self.mirror_frac or self.rng.random() >= self.mirror_frac:
+            return maze
+        kind = int(self.rng.integers(3))  # 0: left-right, 1: up-down, 2: both
+        m = maze.mirrored(left_right=kind != 1, up_down=kind != 0)
+        return m.with_mouse(m.start)
 
     def random_states(self, count: int, per_maze: int | None = None):
         per_maze = per_maze or self.per_maze
@@ -292,8 +310,8 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
                  checkpoint_every: float = 120.0, eval_every: int = 600, max_steps: int | None = None,
                  threads: int = 1, final_eval: bool = True, progress: bool = True, command: str | None = None,
                  init_from=None, size_power: float = 1.0, size_ramp: int = 2000, path_frac: float = 0.25,
-                 per_maze: int = 4, bf16: bool = True, pull_frac: float = 0.5, backend: str = "avec",
-                 backend_options: dict | None = None):
+                 per_maze: int = 4, bf16: bool = True, pull_frac: float = 0.5, mirror_frac: float = 0.0,
+                 backend: str = "avec", backend_options: dict | None = None):
     """Train a policy for top-right region ``region`` for ``minutes`` of wall-clock time (or
     ``max_steps`` optimiser steps), resuming from ``out_path`` if an unfinished run is there.
     ``init_from``: start from the weights of another checkpoint (fine-tuning; fresh optimiser).
@@ -304,8 +322,9 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
 
     if isinstance(region, bool) or not isinstance(region, int) or not 1 <= region <= WORLD:
         raise ValueError(f"region must be an int in 1..{WORLD}, got {region!r}")
-    for name, frac in (("path_frac", path_frac), ("pull_frac", pull_frac), ("dagger_frac", dagger_frac)):
-        if not 0.0 <= frac <= 1.0:
+    for name, frac in (("path_frac", path_frac), ("pull_frac", pull_frac), ("dagger_frac", dagger_frac),
+                       ("mirror_frac", mirror_frac)):
+        if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 <= frac <= 1.0:
             raise ValueError(f"{name} must be a fraction in [0, 1], got {frac!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -332,6 +351,8 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
                   init_from=None if init_from is None else str(init_from), size_power=size_power,
                   size_ramp=size_ramp, path_frac=path_frac, per_maze=per_maze, bf16=bf16,
                   pull_frac=pull_frac)
+    if mirror_frac:  # configs of runs without mirrored mazes stay as they were
+        config.update(mirror_frac=mirror_frac)
     if backend != "avec":  # avec-backend configs stay as they were
         config.update(backend=backend, **backend_options)
     policy = ImpalaPolicy(scale)
@@ -363,7 +384,7 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
 
         sampler_cls, evaluate_fn = partial(ProcgenSampler, scale=scale, **backend_options), evaluate_procgen
     sampler = sampler_cls(region, rng, size_power=size_power, path_frac=path_frac, per_maze=per_maze, autocast=bf16,
-                          pull_frac=pull_frac)
+                          pull_frac=pull_frac, mirror_frac=mirror_frac)
     if sampler.aux_parameters():
         opt.add_param_group({"params": sampler.aux_parameters(), "lr": lr})
     budget = minutes * 60.0
@@ -476,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dagger-frac", type=float, default=0.5, help="fraction of each batch from the DAgger buffer")
     ap.add_argument("--pull-frac", type=float, default=0.5,
                     help="fraction of the other fresh states drawn where the cheese's move and the top-right's differ")
+    ap.add_argument("--mirror-frac", type=float, default=0.0,
+                    help="fraction of training mazes mirrored (left-right, up-down or both), so their cheese lies in "
+                    "another corner's region (0: every cheese in the top-right region, as the original training)")
     ap.add_argument("--no-bf16", action="store_true", help="train in float32 (default: bfloat16 autocast)")
     ap.add_argument("--backend", choices=BACKENDS, default="avec",
                     help="avec: the pure-Python world's mazes and pictures; procgen: procgen's levels and observations "
@@ -508,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
                           size_ramp=args.size_ramp, path_frac=args.path_frac,
                           per_maze=args.per_maze, dagger_every=args.dagger_every, dagger_mazes=args.dagger_mazes,
                           dagger_steps=args.dagger_steps, dagger_frac=args.dagger_frac, bf16=not args.no_bf16,
-                          pull_frac=args.pull_frac, backend=args.backend, backend_options=pool)
+                          pull_frac=args.pull_frac, mirror_frac=args.mirror_frac, backend=args.backend, backend_options=pool)
     print(report.get("eval", report))
     return 0
 

@@ -168,7 +168,7 @@ class ProcgenSampler(Sampler):
         size = int(self.rng.choice(SIZES, p=self.size_p))
         have = self._by_size[size]
         i = int(self.rng.choice(have)) if len(have) else int(self.rng.integers(len(self.pool)))
-        return place_cheese(self.pool[i], self.region, self.rng)
+        return self.maybe_mirrored(place_cheese(self.pool[i], self.region, self.rng))
 
     def add_rollouts(self, policy, n_mazes: int, max_steps: int) -> dict:
         mazes = [self.fresh_maze() for _ in range(n_mazes)]

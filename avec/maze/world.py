@@ -240,6 +240,18 @@ class Maze:
         g[0, c0:] = True
         return replace(self, grid=g, _dist_cache={})
 
+    def mirrored(self, left_right: bool = True, up_down: bool = False) -> Maze:
+        """The world mirrored left-right and/or up-down: walls, mouse and cheese (a maze stays centred, so
+        its corners swap: mirrored left-right, a top-right cheese is in the top-left). ``seed`` and
+        ``region`` still say how the unmirrored maze was made."""
+        g = self.grid[slice(None, None, -1 if up_down else 1), slice(None, None, -1 if left_right else 1)]
+
+        def flip(pos):
+            return None if pos is None else (WORLD - 1 - pos[0] if up_down else pos[0],
+                                             WORLD - 1 - pos[1] if left_right else pos[1])
+
+        return replace(self, grid=g, mouse=flip(self.mouse), cheese=flip(self.cheese), _dist_cache={})
+
     # ---------------------------------------------------------------- paths
     def distances(self, source) -> np.ndarray:
         """BFS distances (in moves) from ``source`` to every cell, int ``[25, 25]``; -1 = unreachable."""

@@ -130,6 +130,21 @@ def test_the_grid_from_the_state_is_the_grid_in_the_observation():
 
 
 @needs_procgen
+def test_a_mirrored_level_renders_its_mirrored_grid():
+    """The DAgger sampler's mirrored levels (``mirror_frac``): procgen draws the walls, cheese and mouse where
+    the mirrored maze has them."""
+    for m in pb.levels(SEEDS[:3]):
+        for lr, ud in ((True, False), (False, True), (True, True)):
+            mm = m.mirrored(left_right=lr, up_down=ud)
+            assert isinstance(mm, pb.ProcgenMaze)
+            obs = pb.observe(mm)
+            mask = np.ones((WORLD, WORLD), bool)
+            mask[mm.mouse] = mask[mm.cheese] = False
+            assert np.array_equal(_seen_open(obs, mm)[mask], mm.grid[mask]), (m, lr, ud)
+            assert _changed_cells(obs, pb.observe(mm.without_cheese())) == {mm.cheese}
+
+
+@needs_procgen
 def test_mouse_and_cheese_are_where_the_state_says():
     """Removing the cheese, or moving the mouse, changes pixels in those cells and nowhere else."""
     for m in pb.levels(SEEDS):

@@ -97,6 +97,39 @@ def test_a_greedy_mask_runs_greedy_and_sampled_mazes_as_their_own_rollouts_would
             rollout(tiny_policy, mazes, 5, greedy=bad)
 
 
+def test_mirrored_training_mazes_put_the_cheese_in_other_corners_and_are_recorded(tmp_path):
+    plain = Sampler(5, np.random.default_rng(3))
+    none = Sampler(5, np.random.default_rng(3), mirror_frac=0.0)
+    assert [plain.fresh_maze() for _ in range(5)] == [none.fresh_maze() for _ in range(5)]  # 0 draws nothing
+    s = Sampler(5, np.random.default_rng(3), mirror_frac=1.0)
+    kinds = set()
+    for _ in range(60):
+        m = s.fresh_maze()
+        assert m.mouse == m.start
+        # exactly one way back gives a maze of the training family: the cheese in the top-right region
+        back = [(lr, ud) for lr, ud in ((True, False), (False, True), (True, True))
+                if _in_region(m.mirrored(left_right=lr, up_down=ud), 5)]
+        assert back, m
+        kinds.update(back if m.size > 9 else [])  # small mazes' corner regions overlap
+    assert kinds == {(True, False), (False, True), (True, True)}
+    half = Sampler(5, np.random.default_rng(4), mirror_frac=0.5)
+    share = np.mean([not _in_region(half.fresh_maze(), 5) for _ in range(400) ])
+    assert 0.3 < share < 0.55  # half mirrored, a few of those (small mazes) still top-right
+    rep = train_policy(5, tmp_path / "m.safetensors", max_steps=2, mirror_frac=0.25, batch_size=4, warmup_steps=1,
+                       dagger_every=1, dagger_mazes=2, dagger_steps=3, final_eval=False, progress=False)
+    assert rep["config"]["mirror_frac"] == 0.25
+    assert "mirror_frac" not in train_policy(5, tmp_path / "p.safetensors", max_steps=1, batch_size=4, warmup_steps=1,
+                                             final_eval=False, progress=False)["config"]
+    for bad in (-0.1, 1.5, float("nan"), True):
+        with pytest.raises(ValueError, match="mirror_frac must be a fraction in"):
+            train_policy(5, tmp_path / "x.safetensors", max_steps=1, mirror_frac=bad)
+
+
+def _in_region(m, region):
+    rows, cols = top_right_region(m.size, region)
+    return rows.start <= m.cheese[0] < rows.stop and cols.start <= m.cheese[1] < cols.stop
+
+
 def test_train_smoke_and_resume(tmp_path):
     out = tmp_path / "p.safetensors"
     kw = dict(warmup_steps=2, dagger_every=3, dagger_mazes=4, dagger_steps=5, checkpoint_every=0.0,

@@ -183,3 +183,29 @@ def test_maze_value_equality_and_hash():
     a, b = Maze.from_seed(5), Maze.from_seed(5)
     assert a == b and hash(a) == hash(b) and len({a, b}) == 1
     assert a != a.with_mouse(a.cheese) and a != Maze.from_seed(6) and a != "maze"
+
+
+@pytest.mark.parametrize("seed", [0, 5, 77])
+def test_a_mirrored_maze_mirrors_walls_mouse_cheese_and_the_expert(seed):
+    from avec.maze.env import expert_move
+
+    m = Maze.from_seed(seed, region=5)
+    swap = {"left_right": {"LEFT": "RIGHT", "RIGHT": "LEFT"}, "up_down": {"UP": "DOWN", "DOWN": "UP"}}
+    for lr, ud in ((True, False), (False, True), (True, True)):
+        mm = m.mirrored(left_right=lr, up_down=ud)
+
+        def at(pos):
+            return (WORLD - 1 - pos[0] if ud else pos[0], WORLD - 1 - pos[1] if lr else pos[1])
+
+        assert mm.size == m.size and mm.mouse == at(m.mouse) and mm.cheese == at(m.cheese)
+        assert all(mm.grid[at((r, c))] == m.grid[r, c] for r in range(WORLD) for c in range(WORLD))
+        assert mm.mirrored(left_right=lr, up_down=ud) == m
+        for r, c in m.open_cells()[:40]:
+            if (r, c) == m.cheese:
+                continue
+            want = expert_move(m, (r, c))
+            for flag, table in ((lr, swap["left_right"]), (ud, swap["up_down"])):
+                want = table.get(want, want) if flag else want
+            assert expert_move(mm, at((r, c))) == want
+            assert mm.distances(mm.cheese)[at((r, c))] == m.distances(m.cheese)[r, c]
+    assert m.without_cheese().mirrored().cheese is None
