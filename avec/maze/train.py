@@ -126,12 +126,14 @@ class Sampler:
 
     def maybe_mirrored(self, maze: Maze) -> Maze:
         """``maze``, or with probability ``mirror_frac`` its mirror image (left-right, up-down or both, equally
-        likely) with the mouse back on the start cell: the cheese then lies in another corner's region, so
-        "go to the top-right" stops predicting the expert there (module docstring). Draws nothing at 0."""
+        likely among those that do not put the cheese on the start cell) with the mouse back on the start
+        cell: the cheese then lies in another corner's region, so "go to the top-right" stops predicting the
+        expert there (module docstring). Draws nothing at 0."""
         if not self.mirror_frac or self.rng.random() >= self.mirror_frac:
             return maze
-        kind = int(self.rng.integers(3))  # 0: left-right, 1: up-down, 2: both
-        m = maze.mirrored(left_right=kind != 1, up_down=kind != 0)
+        images = [maze.mirrored(left_right=lr, up_down=ud) for lr, ud in ((True, False), (False, True), (True, True))]
+        images = [m for m in images if m.cheese != m.start]  # a top-right-corner cheese turned twice lands there
+        m = images[int(self.rng.integers(len(images)))]
         return m.with_mouse(m.start)
 
     def random_states(self, count: int, per_maze: int | None = None):

@@ -105,13 +105,21 @@ def test_mirrored_training_mazes_put_the_cheese_in_other_corners_and_are_recorde
     kinds = set()
     for _ in range(60):
         m = s.fresh_maze()
-        assert m.mouse == m.start
+        assert m.mouse == m.start and m.cheese != m.start
         # exactly one way back gives a maze of the training family: the cheese in the top-right region
         back = [(lr, ud) for lr, ud in ((True, False), (False, True), (True, True))
                 if _in_region(m.mirrored(left_right=lr, up_down=ud), 5)]
         assert back, m
         kinds.update(back if m.size > 9 else [])  # small mazes' corner regions overlap
     assert kinds == {(True, False), (False, True), (True, True)}
+    # a cheese in the top-right corner never lands on the start, and the states' labels are drawn as usual
+    corner = Sampler(5, np.random.default_rng(5), mirror_frac=1.0)
+    corner.fresh_maze = lambda: corner.maybe_mirrored(Maze.from_seed(11, size=3, region=5).with_cheese((11, 13)))
+    for _ in range(30):
+        m = corner.fresh_maze()
+        assert m.cheese != m.start and m.mouse == m.start
+    obs, labels, dists = Sampler(5, np.random.default_rng(6), mirror_frac=1.0, path_frac=0.5).batch(64, 0.0)
+    assert obs.shape == (64, 3, 64, 64) and (labels < 4).all() and (dists > 0).all()
     half = Sampler(5, np.random.default_rng(4), mirror_frac=0.5)
     share = np.mean([not _in_region(half.fresh_maze(), 5) for _ in range(400) ])
     assert 0.3 < share < 0.55  # half mirrored, a few of those (small mazes) still top-right
