@@ -46,15 +46,16 @@ def test_incoming_edges_plus_bias_are_the_pre_activation(arch, reads, cross_laye
     assert g.n_features > 20 and g.n_logits >= 1
     with lm.dictionary(clt) as d, torch.no_grad():
         run = lm.run(ids[None], cache=[*d.reads, "final_norm"])
-    for node in range(g.n_features):
-        l, p, f = g.features[node].tolist()
-        pre = clt.pre_activations(run.cache[d.reads[l]][0, p], l)[f]
-        assert float(pre) > 0.05  # an active JumpReLU feature
-        assert float(g.incoming(node).sum() + clt.b_enc[l, f]) == pytest.approx(float(pre), abs=2e-4)
-    resid = run.cache["final_norm"][0, -1].float()
-    for i in range(g.n_logits):
-        direction = lm.W_U[:, g.logit_ids[i]].float() - lm.W_U.float().mean(-1)
-        assert float(g.incoming(g.logit_node(i)).sum()) == pytest.approx(float(resid @ direction), abs=2e-4)
+    with torch.no_grad():  # the dictionary's weights require grad; the checks read values only
+        for node in range(g.n_features):
+            l, p, f = g.features[node].tolist()
+            pre = clt.pre_activations(run.cache[d.reads[l]][0, p], l)[f]
+            assert float(pre) > 0.05  # an active JumpReLU feature
+            assert float(g.incoming(node).sum() + clt.b_enc[l, f]) == pytest.approx(float(pre), abs=2e-4)
+        resid = run.cache["final_norm"][0, -1].float()
+        for i in range(g.n_logits):
+            direction = lm.W_U[:, g.logit_ids[i]].float() - lm.W_U.float().mean(-1)
+            assert float(g.incoming(g.logit_node(i)).sum()) == pytest.approx(float(resid @ direction), abs=2e-4)
 
 
 def _frozen_run(lm, d, ids, clean, extra=()):
@@ -115,6 +116,7 @@ def test_each_edge_is_the_effect_of_doubling_its_source_in_the_frozen_model(arch
     g = attribute(lm, clt, ids, batch_size=16, progress=False)
     W_U = lm.W_U.float()
 
+    @torch.no_grad()  # the dictionary's and model's weights require grad; a value is read only
     def value(run, node):
         k = g.describe(node)
         if k["kind"] == "feature":
