@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import numbers
 import shlex
 import sys
 import time
@@ -329,8 +330,10 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
         raise ValueError(f"region must be an int in 1..{WORLD}, got {region!r}")
     for name, frac in (("path_frac", path_frac), ("pull_frac", pull_frac), ("dagger_frac", dagger_frac),
                        ("mirror_frac", mirror_frac)):
-        if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 <= frac <= 1.0:
+        if isinstance(frac, bool) or not isinstance(frac, numbers.Real) or not 0.0 <= frac <= 1.0:
             raise ValueError(f"{name} must be a fraction in [0, 1], got {frac!r}")
+    # plain floats from here on: numpy numbers pass the check but not the checkpoint's JSON header
+    path_frac, pull_frac, dagger_frac, mirror_frac = map(float, (path_frac, pull_frac, dagger_frac, mirror_frac))
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     backend_options = dict(backend_options or {})

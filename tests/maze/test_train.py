@@ -126,6 +126,9 @@ def test_mirrored_training_mazes_put_the_cheese_in_other_corners_and_are_recorde
     rep = train_policy(5, tmp_path / "m.safetensors", max_steps=2, mirror_frac=0.25, batch_size=4, warmup_steps=1,
                        dagger_every=1, dagger_mazes=2, dagger_steps=3, final_eval=False, progress=False)
     assert rep["config"]["mirror_frac"] == 0.25
+    rep = train_policy(5, tmp_path / "n.safetensors", max_steps=1, batch_size=4, warmup_steps=1, final_eval=False,
+                       progress=False, mirror_frac=np.float32(0.5), pull_frac=np.float64(0.25))
+    assert rep["config"]["mirror_frac"] == 0.5 and type(rep["config"]["pull_frac"]) is float  # numpy numbers pass
     assert "mirror_frac" not in train_policy(5, tmp_path / "p.safetensors", max_steps=1, batch_size=4, warmup_steps=1,
                                              final_eval=False, progress=False)["config"]
     for bad in (-0.1, 1.5, float("nan"), True):
