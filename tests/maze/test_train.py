@@ -131,9 +131,11 @@ def test_mirrored_training_mazes_put_the_cheese_in_other_corners_and_are_recorde
     assert rep["config"]["mirror_frac"] == 0.5 and type(rep["config"]["pull_frac"]) is float  # numpy numbers pass
     assert "mirror_frac" not in train_policy(5, tmp_path / "p.safetensors", max_steps=1, batch_size=4, warmup_steps=1,
                                              final_eval=False, progress=False)["config"]
-    for bad in (-0.1, 1.5, float("nan"), True):
+    for bad in (-0.1, 1.5, float("nan"), True, "0.5"):
         with pytest.raises(ValueError, match="mirror_frac must be a fraction in"):
             train_policy(5, tmp_path / "x.safetensors", max_steps=1, mirror_frac=bad)
+    with pytest.raises(ValueError, match="pull_frac must be a fraction in"):
+        train_policy(5, tmp_path / "x.safetensors", max_steps=1, pull_frac=True)
 
 
 def _in_region(m, region):
