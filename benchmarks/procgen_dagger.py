@@ -20,6 +20,7 @@ import torch
 
 from _timing import median_time
 from avec.maze import procgen_backend as pb
+from avec.maze.env import choose_actions
 from avec.maze.policy import load_policy
 from avec.maze.procgen_state import parse
 from avec.maze.render import to_tensor
@@ -42,7 +43,7 @@ def parse_every_step(policy, mazes, max_steps: int) -> list[tuple[int, int, int]
         cells = [parse(b).mouse for b in env.callmethod("get_state")]
         visited.extend((int(j), *cells[j]) for j in live)
         actions = np.full(pb.POOL, pb._NOOP, np.int32)
-        actions[live] = pb._choose(policy(to_tensor(obs[live])).logits, True, None)
+        actions[live] = choose_actions(policy(to_tensor(obs[live])).logits, np.ones(len(live), bool), None)
         env.act(actions)
         _, ob, first = env.observe()
         obs = ob["rgb"]

@@ -58,6 +58,24 @@ def greedy_mask(greedy, n: int) -> np.ndarray:
     return np.broadcast_to(mask, (n,))
 
 
+_MOVE_ACTION = np.array([CANONICAL[a] for a in ACTION_NAMES], np.int32)  # 5-way move -> a procgen action making it
+
+
+def choose_actions(logits: torch.Tensor, greedy: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Procgen actions int32 ``[k]`` from action logits ``[k, 15]``: row j takes the most likely MOVE (5-way, not
+    the top one of 15 actions: LEFT / RIGHT have 3) where ``greedy[j]`` (bool ``[k]``), else a sampled action;
+    ``rng`` is drawn once per sampled row, in row order. Both backends' rollouts choose with this."""
+    actions = np.empty(len(logits), np.int32)
+    probs = torch.softmax(logits.double(), 1)
+    if greedy.any():
+        actions[greedy] = _MOVE_ACTION[five_way(probs[torch.from_numpy(greedy)]).argmax(1).numpy()]
+    if not greedy.all():
+        p = probs[torch.from_numpy(~greedy)].numpy()
+        u = rng.random((len(p), 1))
+        actions[~greedy] = np.minimum((p.cumsum(1) < u).sum(1), N_ACTIONS - 1)
+    return actions
+
+
 def move(maze: Maze, pos, action: int):
     """Position after taking procgen ``action`` at ``pos`` (blocked moves stay put)."""
     name = action_name(action)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .env import ACTION_NAMES, N_ACTIONS, five_way, greedy_mask
+from .env import ACTION_NAMES, N_ACTIONS, choose_actions, five_way, greedy_mask
 from .render import renderer
 from .world import MOVES, SIZES, WORLD, Maze, top_right_region
 from ..results import Result
@@ -123,12 +123,7 @@ def rollout(policy, mazes: list[Maze], max_steps: int = 500, greedy: bool | np.n
             visited.extend((int(i), int(pos[i, 0]), int(pos[i, 1])) for i in idx)
         logits = torch.cat([policy(batch.obs(idx[s:s + chunk], pos[idx[s:s + chunk]])).logits
                             for s in range(0, len(idx), chunk)])
-        g = mask[idx]
-        moves = np.empty(len(idx), np.int64)
-        if g.any():  # the most likely MOVE (5-way), not the top one of 15 actions (LEFT/RIGHT have 3)
-            moves[g] = five_way(torch.softmax(logits[torch.from_numpy(g)].double(), 1)).argmax(1).numpy()
-        if not g.all():
-            moves[~g] = _GROUP[_sample(logits[torch.from_numpy(~g)], rng)]
+        moves = _GROUP[choose_actions(logits, mask[idx], rng)]
         nxt = pos[idx] + _DELTA[moves]
         ok = (nxt >= 0).all(1) & (nxt < WORLD).all(1)
         ok[ok] = grids[idx[ok], nxt[ok, 0], nxt[ok, 1]]
@@ -136,12 +131,6 @@ def rollout(policy, mazes: list[Maze], max_steps: int = 500, greedy: bool | np.n
         steps[idx] += 1
         done[idx] = (pos[idx] == cheese[idx]).all(1)
     return done, steps, visited
-
-
-def _sample(logits: torch.Tensor, rng: np.random.Generator) -> np.ndarray:
-    p = torch.softmax(logits.double(), 1).numpy()
-    u = rng.random((len(p), 1))
-    return np.minimum((p.cumsum(1) < u).sum(1), p.shape[1] - 1)
 
 
 def training_region(policy) -> int | None:

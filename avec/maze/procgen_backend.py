@@ -29,7 +29,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .env import ACTION_GROUPS, CANONICAL, N_ACTIONS, five_way, greedy_mask, move
+from .env import ACTION_GROUPS, CANONICAL, N_ACTIONS, choose_actions, greedy_mask, move
 from .procgen_state import ProcgenState, StateError, parse
 from .render import to_tensor
 from .world import WORLD, Maze
@@ -280,11 +280,7 @@ def run_episodes(policy, mazes, max_steps: int, greedy, rng: np.random.Generator
                 visited.extend((part[j], *cells[j], refl[j]) for j in live)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 logits = policy(to_tensor(obs[live])).logits.float()
-            chosen = np.empty(len(live), np.int32)
-            g = greedy[part[live]]
-            for mask, how in ((g, True), (~g, False)):
-                if mask.any():
-                    chosen[mask] = _choose(logits[torch.from_numpy(mask)], how, rng)
+            chosen = choose_actions(logits, greedy[part[live]], rng)
             actions = np.full(num_envs, _NOOP, np.int32)
             actions[live] = chosen
             env.act(actions)
@@ -298,17 +294,6 @@ def run_episodes(policy, mazes, max_steps: int, greedy, rng: np.random.Generator
             reached[part[live]] = rew[live] > 0
             done[live] = first[live]  # procgen starts a new episode after the cheese or its timeout
     return reached, steps, np.array(visited, np.int64).reshape(-1, 4)
-
-
-_MOVE_ACTION = np.array([CANONICAL[a] for a in ("LEFT", "DOWN", "UP", "RIGHT", "NOOP")], np.int32)
-
-
-def _choose(logits: torch.Tensor, greedy: bool, rng: np.random.Generator) -> np.ndarray:
-    if greedy:  # the most likely MOVE (5-way), as evaluate.rollout
-        return _MOVE_ACTION[five_way(torch.softmax(logits.double(), 1)).argmax(1).numpy()]
-    p = torch.softmax(logits.double(), 1).numpy()
-    u = rng.random((len(p), 1))
-    return np.minimum((p.cumsum(1) < u).sum(1), N_ACTIONS - 1).astype(np.int32)
 
 
 def random_levels(count: int, seed_base: int = 0, keep=None, max_tries: int = 1_000_000) -> list[ProcgenMaze]:
