@@ -22,3 +22,24 @@ def tiny_policy():
 
     torch.manual_seed(0)
     return ImpalaPolicy(scale=1).eval()
+
+
+@pytest.fixture
+def kill_at_batch(monkeypatch):
+    """``kill_at_batch(Sampler, n=4)``: the class's ``batch`` raises KeyboardInterrupt at its n-th call, as
+    if the run were killed during step n. Returns the real method, to put back before resuming."""
+
+    def kill(cls, n: int = 4):
+        real = cls.batch
+        calls = {"n": 0}
+
+        def flaky(self, *a, **k):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt
+            return real(self, *a, **k)
+
+        monkeypatch.setattr(cls, "batch", flaky)
+        return real
+
+    return kill

@@ -167,23 +167,14 @@ def test_train_smoke_and_resume(tmp_path):
                  "--batch-size", "4", "--no-eval"]) == 0
 
 
-def test_crash_then_resume_restores_adam(tmp_path, monkeypatch):
+def test_crash_then_resume_restores_adam(tmp_path, monkeypatch, kill_at_batch):
     import pytest
 
     import avec.maze.train as T
 
     out = tmp_path / "c.safetensors"
     kw = dict(warmup_steps=100, checkpoint_every=0.0, final_eval=False, progress=False, batch_size=4)
-    real = T.Sampler.batch
-    calls = {"n": 0}
-
-    def flaky(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt  # "killed" during step 4
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(T.Sampler, "batch", flaky)
+    real = kill_at_batch(T.Sampler)  # "killed" during step 4
     with pytest.raises(KeyboardInterrupt):
         train_policy(5, out, max_steps=10, **kw)
     state, extra, meta = read_checkpoint(out)

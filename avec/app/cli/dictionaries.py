@@ -51,6 +51,35 @@ def check_training_options(arch: str, archs, sizes: dict[str, int], tokens: int,
         raise typer.BadParameter(f"must be a percent in 1..50, got {holdout}", param_hint="--holdout")
 
 
+def start_training(lm: Any, hooks, *, corpus: str, holdout: int, shuffle: bool, seed: int, context: int,
+                   batch_tokens: int, buffer_tokens: int, tokens: int, cache_dir: Optional[str],
+                   prepend_bos: Optional[bool]) -> tuple[Any, str]:
+    """The activation stream a ``train`` command reads, and the description of its document split:
+    ``hooks``' activations on the training documents (shuffled and seeded as the options say), cut into
+    contexts by the BOS rule (``prepend_bos`` None: the tokenizer's default)."""
+    from ...dictionaries.store import ActivationStore
+
+    desc = describe_split(corpus, "train", holdout, shuffle, seed)
+    docs = split_documents(corpus, "train", holdout, shuffle=shuffle, seed=seed)
+    # the store counts context tokens (specials included, then dropped): ask for a little more
+    store = ActivationStore(lm, hooks, docs, context=context, batch_tokens=batch_tokens, buffer_tokens=buffer_tokens,
+                            max_tokens=int(tokens * 1.05) + context, seed=seed, cache_dir=cache_dir,
+                            corpus=desc if cache_dir else None, prepend_bos=prepend_bos_default(lm, prepend_bos))
+    return store, desc
+
+
+def train_from_store(modules: dict, store: Any, cfg: Any, folder: Path) -> tuple[Any, float]:
+    """Train ``modules`` on ``store``'s batches (resuming from ``folder``'s checkpoint, which knows how many
+    batches to skip); returns the result and this run's training seconds."""
+    from ...dictionaries.train import train
+
+    t = time.time()
+    result = train(modules, lambda start: itertools.islice(iter(store), start, None), cfg, out=folder)
+    seconds = time.time() - t
+    typer.echo(f"trained {result.steps} steps in {seconds:.0f} s; evaluating on held-out documents")
+    return result, seconds
+
+
 def _metrics(res: Any) -> dict:
     keys = ("n_tokens", "mse", "fvu", "l0", "dead_fraction", "dense_fraction", "cosine", "norm_ratio", "ce_clean",
             "ce_spliced", "ce_zero_ablation", "ce_loss_recovered", "delta_lm_loss", "kl")
@@ -106,8 +135,7 @@ def register(app: typer.Typer) -> None:
 
         from ...models import load
         from ...dictionaries.sae import SAE
-        from ...dictionaries.store import ActivationStore
-        from ...dictionaries.train import TrainConfig, train
+        from ...dictionaries.train import TrainConfig
 
         if threads:
             torch.set_num_threads(threads)
@@ -119,13 +147,9 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"{at!r} names {len(hook)} hook points; give one", param_hint="--at")
         at = hook[0]
         prepend_bos = prepend_bos_default(lm, prepend_bos)
-        desc = describe_split(corpus, "train", holdout, shuffle, seed)
-        docs = split_documents(corpus, "train", holdout, shuffle=shuffle, seed=seed)
-        # the store counts context tokens (specials included, then dropped): ask for a little more
-        store = ActivationStore(lm, at, docs, context=context, batch_tokens=batch_tokens,
-                                buffer_tokens=max(2 ** 16, 2 * batch_tokens), max_tokens=int(tokens * 1.05) + context,
-                                seed=seed, cache_dir=cache_dir, corpus=desc if cache_dir else None,
-                                prepend_bos=prepend_bos)
+        store, desc = start_training(lm, at, corpus=corpus, holdout=holdout, shuffle=shuffle, seed=seed, context=context,
+                                     batch_tokens=batch_tokens, buffer_tokens=max(2 ** 16, 2 * batch_tokens),
+                                     tokens=tokens, cache_dir=cache_dir, prepend_bos=prepend_bos)
         steps = tokens // batch_tokens
         w = lm.site(at).width
         d_in = math.prod(w) if w else lm.d_model
@@ -133,14 +157,7 @@ def register(app: typer.Typer) -> None:
                   d_sae=width, k=k if arch in ("topk", "batchtopk") else None, hook=at, model_id=lm.model_id)
         cfg = TrainConfig(steps=steps, lr=lr, warmup_steps=warmup_steps, dead_tokens=dead_tokens,
                           checkpoint_every=checkpoint_every)
-
-        def batches(start: int):
-            return itertools.islice(iter(store), start, None)
-
-        t_train = time.time()
-        result = train({"sae": sae}, batches, cfg, out=folder)
-        train_seconds = time.time() - t_train
-        typer.echo(f"trained {result.steps} steps in {train_seconds:.0f} s; evaluating on held-out documents")
+        result, train_seconds = train_from_store({"sae": sae}, store, cfg, folder)
         t_eval = time.time()
         res, data = evaluate_heldout(lm, sae, at, corpus, holdout, context, eval_tokens, eval_contexts,
                                    prepend_bos)

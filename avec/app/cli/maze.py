@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
@@ -28,6 +28,14 @@ BACKEND_HELP = ("avec: avec's pure-Python maze world; procgen: the real procgen 
 CROSS_HELP = ("allow a policy trained on the other backend's pictures (measures how it transfers; refused by "
               "default, since its numbers are then not the study's)")
 HOOK_HELP = "hook point (a spatial layer, e.g. embedder.block2.res1.resadd_out)"
+
+REGION_HELP = "test-maze region (default: the policy's, else 5)"
+# the options every experiment command shares (typer reads the help from the annotation, the default from the signature)
+PolicyOption = Annotated[Optional[str], typer.Option(help=POLICY_HELP)]
+BackendOption = Annotated[str, typer.Option(help=BACKEND_HELP)]
+CrossBackendOption = Annotated[bool, typer.Option(help=CROSS_HELP)]
+HookOption = Annotated[str, typer.Option(help=HOOK_HELP)]
+RegionOption = Annotated[Optional[int], typer.Option(help=REGION_HELP)]
 
 
 def _choice(value: str, allowed, what: str) -> str:
@@ -100,6 +108,7 @@ def _hook(policy, hook: str) -> str:
 EVAL_SEED_BASE = 1_000_000_000  # = evaluate.EVAL_SEED_BASE (a literal: this module imports torch lazily; tested equal)
 SEED_BASE_HELP = ("first maze seed: the test mazes are the first --n qualifying seeds from here (default 1e9, "
                   "the evaluation seeds; another base gives held-out mazes)")
+SeedBaseOption = Annotated[int, typer.Option(help=SEED_BASE_HELP)]
 
 
 def _seed_base(seed_base: int) -> int:
@@ -144,11 +153,11 @@ def register(app: typer.Typer) -> None:
 
     @maze.command("field")
     def field(seed: int = typer.Option(0, help="maze seed (a procgen level seed with --backend procgen)"),
-              policy: Optional[str] = typer.Option(None, help=POLICY_HELP),
-              backend: str = typer.Option("avec", help=BACKEND_HELP),
-              cross_backend: bool = typer.Option(False, help=CROSS_HELP),
+              policy: PolicyOption = None,
+              backend: BackendOption = "avec",
+              cross_backend: CrossBackendOption = False,
               coeff: float = typer.Option(-1.0, help="cheese-vector coefficient (0: no steering)"),
-              hook: str = typer.Option("embedder.block2.res1.resadd_out", help=HOOK_HELP),
+              hook: HookOption = "embedder.block2.res1.resadd_out",
               out: str = typer.Option("maze-field.png", help="where to write the picture")) -> None:
         """Vector field of a policy on one maze, unsteered vs cheese-vector steered (procgen-tools style)."""
         from ...maze.experiments import cheese_vector
@@ -175,11 +184,11 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"wrote {out}")
 
     @maze.command("stats")
-    def stats(policy: Optional[str] = typer.Option(None, help=POLICY_HELP),
-              backend: str = typer.Option("avec", help=BACKEND_HELP),
-              cross_backend: bool = typer.Option(False, help=CROSS_HELP),
+    def stats(policy: PolicyOption = None,
+              backend: BackendOption = "avec",
+              cross_backend: CrossBackendOption = False,
               n: int = typer.Option(100, help="number of test mazes with a decision square"),
-              seed_base: int = typer.Option(EVAL_SEED_BASE, help=SEED_BASE_HELP),
+              seed_base: SeedBaseOption = EVAL_SEED_BASE,
               experiment: Optional[List[str]] = typer.Option(None, help=" | ".join(STATS) + " (repeatable; default all)"),
               hook: str = typer.Option("embedder.block2.res1.resadd_out",
                                        help=HOOK_HELP + "; all_layers uses every residual output"),
@@ -218,17 +227,17 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"wrote {len(chosen)} plot(s) to {plot_dir}")
 
     @maze.command("sweep")
-    def sweep(policy: Optional[str] = typer.Option(None, help=POLICY_HELP),
-              backend: str = typer.Option("avec", help=BACKEND_HELP),
-              cross_backend: bool = typer.Option(False, help=CROSS_HELP),
+    def sweep(policy: PolicyOption = None,
+              backend: BackendOption = "avec",
+              cross_backend: CrossBackendOption = False,
               kind: str = typer.Option("cheese", help=" | ".join(KINDS)),
               n: int = typer.Option(50, help="number of test mazes with a decision square"),
-              seed_base: int = typer.Option(EVAL_SEED_BASE, help=SEED_BASE_HELP),
+              seed_base: SeedBaseOption = EVAL_SEED_BASE,
               lo: float = typer.Option(-3.0, "--min", help="smallest coefficient"),
               hi: float = typer.Option(3.0, "--max", help="largest coefficient"),
               steps: int = typer.Option(13, help="number of coefficients"),
-              hook: str = typer.Option("embedder.block2.res1.resadd_out", help=HOOK_HELP),
-              region: Optional[int] = typer.Option(None, help="test-maze region (default: the policy's, else 5)"),
+              hook: HookOption = "embedder.block2.res1.resadd_out",
+              region: RegionOption = None,
               out: str = typer.Option("maze-sweep.png", help="where to write the plot")) -> None:
         """Coefficient sweep of each maze's own cheese or top-right vector: mean P(cheese) and
         P(top-right) at the decision square per coefficient (all pairs in one batch)."""
@@ -250,15 +259,15 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"wrote {out}")
 
     @maze.command("layers")
-    def layers(policy: Optional[str] = typer.Option(None, help=POLICY_HELP),
-               backend: str = typer.Option("avec", help=BACKEND_HELP),
-               cross_backend: bool = typer.Option(False, help=CROSS_HELP),
+    def layers(policy: PolicyOption = None,
+               backend: BackendOption = "avec",
+               cross_backend: CrossBackendOption = False,
                n: int = typer.Option(50, help="number of test mazes with a decision square"),
-               seed_base: int = typer.Option(EVAL_SEED_BASE, help=SEED_BASE_HELP),
+               seed_base: SeedBaseOption = EVAL_SEED_BASE,
                coeff: float = typer.Option(-1.0, help="cheese-vector coefficient"),
                hook: Optional[List[str]] = typer.Option(None, help="hook points (repeatable; default every "
                                                         "residual-block output)"),
-               region: Optional[int] = typer.Option(None, help="test-maze region (default: the policy's, else 5)")) -> None:
+               region: RegionOption = None) -> None:
         """Layer sweep: the cheese-vector statistic with the vector taken and applied at each hook point."""
         from ...maze.experiments import layer_sweep
 
@@ -270,11 +279,11 @@ def register(app: typer.Typer) -> None:
         typer.echo(_table(frame[cols]))
 
     @maze.command("retarget")
-    def retarget(policy: Optional[str] = typer.Option(None, help=POLICY_HELP),
-                 backend: str = typer.Option("avec", help=BACKEND_HELP),
-                 cross_backend: bool = typer.Option(False, help=CROSS_HELP),
+    def retarget(policy: PolicyOption = None,
+                 backend: BackendOption = "avec",
+                 cross_backend: CrossBackendOption = False,
                  n: int = typer.Option(100, help="number of held-out test mazes"),
-                 seed_base: int = typer.Option(EVAL_SEED_BASE, help=SEED_BASE_HELP),
+                 seed_base: SeedBaseOption = EVAL_SEED_BASE,
                  calibration: int = typer.Option(60, help="calibration mazes (seeds from 2e9, of --backend) for "
                                                  "choosing channels and scale"),
                  k: int = typer.Option(8, help="number of cheese channels"),
@@ -284,8 +293,8 @@ def register(app: typer.Typer) -> None:
                  remove_cheese: bool = typer.Option(True, help="measure with the cheese removed from each maze"),
                  offsets: bool = typer.Option(True, help="write at each channel's calibrated offset (else at "
                                               "the cell's geometric activation position)"),
-                 hook: str = typer.Option("embedder.block2.res1.resadd_out", help=HOOK_HELP),
-                 region: Optional[int] = typer.Option(None, help="test-maze region (default: the policy's, else 5)"),
+                 hook: HookOption = "embedder.block2.res1.resadd_out",
+                 region: RegionOption = None,
                  out: str = typer.Option("maze-retarget.png", help="where to write the scatter plot")) -> None:
         """Channel retargeting: write cheese signal into the cheese-tracking channels at a random
         target cell and compare the path probability toward it (geometric mean of on-path moves)."""
@@ -314,11 +323,11 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"wrote {out}")
 
     @maze.command("behaviour")
-    def behaviour(policy: Optional[str] = typer.Option(None, help=POLICY_HELP),
-                  backend: str = typer.Option("avec", help=BACKEND_HELP),
-                  cross_backend: bool = typer.Option(False, help=CROSS_HELP),
+    def behaviour(policy: PolicyOption = None,
+                  backend: BackendOption = "avec",
+                  cross_backend: CrossBackendOption = False,
                   n: int = typer.Option(1000, help="number of test mazes with a decision square"),
-                  seed_base: int = typer.Option(EVAL_SEED_BASE, help=SEED_BASE_HELP),
+                  seed_base: SeedBaseOption = EVAL_SEED_BASE,
                   max_steps: int = typer.Option(500, help="episode step limit (procgen's is 500)"),
                   seed: int = typer.Option(0, help="seed of the sampled actions"),
                   out: str = typer.Option("maze-behaviour.png", help="where to write the plot")) -> None:

@@ -14,7 +14,6 @@ agreement of the model with every chosen MLP output replaced by its reconstructi
 
 from __future__ import annotations
 
-import itertools
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -22,9 +21,8 @@ from typing import Any, Optional
 import typer
 
 from ...io import atomic_write_json, check_out_option
-from .dictionaries import PREPEND_BOS_HELP, check_training_options
-from ...dictionaries.heldout import (describe_split as _describe, evaluate_transcoder_heldout,
-                                     prepend_bos_default as _prepend_bos, split_documents)
+from .dictionaries import PREPEND_BOS_HELP, check_training_options, start_training, train_from_store
+from ...dictionaries.heldout import evaluate_transcoder_heldout, prepend_bos_default as _prepend_bos
 
 ARCHS = ("relu", "jumprelu", "topk", "batchtopk")
 KINDS = ("clt", "plt")
@@ -124,8 +122,7 @@ def register(app: typer.Typer) -> None:
 
         from ...models import load
         from ...dictionaries.clt import layer_points
-        from ...dictionaries.store import ActivationStore
-        from ...dictionaries.train import TrainConfig, train
+        from ...dictionaries.train import TrainConfig
         from ...dictionaries.transcoder import TranscoderConfig, build
 
         if threads:
@@ -138,12 +135,10 @@ def register(app: typer.Typer) -> None:
         for p in points["reads"][:1] + points["writes"][:1]:
             lm.resolve(p)  # an unknown point: the core's error, listing the valid ones
         prepend_bos = _prepend_bos(lm, prepend_bos)
-        desc = _describe(corpus, "train", holdout, shuffle, seed)
-        docs = split_documents(corpus, "train", holdout, shuffle=shuffle, seed=seed)
-        hooks = points["reads"] + points["writes"]
-        store = ActivationStore(lm, hooks, docs, context=context, batch_tokens=batch_tokens, buffer_tokens=buffer_tokens,
-                                max_tokens=int(tokens * 1.05) + context, seed=seed, cache_dir=cache_dir,
-                                corpus=desc if cache_dir else None, prepend_bos=prepend_bos)
+        store, desc = start_training(lm, points["reads"] + points["writes"], corpus=corpus, holdout=holdout,
+                                     shuffle=shuffle, seed=seed, context=context, batch_tokens=batch_tokens,
+                                     buffer_tokens=buffer_tokens, tokens=tokens, cache_dir=cache_dir,
+                                     prepend_bos=prepend_bos)
         cfg = TranscoderConfig(arch=arch, d_in=lm.d_model, d_sae=width, n_layers=len(chosen),
                                cross_layer=kind == "clt" if len(chosen) > 1 else False,
                                k=k if arch in ("topk", "batchtopk") else None, skip=skip, model_id=lm.model_id,
@@ -152,14 +147,7 @@ def register(app: typer.Typer) -> None:
         steps = tokens // batch_tokens
         tcfg = TrainConfig(steps=steps, lr=lr, warmup_steps=warmup_steps, sparsity_warmup_steps=sparsity_warmup_steps,
                            dead_tokens=dead_tokens, checkpoint_every=checkpoint_every)
-
-        def batches(start: int):
-            return itertools.islice(iter(store), start, None)
-
-        t_train = time.time()
-        result = train({kind: tc}, batches, tcfg, out=folder)
-        train_seconds = time.time() - t_train
-        typer.echo(f"trained {result.steps} steps in {train_seconds:.0f} s; evaluating on held-out documents")
+        result, train_seconds = train_from_store({kind: tc}, store, tcfg, folder)
         t_eval = time.time()
         res, data = evaluate_transcoder_heldout(lm, tc, corpus, holdout, context, eval_tokens, eval_contexts, prepend_bos)
         metrics = _metrics(res)
