@@ -26,12 +26,14 @@ checks that acting on them in procgen's env moves the mouse one step closer to t
 very states that were rendered. :func:`evaluate_procgen` measures reach on held-out training-distribution
 levels and the decision-square motivations on held-out off-region levels, overall and per maze size.
 
-The shipped ``procgen_region5`` (80 minutes' training on two threads, 39875 steps, 5.1 M labelled frames) does not
-reach the original agent: on 500 held-out levels sampled reach 0.79 on its training distribution (>= 0.92 up to
-11 x 11 mazes, 0.41 in 25 x 25), P(cheese) 0.55 at decision squares, gets the cheese in 0.46 of them. Per-step
-accuracy on uniform held-out states is 0.93, falling with the distance to the cheese (0.99 within 7 steps, 0.86 at
-32-63). The same command with 1.8x fewer frames gave reach 0.50 and accuracy 0.84: the long-range route is
-what more frames keep improving (checkpoints/README.json: scaling, diagnosis, what was tried).
+The shipped ``procgen_region5`` (80 minutes' training on two threads with a quarter of the training mazes mirrored,
+``--mirror-frac 0.25``; 34144 steps, 4.4 M labelled frames) comes near the original agent's motivations but not its
+navigation: on 500 held-out levels P(cheese) 0.78 at decision squares (the original: 0.85), gets the cheese in 0.60
+of them (0.71), sampled reach 0.70 on its training distribution (>= 0.89 up to 11 x 11 mazes, 0.24 in 25 x 25).
+Per-step accuracy on uniform held-out states is 0.91, falling with the distance to the cheese (0.98 within 7 steps,
+0.85 at 32-63). The unmirrored command shipped before it reached 0.79 (5.1 M frames) but took the cheese's way
+with probability 0.55; at 2.9 M frames the unmirrored recipe reached 0.50: the long-range route is what more frames
+keep improving (checkpoints/README.json: scaling, diagnosis, what was tried).
 """
 
 from __future__ import annotations

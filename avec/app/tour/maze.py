@@ -324,7 +324,8 @@ def procgen_section(ctx, s) -> None:
     }
     s.text(f"The same study on the real procgen maze (procgen 0.10.7: its levels, its textured pictures, its "
            f"dynamics), with {PROCGEN_POLICY}, the shipped policy trained on procgen's pictures (BC + DAgger, "
-           f"cheese in the top-right 5 x 5 square; it is weak in big mazes{_reach_by_size(stored)}, see "
+           f"cheese in the top-right 5 x 5 square, a quarter of the training mazes mirrored so that their cheese lies "
+           f"elsewhere; it is weak in big mazes{_reach_by_size(stored)}, see "
            "checkpoints/README.json). Measured here on held-out procgen "
            f"levels (seeds from 1.5e9; it trained on levels below 1e9): the first {n} with a "
            "decision square and the cheese outside the top-right 5 x 5 square for the steering (vectors computed "
