@@ -51,9 +51,9 @@ def check_training_options(arch: str, archs, sizes: dict[str, int], tokens: int,
         raise typer.BadParameter(f"must be a percent in 1..50, got {holdout}", param_hint="--holdout")
 
 
-def start_training(lm: Any, hooks, *, corpus: str, holdout: int, shuffle: bool, seed: int, context: int,
-                   batch_tokens: int, buffer_tokens: int, tokens: int, cache_dir: Optional[str],
-                   prepend_bos: Optional[bool]) -> tuple[Any, str]:
+def training_stream(lm: Any, hooks, *, corpus: str, holdout: int, shuffle: bool, seed: int, context: int,
+                    batch_tokens: int, buffer_tokens: int, tokens: int, cache_dir: Optional[str],
+                    prepend_bos: Optional[bool]) -> tuple[Any, str]:
     """The activation stream a ``train`` command reads, and the description of its document split:
     ``hooks``' activations on the training documents (shuffled and seeded as the options say), cut into
     contexts by the BOS rule (``prepend_bos`` None: the tokenizer's default)."""
@@ -147,9 +147,9 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"{at!r} names {len(hook)} hook points; give one", param_hint="--at")
         at = hook[0]
         prepend_bos = prepend_bos_default(lm, prepend_bos)
-        store, desc = start_training(lm, at, corpus=corpus, holdout=holdout, shuffle=shuffle, seed=seed, context=context,
-                                     batch_tokens=batch_tokens, buffer_tokens=max(2 ** 16, 2 * batch_tokens),
-                                     tokens=tokens, cache_dir=cache_dir, prepend_bos=prepend_bos)
+        store, desc = training_stream(lm, at, corpus=corpus, holdout=holdout, shuffle=shuffle, seed=seed, context=context,
+                                      batch_tokens=batch_tokens, buffer_tokens=max(2 ** 16, 2 * batch_tokens),
+                                      tokens=tokens, cache_dir=cache_dir, prepend_bos=prepend_bos)
         steps = tokens // batch_tokens
         w = lm.site(at).width
         d_in = math.prod(w) if w else lm.d_model

@@ -21,7 +21,7 @@ from typing import Any, Optional
 import typer
 
 from ...io import atomic_write_json, check_out_option
-from .dictionaries import PREPEND_BOS_HELP, check_training_options, start_training, train_from_store
+from .dictionaries import PREPEND_BOS_HELP, check_training_options, training_stream, train_from_store
 from ...dictionaries.heldout import evaluate_transcoder_heldout, prepend_bos_default as _prepend_bos
 
 ARCHS = ("relu", "jumprelu", "topk", "batchtopk")
@@ -135,10 +135,10 @@ def register(app: typer.Typer) -> None:
         for p in points["reads"][:1] + points["writes"][:1]:
             lm.resolve(p)  # an unknown point: the core's error, listing the valid ones
         prepend_bos = _prepend_bos(lm, prepend_bos)
-        store, desc = start_training(lm, points["reads"] + points["writes"], corpus=corpus, holdout=holdout,
-                                     shuffle=shuffle, seed=seed, context=context, batch_tokens=batch_tokens,
-                                     buffer_tokens=buffer_tokens, tokens=tokens, cache_dir=cache_dir,
-                                     prepend_bos=prepend_bos)
+        store, desc = training_stream(lm, points["reads"] + points["writes"], corpus=corpus, holdout=holdout,
+                                      shuffle=shuffle, seed=seed, context=context, batch_tokens=batch_tokens,
+                                      buffer_tokens=buffer_tokens, tokens=tokens, cache_dir=cache_dir,
+                                      prepend_bos=prepend_bos)
         cfg = TranscoderConfig(arch=arch, d_in=lm.d_model, d_sae=width, n_layers=len(chosen),
                                cross_layer=kind == "clt" if len(chosen) > 1 else False,
                                k=k if arch in ("topk", "batchtopk") else None, skip=skip, model_id=lm.model_id,
