@@ -406,10 +406,12 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
                disable=not progress, desc=f"maze R={region}" + (f" ({backend})" if backend != "avec" else ""), unit="step" if max_steps else "s")
     ema_acc = None
 
+    def run_metadata(complete: bool) -> dict:
+        return dict(config=config, step=step, elapsed_s=time.monotonic() - t0, cpu_s=time.process_time() - c0,
+                    complete=complete, region=region, command=command, resumed_at=resumed_at)
+
     def save(complete: bool):
-        meta = dict(config=config, step=step, elapsed_s=time.monotonic() - t0, cpu_s=time.process_time() - c0,
-                    complete=complete,
-                    region=region, command=command, resumed_at=resumed_at)
+        meta = run_metadata(complete)
         save_policy(policy, out_path, meta, extra_tensors=None if complete else _adam_tensors(opt, policy))
         if curves:
             def write_curves(tmp):
@@ -462,6 +464,8 @@ def train_policy(region: int, out_path, *, minutes: float = 40.0, scale: int = 1
                   resumed_at=resumed_at)
     if final_eval:
         t1 = time.monotonic()
+        # the header a loaded checkpoint carries: the evaluation reads the run's own size mix from it
+        policy.metadata = run_metadata(True)
         report["eval"] = evaluate_fn(policy, region)
         report["eval_seconds"] = round(time.monotonic() - t1, 1)
     save(True)

@@ -304,3 +304,23 @@ def test_first_moves_in_a_maze_with_a_loop_prefer_action_order_like_the_expert()
 def test_fractions_out_of_range_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"pull_frac must be a fraction in \[0, 1\], got 1.5"):
         train_policy(5, tmp_path / "p.safetensors", max_steps=1, pull_frac=1.5, progress=False)
+
+
+def test_final_evaluation_weighs_reach_by_the_runs_own_size_mix(tmp_path, monkeypatch):
+    """The report's training-mix reach uses the run's ``size_power``, not the trainer's default: the policy
+    evaluated at the end carries the header its checkpoint gets (a run with size_power 2 was once reported
+    with the default 1's mix)."""
+    import avec.maze.train as train_mod
+    from avec.maze.evaluate import training_size_power
+
+    seen = {}
+
+    def spy(policy, region):
+        seen.update(power=training_size_power(policy), region=region, step=policy.metadata["step"])
+        return {"training_mix_size_power": seen["power"]}
+
+    monkeypatch.setattr(train_mod, "evaluate", spy)
+    rep = train_policy(5, tmp_path / "p.safetensors", max_steps=2, batch_size=4, warmup_steps=1, size_power=2.0,
+                       progress=False)
+    assert seen == {"power": 2.0, "region": 5, "step": 2} and rep["eval"]["training_mix_size_power"] == 2.0
+    assert load_policy(tmp_path / "p.safetensors").metadata["config"]["size_power"] == 2.0
