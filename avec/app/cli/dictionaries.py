@@ -53,10 +53,11 @@ def check_training_options(arch: str, archs, sizes: dict[str, int], tokens: int,
 
 def training_stream(lm: Any, hooks, *, corpus: str, holdout: int, shuffle: bool, seed: int, context: int,
                     batch_tokens: int, buffer_tokens: int, tokens: int, cache_dir: Optional[str],
-                    prepend_bos: Optional[bool]) -> tuple[Any, str]:
+                    prepend_bos: bool) -> tuple[Any, str]:
     """The activation stream a ``train`` command reads, and the description of its document split:
     ``hooks``' activations on the training documents (shuffled and seeded as the options say), cut into
-    contexts by the BOS rule (``prepend_bos`` None: the tokenizer's default)."""
+    contexts by the BOS rule ``prepend_bos`` (resolved by the caller with ``prepend_bos_default``, which its
+    held-out evaluation needs too)."""
     from ...dictionaries.store import ActivationStore
 
     desc = describe_split(corpus, "train", holdout, shuffle, seed)
@@ -64,7 +65,7 @@ def training_stream(lm: Any, hooks, *, corpus: str, holdout: int, shuffle: bool,
     # the store counts context tokens (specials included, then dropped): ask for a little more
     store = ActivationStore(lm, hooks, docs, context=context, batch_tokens=batch_tokens, buffer_tokens=buffer_tokens,
                             max_tokens=int(tokens * 1.05) + context, seed=seed, cache_dir=cache_dir,
-                            corpus=desc if cache_dir else None, prepend_bos=prepend_bos_default(lm, prepend_bos))
+                            corpus=desc if cache_dir else None, prepend_bos=prepend_bos)
     return store, desc
 
 
